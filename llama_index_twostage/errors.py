@@ -1,0 +1,35 @@
+"""Errors that tell the user what went wrong and what to do about it.
+
+Each subclasses the builtin a caller would naturally catch (``ValueError``, ``LookupError``, ...), so code that
+knows nothing of this package still handles them sensibly.
+"""
+
+from __future__ import annotations
+
+
+class TwoStageError(Exception):
+    """Base class of every error raised by ``llama_index_twostage``."""
+
+
+class ConfigurationError(TwoStageError, ValueError):
+    """A setting is invalid, or settings contradict each other."""
+
+
+class EmptyQueryError(TwoStageError, ValueError):
+    """The query has no text to embed or score."""
+
+
+class CollectionNotFoundError(TwoStageError, LookupError):
+    """The Chroma collection does not exist, or exists but holds nothing to retrieve."""
+
+
+class CollectionMismatchError(TwoStageError, ValueError):
+    """The collection was written with another embedding model, dimension or distance space."""
+
+
+class ChromaUnavailableError(TwoStageError, ConnectionError):
+    """The Chroma server (or the embedded store on disk) cannot be reached or used."""
+
+
+class ModelLoadError(TwoStageError, OSError):
+    """A bi-encoder or cross-encoder could not be loaded."""

@@ -1,0 +1,50 @@
+"""What both stages agree on: a valid query, the text a model reads, and where each stage records what it did.
+
+Stage information lives in one metadata entry, ``node.metadata["twostage"]``, hidden from the LLM and from
+embedding text, and is always written on a copy: the caller's nodes are never mutated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
+
+from llama_index_twostage.errors import EmptyQueryError
+
+STAGE_KEY = "twostage"
+_HIDDEN_FROM = ("excluded_llm_metadata_keys", "excluded_embed_metadata_keys")
+
+
+def query_text(query_bundle: QueryBundle) -> str:
+    """The query string, refused when it is empty (an empty query has no meaning to either model)."""
+    text = query_bundle.query_str
+    if not isinstance(text, str) or not text.strip():
+        raise EmptyQueryError("the query is empty: pass a question or search text")
+    return text
+
+
+def model_text(node: BaseNode) -> str | None:
+    """The text the bi-encoder embeds and the cross-encoder reads; None for nodes without text."""
+    if not isinstance(node, TextNode):
+        return None
+    text = node.get_content(metadata_mode=MetadataMode.EMBED)
+    return text if text.strip() else None
+
+
+def stage_info(scored: NodeWithScore) -> dict[str, Any]:
+    """What the stages recorded on this node (empty for nodes that did not come through them)."""
+    return dict(scored.node.metadata.get(STAGE_KEY) or {})
+
+
+def annotated(scored: NodeWithScore, *, score: float | None = None, **info: Any) -> NodeWithScore:
+    """A copy of ``scored`` with ``info`` merged into its stage metadata and, if given, a new score."""
+    node = scored.node
+    metadata = dict(node.metadata)
+    metadata[STAGE_KEY] = {**stage_info(scored), **info}
+    updates: dict[str, Any] = {"metadata": metadata}
+    for field in _HIDDEN_FROM:
+        keys = list(getattr(node, field))
+        if STAGE_KEY not in keys:
+            updates[field] = [*keys, STAGE_KEY]
+    return NodeWithScore(node=node.model_copy(update=updates), score=scored.score if score is None else score)

@@ -1,0 +1,189 @@
+"""Stage 1: ``ChromaRecallRetriever``, the bi-encoder over Chroma that hands ``recall_k`` candidates on.
+
+Recall is decided here. Whatever this stage misses, no reranker brings back, so each node records its stage-1
+rank and cosine similarity for the later stages and for evaluation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from llama_index.core.vector_stores.types import MetadataFilters
+from llama_index.core.vector_stores.utils import metadata_dict_to_node
+
+from llama_index_twostage import store
+from llama_index_twostage.errors import CollectionNotFoundError
+from llama_index_twostage.filters import to_chroma_where
+from llama_index_twostage.models import load_embedding, sentence_transformer_of
+from llama_index_twostage.nodes import annotated, query_text
+from llama_index_twostage.settings import DistanceSpace, RetrieverSettings
+from llama_index_twostage.timing import Stopwatch
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
+    from llama_index.core.base.embeddings.base import BaseEmbedding
+
+logger = logging.getLogger(__name__)
+
+_INCLUDE = ["documents", "metadatas", "distances"]
+
+
+def embedding_model_name(embed_model: BaseEmbedding) -> str:
+    return str(getattr(embed_model, "model_name", None) or type(embed_model).__name__)
+
+
+def _node_from_record(node_id: str, document: str | None, metadata: dict[str, Any] | None) -> TextNode:
+    """Rebuild a node from a Chroma record in LlamaIndex's layout, or wrap a plain record written by other code."""
+    metadata = metadata or {}
+    if "_node_content" in metadata:
+        node = metadata_dict_to_node(metadata, text=document)
+        node.id_ = node_id
+        return node
+    return TextNode(id_=node_id, text=document or "", metadata=metadata)
+
+
+class ChromaRecallRetriever(BaseRetriever):
+    """Stage 1: embed the query, fetch the ``recall_k`` nearest nodes from Chroma, score them by cosine similarity.
+
+    Each node's ``metadata["twostage"]`` holds ``stage1_rank`` (1-based), ``stage1_score`` and ``stage1_ms``.
+
+    Args:
+        settings: the collection, the embedding model and ``recall_k``.
+        embed_model: any LlamaIndex embedding (a hosted API too); by default the settings' model, shared per process.
+        filters: LlamaIndex metadata filters applied inside Chroma.
+        recall_k: override of ``settings.recall_k``.
+    """
+
+    def __init__(
+        self,
+        settings: RetrieverSettings,
+        *,
+        embed_model: BaseEmbedding | None = None,
+        filters: MetadataFilters | None = None,
+        recall_k: int | None = None,
+        callback_manager: CallbackManager | None = None,
+    ) -> None:
+        super().__init__(callback_manager=callback_manager)
+        self.settings = settings
+        self.recall_k = recall_k or settings.recall_k
+        self.filters = filters
+        self._where = to_chroma_where(filters)
+        self._embed_model = embed_model
+        self._collection: Collection | None = None
+        self._space: DistanceSpace = "cosine"
+
+    @property
+    def embed_model(self) -> BaseEmbedding:
+        if self._embed_model is None:
+            self._embed_model = load_embedding(
+                self.settings.embed_model,
+                device=self.settings.device,
+                batch_size=self.settings.embed_batch_size,
+                trust_remote_code=self.settings.trust_remote_code,
+            )
+        return self._embed_model
+
+    def _collection_for(self, dimension: int) -> Collection:
+        """Open and verify the collection once, on the first query (it may not exist when the retriever is built)."""
+        if self._collection is None:
+            collection = store.open_collection(self.settings)
+            store.verify_collection(collection, embedding_model_name(self.embed_model), dimension)
+            self._space = store.distance_space(collection)
+            self._collection = collection
+        return self._collection
+
+    def _warn_if_truncated(self, text: str) -> bool:
+        model = sentence_transformer_of(self.embed_model)
+        if model is None:
+            return False
+        tokens = len(model.tokenizer(text, verbose=False)["input_ids"])
+        if tokens <= model.max_seq_length:
+            return False
+        logger.warning(
+            "query is %d tokens; the embedding model reads only the first %d: shorten it for full recall",
+            tokens,
+            model.max_seq_length,
+        )
+        return True
+
+    def _query_embedding(self, query_bundle: QueryBundle, text: str) -> list[float]:
+        if query_bundle.embedding is not None:
+            return list(query_bundle.embedding)
+        return self.embed_model.get_query_embedding(text)
+
+    def _n_results(self, count: int) -> int:
+        """``recall_k``, or everything when the collection holds fewer nodes (said in a warning)."""
+        if count == 0:
+            raise CollectionNotFoundError(
+                f"collection {self.settings.collection!r} is empty: ingest documents first (`twostage ingest PATH`)"
+            )
+        if self.recall_k > count:
+            logger.warning(
+                "recall_k=%d but collection %r holds only %d nodes: returning all of them",
+                self.recall_k,
+                self.settings.collection,
+                count,
+            )
+        return min(self.recall_k, count)
+
+    def _search(self, embedding: list[float]) -> dict[str, Any]:
+        with store.server_errors(self.settings):
+            collection = self._collection_for(len(embedding))
+            n_results = self._n_results(collection.count())
+            return collection.query(
+                query_embeddings=[embedding], n_results=n_results, where=self._where, include=_INCLUDE
+            )
+
+    def _to_nodes(self, result: dict[str, Any], elapsed_ms: float, query_truncated: bool) -> list[NodeWithScore]:
+        ids, documents = result["ids"][0], result["documents"][0]
+        metadatas, distances = result["metadatas"][0], result["distances"][0]
+        nodes = []
+        for rank, (node_id, document, metadata, distance) in enumerate(zip(ids, documents, metadatas, distances), 1):
+            similarity = store.distance_to_similarity(float(distance), self._space)
+            scored = NodeWithScore(node=_node_from_record(node_id, document, metadata), score=similarity)
+            info: dict[str, Any] = {"stage1_rank": rank, "stage1_score": similarity, "stage1_ms": elapsed_ms}
+            if query_truncated:
+                info["query_truncated"] = True
+            nodes.append(annotated(scored, **info))
+        return nodes
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        text = query_text(query_bundle)
+        _ = self.embed_model  # load before timing: stage1_ms is query time, not model loading
+        with Stopwatch() as watch:
+            truncated = self._warn_if_truncated(text)
+            result = self._search(self._query_embedding(query_bundle, text))
+        return self._to_nodes(result, watch.ms, truncated)
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        """Embedding and search run off the event loop (local models block; hosted APIs are awaited)."""
+        text = query_text(query_bundle)
+        await asyncio.to_thread(lambda: self.embed_model)  # load before timing, off the event loop
+        with Stopwatch() as watch:
+            if sentence_transformer_of(self.embed_model) is None and query_bundle.embedding is None:
+                embedding = await self.embed_model.aget_query_embedding(text)
+                truncated = False
+            else:
+                truncated = await asyncio.to_thread(self._warn_if_truncated, text)
+                embedding = await asyncio.to_thread(self._query_embedding, query_bundle, text)
+            result = await self._asearch(embedding)
+        return self._to_nodes(result, watch.ms, truncated)
+
+    async def _asearch(self, embedding: list[float]) -> dict[str, Any]:
+        """Server mode uses Chroma's async client; the in-process modes run the same search in a worker thread."""
+        if self.settings.chroma_mode != "server":
+            return await asyncio.to_thread(self._search, embedding)
+        if self._collection is None:  # open and verify the contract once, through the synchronous path
+            await asyncio.to_thread(self._collection_for, len(embedding))
+        with store.server_errors(self.settings):
+            collection = await store.open_async_collection(self.settings)
+            n_results = self._n_results(await store.bounded(collection.count(), self.settings))
+            query = collection.query(
+                query_embeddings=[embedding], n_results=n_results, where=self._where, include=_INCLUDE
+            )
+            return await store.bounded(query, self.settings)

@@ -1,0 +1,189 @@
+"""``RetrieverSettings``: every knob of the two-stage pipeline in one validated object.
+
+Values come from keyword arguments, then ``TWOSTAGE_*`` environment variables, then an optional TOML file
+(:meth:`RetrieverSettings.from_toml`), in that order of precedence. Nothing here imports the rest of the package,
+so every other module can depend on it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from llama_index_twostage.errors import ConfigurationError
+
+ChromaMode = Literal["embedded", "memory", "server"]
+DistanceSpace = Literal["cosine", "l2", "ip"]
+
+_COLLECTION_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
+_DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu|npu)(:\d+)?)$")
+
+
+def _validate_collection_name(name: str) -> str:
+    """Apply Chroma's naming rules up front, so a bad name fails at configuration time, not at first write."""
+    problem = None
+    if not _COLLECTION_NAME.match(name):
+        problem = "use 3-512 characters from [a-zA-Z0-9._-], starting and ending with a letter or digit"
+    elif ".." in name:
+        problem = "do not use two consecutive periods"
+    else:
+        try:
+            ipaddress.ip_address(name)
+            problem = "do not use an IP address"
+        except ValueError:
+            pass
+    if problem:
+        raise ValueError(f"invalid Chroma collection name {name!r}: {problem}")
+    return name
+
+
+def looks_like_local_path(model: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else path-shaped is meant as a local directory."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
+
+
+class RetrieverSettings(BaseSettings):
+    """Configuration of stage 1 (bi-encoder over Chroma), stage 2 (cross-encoder) and ingestion.
+
+    Model fields take a Hugging Face hub id or a local sentence-transformers directory.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="TWOSTAGE_",
+        extra="forbid",
+        validate_default=True,
+        frozen=True,
+        # Validation errors would otherwise echo every input, the Chroma token included.
+        hide_input_in_errors=True,
+    )
+
+    # Where the vectors live.
+    collection: str = Field("twostage", description="Chroma collection name (Chroma's naming rules apply).")
+    chroma_mode: ChromaMode = Field(
+        "embedded",
+        description="'embedded' (on disk, in process), 'memory' (in process, gone on exit) or 'server'. "
+        "Setting chroma_host alone selects 'server'.",
+    )
+    persist_dir: Path = Field(Path("./.twostage/chroma"), description="Directory of the embedded Chroma store.")
+    chroma_host: str | None = Field(None, description="Host of a `chroma run` server.")
+    chroma_port: int = Field(8000, ge=1, le=65535, description="Port of the Chroma server.")
+    chroma_ssl: bool = Field(False, description="Use HTTPS to reach the Chroma server.")
+    chroma_token: SecretStr | None = Field(None, description="Bearer token for the Chroma server; never printed.")
+    chroma_timeout_s: float = Field(10.0, gt=0, description="Bound on every Chroma server request, in seconds.")
+    distance_space: DistanceSpace = Field("cosine", description="Distance space of newly created collections.")
+
+    # Models.
+    embed_model: str = Field("sentence-transformers/all-MiniLM-L6-v2", description="Bi-encoder for stage 1.")
+    rerank_model: str = Field("cross-encoder/ms-marco-MiniLM-L6-v2", description="Cross-encoder for stage 2.")
+    device: str | None = Field(None, description="'cpu', 'cuda', 'cuda:N', 'mps'; unset picks automatically.")
+    trust_remote_code: bool = Field(False, description="Run model code from the hub. Off unless you trust it.")
+
+    # The two stages.
+    recall_k: int = Field(100, gt=0, description="Candidates stage 1 hands to the reranker.")
+    top_k: int = Field(5, gt=0, description="Results after reranking.")
+    max_length: int | None = Field(
+        None, gt=0, description="Token window of the cross-encoder; longer pairs are truncated and reported."
+    )
+    normalize_scores: bool = Field(False, description="Return reranker scores in 0-1 (sigmoid of logits).")
+    score_threshold: float | None = Field(None, description="Drop reranked nodes scoring below this.")
+
+    # Throughput.
+    embed_batch_size: int = Field(32, gt=0, description="Texts per bi-encoder batch.")
+    rerank_batch_size: int = Field(32, gt=0, description="Pairs per cross-encoder batch.")
+    upsert_batch_size: int = Field(1000, gt=0, description="Records per Chroma upsert (capped by the client).")
+
+    # Ingestion.
+    chunk_size: int = Field(512, gt=0, description="SentenceSplitter chunk size, in tokens.")
+    chunk_overlap: int = Field(64, ge=0, description="SentenceSplitter overlap, in tokens.")
+    show_progress: bool = Field(True, description="Show tqdm progress bars during ingestion.")
+
+    @field_validator("collection")
+    @classmethod
+    def _collection_name(cls, value: str) -> str:
+        return _validate_collection_name(value)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str | None) -> str | None:
+        if value in (None, "", "auto"):
+            return None
+        if not _DEVICE.match(value):
+            raise ValueError(f"unknown device {value!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps', or leave it unset")
+        return value
+
+    @field_validator("embed_model", "rerank_model")
+    @classmethod
+    def _existing_model_dir(cls, value: str) -> str:
+        if looks_like_local_path(value) and not Path(value).expanduser().is_dir():
+            raise ValueError(
+                f"model directory {value!r} does not exist: give an existing sentence-transformers directory "
+                "or a hub id such as 'org/name'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RetrieverSettings:
+        if self.recall_k < self.top_k:
+            raise ValueError(
+                f"recall_k ({self.recall_k}) < top_k ({self.top_k}): the reranker can only return what stage 1 "
+                "hands it; raise recall_k or lower top_k"
+            )
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
+        if self.chroma_mode == "server" and not self.chroma_host:
+            raise ValueError("chroma_mode 'server' needs chroma_host (and chroma_port)")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _host_selects_server(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("chroma_host") and "chroma_mode" not in data:
+            data = {**data, "chroma_mode": "server"}
+        return data
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> RetrieverSettings:
+        """Settings from a TOML file of top-level keys; keyword arguments and ``TWOSTAGE_*`` env vars win."""
+        toml_file = Path(path).expanduser()
+        if not toml_file.is_file():
+            raise ConfigurationError(f"settings file {str(toml_file)!r} does not exist")
+        bound = type(cls.__name__, (cls,), {"model_config": {**cls.model_config, "toml_file": toml_file}})
+        return bound(**overrides)
+
+    @property
+    def server_address(self) -> str:
+        """``host:port`` of the Chroma server, for messages."""
+        return f"{self.chroma_host}:{self.chroma_port}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe settings with the token masked: safe to log, print or write to a report."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RetrieverSettings:
+        """Inverse of :meth:`to_dict` (a masked token is dropped, never taken for the real one)."""
+        token = data.get("chroma_token")
+        if token is not None and set(str(token)) == {"*"}:
+            data = {key: value for key, value in data.items() if key != "chroma_token"}
+        return cls(**data)

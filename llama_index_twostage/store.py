@@ -1,0 +1,275 @@
+"""Chroma, in the mode the settings ask for, and the contract a collection keeps with its embedding model.
+
+A collection records, on creation, which embedding model wrote it, the vectors' dimension and the distance space.
+Opening it with another model or dimension fails loudly instead of returning nonsense neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx
+
+from llama_index_twostage.errors import (
+    ChromaUnavailableError,
+    CollectionMismatchError,
+    CollectionNotFoundError,
+)
+from llama_index_twostage.settings import DistanceSpace, RetrieverSettings
+
+if TYPE_CHECKING:
+    from chromadb.api import AsyncClientAPI, ClientAPI
+    from chromadb.api.models.AsyncCollection import AsyncCollection
+    from chromadb.api.models.Collection import Collection
+
+logger = logging.getLogger(__name__)
+
+MODEL_KEY = "twostage:embed_model"
+DIMENSION_KEY = "twostage:dimension"
+
+_clients: dict[tuple[Any, ...], ClientAPI] = {}
+_clients_lock = threading.Lock()
+_async_clients: dict[tuple[Any, ...], AsyncClientAPI] = {}
+
+T = TypeVar("T")
+
+
+def model_identity(model: str) -> str:
+    """What the contract compares: the model's name without its org or directory.
+
+    A local copy of a hub model (``./models/all-MiniLM-L6-v2``) then matches its hub id
+    (``sentence-transformers/all-MiniLM-L6-v2``); the dimension check guards the rest.
+    """
+    return model.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class CollectionContract:
+    """Which embedding model wrote a collection, the vectors' dimension and the distance space."""
+
+    embed_model: str
+    dimension: int
+    space: DistanceSpace = "cosine"
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {MODEL_KEY: self.embed_model, DIMENSION_KEY: self.dimension}
+
+    @classmethod
+    def of(cls, collection: Collection) -> CollectionContract | None:
+        """The contract a collection recorded, or None when another tool (e.g. ChromaVectorStore) created it."""
+        metadata = collection.metadata or {}
+        if MODEL_KEY not in metadata:
+            return None
+        return cls(str(metadata[MODEL_KEY]), int(metadata[DIMENSION_KEY]), distance_space(collection))
+
+    def check(self, expected_model: str, expected_dimension: int, collection_name: str) -> None:
+        """Raise :class:`CollectionMismatchError` naming both sides when the query side differs from the writer."""
+        if model_identity(self.embed_model) != model_identity(expected_model):
+            raise CollectionMismatchError(
+                f"collection {collection_name!r} was written with embedding model {self.embed_model!r}, "
+                f"but the settings use {expected_model!r}: set embed_model to {self.embed_model!r} or ingest "
+                "into a new collection"
+            )
+        if self.dimension != expected_dimension:
+            raise CollectionMismatchError(
+                f"collection {collection_name!r} holds {self.dimension}-dimensional vectors, but "
+                f"{expected_model!r} produces {expected_dimension}: use the model that wrote it or a new collection"
+            )
+
+
+def distance_space(collection: Collection) -> DistanceSpace:
+    """The distance space Chroma uses for this collection (``l2`` when it was created without one)."""
+    configuration = collection.configuration or {}
+    index = configuration.get("hnsw") or configuration.get("spann") or {}
+    space = index.get("space") or (collection.metadata or {}).get("hnsw:space") or "l2"
+    return space  # type: ignore[no-any-return]
+
+
+def distance_to_similarity(distance: float, space: DistanceSpace) -> float:
+    """The one place that turns a Chroma distance into a cosine similarity.
+
+    Chroma returns ``1 - cos`` for ``cosine``, ``1 - dot`` for ``ip`` and the *squared* Euclidean distance for
+    ``l2``. For unit vectors (what the bi-encoders here produce) all three give the cosine exactly:
+    ``||a - b||^2 = 2 - 2 cos``.
+    """
+    if space == "l2":
+        return 1.0 - distance / 2.0
+    return 1.0 - distance
+
+
+def _server_url(settings: RetrieverSettings) -> str:
+    scheme = "https" if settings.chroma_ssl else "http"
+    return f"{scheme}://{settings.chroma_host}:{settings.chroma_port}"
+
+
+def auth_headers(settings: RetrieverSettings) -> dict[str, str]:
+    if settings.chroma_token is None:
+        return {}
+    return {"Authorization": f"Bearer {settings.chroma_token.get_secret_value()}"}
+
+
+def check_server(settings: RetrieverSettings) -> None:
+    """Probe the server's heartbeat within ``chroma_timeout_s``, so an absent server fails fast and clearly.
+
+    Chroma's own HTTP client waits without a time limit; this is why the probe comes first.
+    """
+    url = f"{_server_url(settings)}/api/v2/heartbeat"
+    try:
+        response = httpx.get(url, timeout=settings.chroma_timeout_s, headers=auth_headers(settings))
+        response.raise_for_status()
+    except httpx.HTTPError as error:
+        raise ChromaUnavailableError(
+            f"Chroma server at {settings.server_address} is unreachable ({type(error).__name__}: {error}) "
+            f"within {settings.chroma_timeout_s:g}s: start it with `chroma run --host {settings.chroma_host} "
+            f"--port {settings.chroma_port}` or fix chroma_host/chroma_port"
+        ) from None
+
+
+def _client_key(settings: RetrieverSettings) -> tuple[Any, ...]:
+    if settings.chroma_mode == "server":
+        token = settings.chroma_token.get_secret_value() if settings.chroma_token else None
+        return ("server", settings.chroma_host, settings.chroma_port, settings.chroma_ssl, token)
+    if settings.chroma_mode == "memory":
+        return ("memory",)
+    return ("embedded", str(Path(settings.persist_dir).expanduser().resolve()))
+
+
+def _create_client(settings: RetrieverSettings) -> ClientAPI:
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+    if settings.chroma_mode == "memory":
+        return chromadb.EphemeralClient(settings=chroma_settings)
+    if settings.chroma_mode == "embedded":
+        persist_dir = Path(settings.persist_dir).expanduser()
+        try:
+            persist_dir.mkdir(parents=True, exist_ok=True)
+            return chromadb.PersistentClient(path=str(persist_dir), settings=chroma_settings)
+        except (OSError, RuntimeError) as error:
+            raise ChromaUnavailableError(
+                f"cannot open the embedded Chroma store at {str(persist_dir)!r}: {error}; "
+                "check persist_dir exists and is writable"
+            ) from error
+    check_server(settings)
+    client = chromadb.HttpClient(
+        host=settings.chroma_host or "localhost",
+        port=settings.chroma_port,
+        ssl=settings.chroma_ssl,
+        headers=auth_headers(settings),
+        settings=chroma_settings,
+    )
+    # Bound every later request too (see check_server); Chroma exposes no setting for it.
+    client._server._session.timeout = httpx.Timeout(settings.chroma_timeout_s)  # type: ignore[attr-defined]
+    return client
+
+
+def get_client(settings: RetrieverSettings) -> ClientAPI:
+    """The Chroma client for these settings, one per store and process (embedded Chroma allows no second one)."""
+    key = _client_key(settings)
+    with _clients_lock:
+        if key not in _clients:
+            _clients[key] = _create_client(settings)
+        return _clients[key]
+
+
+def verify_collection(collection: Collection, embed_model: str, dimension: int) -> None:
+    """Check a collection against the model about to read or write it.
+
+    Collections created by other tools (LlamaIndex's ``ChromaVectorStore``) record no model: their dimension is
+    checked on a stored vector, and the model cannot be.
+    """
+    recorded = CollectionContract.of(collection)
+    if recorded is not None:
+        recorded.check(embed_model, dimension, collection.name)
+        return
+    sample = collection.peek(limit=1).get("embeddings")
+    if sample is not None and len(sample) and len(sample[0]) != dimension:
+        CollectionContract("unrecorded", len(sample[0])).check(embed_model, dimension, collection.name)
+
+
+async def open_async_collection(settings: RetrieverSettings) -> AsyncCollection:
+    """The collection through Chroma's async HTTP client (server mode), one client per server and process."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    key = _client_key(settings)
+    if key not in _async_clients:
+        await asyncio.to_thread(check_server, settings)
+        _async_clients[key] = await chromadb.AsyncHttpClient(
+            host=settings.chroma_host or "localhost",
+            port=settings.chroma_port,
+            ssl=settings.chroma_ssl,
+            headers=auth_headers(settings),
+            settings=ChromaSettings(anonymized_telemetry=False),
+        )
+    return await bounded(_async_clients[key].get_collection(settings.collection), settings)
+
+
+async def bounded(call: Awaitable[T], settings: RetrieverSettings) -> T:
+    """Await a Chroma server call within ``chroma_timeout_s`` (the async client has no timeout of its own)."""
+    return await asyncio.wait_for(call, settings.chroma_timeout_s)
+
+
+@contextmanager
+def server_errors(settings: RetrieverSettings) -> Iterator[None]:
+    """Turn transport failures of the Chroma server into one clear :class:`ChromaUnavailableError`."""
+    try:
+        yield
+    except (httpx.TransportError, asyncio.TimeoutError) as error:
+        raise ChromaUnavailableError(
+            f"lost the Chroma server at {settings.server_address} ({type(error).__name__}: {error}) within "
+            f"{settings.chroma_timeout_s:g}s: check that `chroma run` is up, then retry"
+        ) from error
+
+
+def create_or_open_collection(settings: RetrieverSettings, contract: CollectionContract) -> Collection:
+    """The collection to write into: created with ``contract`` recorded, or opened and checked against it."""
+    from chromadb.errors import InternalError
+
+    client = get_client(settings)
+    try:
+        collection = open_collection(settings)
+    except CollectionNotFoundError:
+        try:
+            return client.create_collection(
+                settings.collection,
+                metadata=contract.to_metadata(),
+                configuration={"hnsw": {"space": contract.space}},
+                embedding_function=None,
+            )
+        except InternalError:  # created concurrently by another writer: open it below
+            collection = open_collection(settings)
+    verify_collection(collection, contract.embed_model, contract.dimension)
+    return collection
+
+
+def open_collection(settings: RetrieverSettings) -> Collection:
+    """An existing collection to read from; a missing one is an error that names it and what exists."""
+    from chromadb.errors import NotFoundError
+
+    client = get_client(settings)
+    try:
+        return client.get_collection(settings.collection, embedding_function=None)
+    except NotFoundError as error:
+        existing = sorted(c.name for c in client.list_collections())
+        raise CollectionNotFoundError(
+            f"collection {settings.collection!r} does not exist in {describe_store(settings)} "
+            f"(existing: {existing or 'none'}): ingest documents first (`twostage ingest PATH`) or fix 'collection'"
+        ) from error
+
+
+def describe_store(settings: RetrieverSettings) -> str:
+    """Where the vectors live, for messages and ``twostage info``."""
+    if settings.chroma_mode == "server":
+        return f"the Chroma server at {settings.server_address}"
+    if settings.chroma_mode == "memory":
+        return "the in-memory Chroma store"
+    return f"the embedded Chroma store at {str(settings.persist_dir)!r}"
