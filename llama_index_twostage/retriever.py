@@ -37,6 +37,16 @@ def embedding_model_name(embed_model: BaseEmbedding) -> str:
     return str(getattr(embed_model, "model_name", None) or type(embed_model).__name__)
 
 
+def recall_starved(similarities: list[float], recall_k: int, gap: float) -> bool:
+    """Stage 1 filled all ``recall_k`` slots and the last is nearly as similar as the first.
+
+    A healthy ranking falls off: the best candidates stand out and the tail is clearly less similar. When the
+    similarity at rank ``recall_k`` is still within ``gap`` of the top one, the cut fell inside a plateau of
+    equally plausible candidates, and relevant documents likely sit just beyond it, out of the reranker's reach.
+    """
+    return len(similarities) >= recall_k > 0 and similarities[0] - similarities[recall_k - 1] <= gap
+
+
 def _node_from_record(node_id: str, document: str | None, metadata: dict[str, Any] | None) -> TextNode:
     """Rebuild a node from a Chroma record in LlamaIndex's layout, or wrap a plain record written by other code."""
     metadata = metadata or {}
@@ -139,16 +149,36 @@ class ChromaRecallRetriever(BaseRetriever):
                 query_embeddings=[embedding], n_results=n_results, where=self._where, include=_INCLUDE
             )
 
+    def _guard_recall(self, similarities: list[float]) -> bool:
+        """The opt-in runtime guard: warn when this query's candidate list looks cut inside a plateau."""
+        guard = self.settings
+        if not (guard.recall_guard and recall_starved(similarities, self.recall_k, guard.recall_guard_gap)):
+            return False
+        logger.warning(
+            "query looks recall-starved: the cosine at rank %d (%.3f) is within %.3f of the top (%.3f); relevant "
+            "documents may lie beyond recall_k: raise recall_k or check with `twostage eval --sweep`",
+            self.recall_k,
+            similarities[self.recall_k - 1],
+            self.settings.recall_guard_gap,
+            similarities[0],
+        )
+        return True
+
     def _to_nodes(self, result: dict[str, Any], elapsed_ms: float, query_truncated: bool) -> list[NodeWithScore]:
         ids, documents = result["ids"][0], result["documents"][0]
         metadatas, distances = result["metadatas"][0], result["distances"][0]
+        similarities = [store.distance_to_similarity(float(distance), self._space) for distance in distances]
+        starved = self._guard_recall(similarities)
         nodes = []
-        for rank, (node_id, document, metadata, distance) in enumerate(zip(ids, documents, metadatas, distances), 1):
-            similarity = store.distance_to_similarity(float(distance), self._space)
+        for rank, (node_id, document, metadata, similarity) in enumerate(
+            zip(ids, documents, metadatas, similarities), 1
+        ):
             scored = NodeWithScore(node=_node_from_record(node_id, document, metadata), score=similarity)
             info: dict[str, Any] = {"stage1_rank": rank, "stage1_score": similarity, "stage1_ms": elapsed_ms}
             if query_truncated:
                 info["query_truncated"] = True
+            if starved:
+                info["recall_starved"] = True
             nodes.append(annotated(scored, **info))
         return nodes
 

@@ -96,6 +96,13 @@ class RetrieverSettings(BaseSettings):
     )
     normalize_scores: bool = Field(False, description="Return reranker scores in 0-1 (sigmoid of logits).")
     score_threshold: float | None = Field(None, description="Drop reranked nodes scoring below this.")
+    recall_guard: bool = Field(False, description="Warn when a query looks recall-starved (see recall_guard_gap).")
+    recall_guard_gap: float = Field(
+        0.05,
+        gt=0,
+        description="The guard fires when the cosine at rank recall_k is within this of the top cosine: the "
+        "candidates are still as similar as the best, so relevant ones likely lie beyond recall_k.",
+    )
 
     # Throughput.
     embed_batch_size: int = Field(32, gt=0, description="Texts per bi-encoder batch.")

@@ -1,0 +1,163 @@
+"""Shared fixtures: paths to the real models and data beside the repo, a SciFact subset embedded once per
+session, a settings factory, and a real `chroma run` server."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from llama_index_twostage.settings import RetrieverSettings
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+EMBED_DIR = SHARED / "models" / "all-MiniLM-L6-v2"
+RERANK_DIR = SHARED / "models" / "twostage-test-reranker"
+SCIFACT_DIR = SHARED / "data" / "scifact"
+
+N_QUERIES = 30
+N_OTHER_DOCS = 250
+
+
+def _require(path: Path) -> Path:
+    # Integration tests must fail, not skip, without ../shared: a silently skipped suite proves nothing.
+    if not path.exists():
+        pytest.fail(
+            f"{path} is missing: integration tests need the shared models and data in {SHARED} "
+            "(a 'shared' folder beside the repository checkout)",
+            pytrace=False,
+        )
+    return path
+
+
+def unique_name(prefix: str = "t") -> str:
+    """A fresh collection name (the in-memory Chroma client is one per process)."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def embed_model_dir() -> str:
+    return str(_require(EMBED_DIR))
+
+
+@pytest.fixture(scope="session")
+def rerank_model_dir() -> str:
+    return str(_require(RERANK_DIR))
+
+
+@pytest.fixture(scope="session")
+def scifact():
+    """The first 30 judged SciFact test queries; corpus = their relevant docs plus 250 others (file order)."""
+    from llama_index_twostage.evaluation.datasets import load_beir
+
+    full = load_beir(_require(SCIFACT_DIR)).limit(N_QUERIES)
+    relevant = {doc_id for judgments in full.qrels.values() for doc_id in judgments}
+    others = [doc_id for doc_id in full.corpus if doc_id not in relevant][:N_OTHER_DOCS]
+    keep = [doc_id for doc_id in full.corpus if doc_id in relevant] + others
+    return replace(full, corpus={doc_id: full.corpus[doc_id] for doc_id in keep})
+
+
+@pytest.fixture(scope="session")
+def settings_for(
+    tmp_path_factory: pytest.TempPathFactory, embed_model_dir: str, rerank_model_dir: str
+) -> Callable[..., RetrieverSettings]:
+    """``settings_for(mode, collection, **overrides)``: test settings on the local models, no progress bars."""
+    default_persist = tmp_path_factory.mktemp("chroma-embedded")
+
+    def make(mode: str = "embedded", collection: str | None = None, **overrides: Any) -> RetrieverSettings:
+        fields: dict[str, Any] = {
+            "collection": collection or unique_name(),
+            "chroma_mode": mode,
+            "persist_dir": default_persist,
+            "embed_model": embed_model_dir,
+            "rerank_model": rerank_model_dir,
+            "recall_k": 20,
+            "top_k": 5,
+            "show_progress": False,
+        }
+        fields.update(overrides)
+        return RetrieverSettings(**fields)
+
+    return make
+
+
+@dataclass(frozen=True)
+class Ingested:
+    settings: RetrieverSettings
+    report: Any
+    dataset: Any
+
+
+@pytest.fixture(scope="session")
+def ingested(settings_for, scifact) -> Ingested:
+    """The SciFact subset embedded once into an embedded (on-disk) collection, shared read-only by many tests."""
+    from llama_index_twostage.ingest import ingest_documents
+
+    settings = settings_for("embedded", "scifact-subset")
+    report = ingest_documents(list(scifact.corpus.values()), settings)
+    return Ingested(settings, report, scifact)
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A real ``chroma run`` on loopback; yields (host, port)."""
+    executable = shutil.which("chroma", path=str(Path(sys.executable).parent)) or shutil.which("chroma")
+    if executable is None:
+        pytest.fail("the `chroma` CLI is not installed in this environment", pytrace=False)
+    host, port = "127.0.0.1", free_port()
+    data_dir = tmp_path_factory.mktemp("chroma-server")
+    log = (data_dir.parent / f"chroma-{port}.log").open("w+b")
+    process = subprocess.Popen(
+        [executable, "run", "--path", str(data_dir), "--host", host, "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://{host}:{port}/api/v2/heartbeat"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                output = log.read().decode(errors="replace")[-4000:]
+                pytest.fail(f"`chroma run` did not come up on {host}:{port}:\n{output}", pytrace=False)
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        yield host, port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_twostage_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's own TWOSTAGE_* variables must not leak into the tests."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("TWOSTAGE_"):
+            monkeypatch.delenv(name)
