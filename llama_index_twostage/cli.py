@@ -5,7 +5,10 @@ Settings come from flags, then ``TWOSTAGE_*`` environment variables, then ``--co
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -22,15 +25,19 @@ from llama_index_twostage.settings import RetrieverSettings
 
 app = typer.Typer(help="Two-stage retrieval for LlamaIndex: Chroma recall, cross-encoder precision.")
 
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file.", exists=True)]
-CollectionOption = Annotated[Optional[str], typer.Option(help="Chroma collection.")]
-PersistDirOption = Annotated[Optional[Path], typer.Option(help="Embedded Chroma directory.")]
-HostOption = Annotated[Optional[str], typer.Option(help="Chroma server host (selects server mode).")]
-PortOption = Annotated[Optional[int], typer.Option(help="Chroma server port.")]
-EmbedOption = Annotated[Optional[str], typer.Option(help="Bi-encoder: hub id or local directory.")]
-RerankOption = Annotated[Optional[str], typer.Option(help="Cross-encoder: hub id or local directory.")]
-RecallOption = Annotated[Optional[int], typer.Option(help="Stage-1 candidates.")]
-TopOption = Annotated[Optional[int], typer.Option(help="Final results.")]
+# Settings a command can take as flags; each command names the ones that matter to it.
+SETTINGS_FLAGS: dict[str, tuple[Any, str]] = {
+    "collection": (Optional[str], "Chroma collection."),
+    "persist_dir": (Optional[Path], "Embedded Chroma directory."),
+    "chroma_host": (Optional[str], "Chroma server host (selects server mode)."),
+    "chroma_port": (Optional[int], "Chroma server port."),
+    "embed_model": (Optional[str], "Bi-encoder: hub id or local directory."),
+    "rerank_model": (Optional[str], "Cross-encoder: hub id or local directory."),
+    "recall_k": (Optional[int], "Stage-1 candidates."),
+    "top_k": (Optional[int], "Final results."),
+}
+STORE_FLAGS = ("collection", "persist_dir", "chroma_host", "chroma_port")
+MODEL_FLAGS = ("embed_model", "rerank_model", "recall_k", "top_k")
 
 
 def load_settings(config: Path | None = None, **flags: Any) -> RetrieverSettings:
@@ -39,6 +46,41 @@ def load_settings(config: Path | None = None, **flags: Any) -> RetrieverSettings
     if config is not None:
         return RetrieverSettings.from_toml(config, **given)
     return RetrieverSettings(**given)
+
+
+def _flag(name: str, annotation: Any, help_text: str, **option: Any) -> inspect.Parameter:
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[annotation, typer.Option(help=help_text, **option)],
+    )
+
+
+def with_settings(*flags: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command ``--config`` and the named settings flags, and call it with the resulting ``settings``.
+
+    Errors of this package and invalid settings end the command with one readable line and exit code 2.
+    """
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "settings"]
+        added = [_flag("config", Optional[Path], "TOML settings file.", exists=True)]
+        added += [_flag(name, *SETTINGS_FLAGS[name]) for name in flags]
+
+        @functools.wraps(command)
+        def run(**arguments: Any) -> None:
+            given = {parameter.name: arguments.pop(parameter.name) for parameter in added}
+            try:
+                command(settings=load_settings(**given), **arguments)
+            except (TwoStageError, ValidationError) as error:
+                typer.secho(f"error: {_one_line(error)}", fg=typer.colors.RED, err=True)
+                raise typer.Exit(code=2) from None
+
+        run.__signature__ = inspect.Signature([*own, *added])  # type: ignore[attr-defined]
+        return run
+
+    return decorate
 
 
 def load_documents(path: Path, limit: int | None = None) -> list[Document]:
@@ -55,17 +97,14 @@ def load_documents(path: Path, limit: int | None = None) -> list[Document]:
     return documents[:limit] if limit else documents
 
 
-def _fail(error: Exception) -> None:
-    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
-
-
-def _run(action: Any) -> None:
-    """Run a command body; the package's errors and invalid settings end in one readable line, exit code 2."""
-    try:
-        action()
-    except (TwoStageError, ValidationError) as error:
-        _fail(error)
+def _one_line(error: Exception) -> str:
+    """Pydantic's multi-line report folded into ``field: message`` pairs, without inputs or doc links."""
+    if isinstance(error, ValidationError):
+        return "; ".join(
+            ".".join(map(str, item["loc"])) + ": " + item["msg"] if item["loc"] else item["msg"]
+            for item in error.errors(include_input=False, include_url=False)
+        )
+    return str(error)
 
 
 @app.callback()
@@ -74,68 +113,26 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log prog
 
 
 @app.command()
+@with_settings(*STORE_FLAGS, "embed_model")
 def ingest(
+    settings: RetrieverSettings,
     path: Annotated[Path, typer.Argument(help="Folder or file of documents, or a BEIR corpus.jsonl.", exists=True)],
     limit: Annotated[Optional[int], typer.Option(help="Ingest only the first N documents.")] = None,
-    config: ConfigOption = None,
-    collection: CollectionOption = None,
-    persist_dir: PersistDirOption = None,
-    chroma_host: HostOption = None,
-    chroma_port: PortOption = None,
-    embed_model: EmbedOption = None,
 ) -> None:
     """Chunk, embed and store documents (re-runs add nothing twice)."""
-
-    def action() -> None:
-        settings = load_settings(
-            config,
-            collection=collection,
-            persist_dir=persist_dir,
-            chroma_host=chroma_host,
-            chroma_port=chroma_port,
-            embed_model=embed_model,
-        )
-        report = ingest_documents(load_documents(path, limit), settings)
-        typer.echo(
-            f"{report.documents} documents -> {report.chunks} chunks: {report.added} added, "
-            f"{report.already_stored} already stored; collection {report.collection!r} now holds "
-            f"{report.stored_total} ({report.seconds:.1f}s)"
-        )
-
-    _run(action)
+    report = ingest_documents(load_documents(path, limit), settings)
+    typer.echo(
+        f"{report.documents} documents -> {report.chunks} chunks: {report.added} added, "
+        f"{report.already_stored} already stored; collection {report.collection!r} now holds "
+        f"{report.stored_total} ({report.seconds:.1f}s)"
+    )
 
 
 @app.command()
-def query(
-    text: Annotated[str, typer.Argument(help="The query.")],
-    config: ConfigOption = None,
-    collection: CollectionOption = None,
-    persist_dir: PersistDirOption = None,
-    chroma_host: HostOption = None,
-    chroma_port: PortOption = None,
-    embed_model: EmbedOption = None,
-    rerank_model: RerankOption = None,
-    recall_k: RecallOption = None,
-    top_k: TopOption = None,
-) -> None:
+@with_settings(*STORE_FLAGS, *MODEL_FLAGS)
+def query(settings: RetrieverSettings, text: Annotated[str, typer.Argument(help="The query.")]) -> None:
     """Two-stage search: the final top_k with stage-1 rank -> final rank, both scores and timings."""
-
-    def action() -> None:
-        settings = load_settings(
-            config,
-            collection=collection,
-            persist_dir=persist_dir,
-            chroma_host=chroma_host,
-            chroma_port=chroma_port,
-            embed_model=embed_model,
-            rerank_model=rerank_model,
-            recall_k=recall_k,
-            top_k=top_k,
-        )
-        results = build_two_stage_retriever(settings).retrieve(text)
-        typer.echo(format_results(results))
-
-    _run(action)
+    typer.echo(format_results(build_two_stage_retriever(settings).retrieve(text)))
 
 
 def format_results(results: list[Any]) -> str:
@@ -158,26 +155,40 @@ def format_results(results: list[Any]) -> str:
 
 
 @app.command()
-def info(
-    config: ConfigOption = None,
-    collection: CollectionOption = None,
-    persist_dir: PersistDirOption = None,
-    chroma_host: HostOption = None,
-    chroma_port: PortOption = None,
-) -> None:
+@with_settings(*STORE_FLAGS)
+def info(settings: RetrieverSettings) -> None:
     """The collection: where it lives, how many nodes, which model wrote it, dimension and distance space."""
+    target = store.open_collection(settings)
+    contract = store.CollectionContract.of(target)
+    typer.echo(f"collection:      {target.name} in {store.describe_store(settings)}")
+    typer.echo(f"nodes:           {target.count()}")
+    typer.echo(f"embedding model: {contract.embed_model if contract else 'not recorded'}")
+    typer.echo(f"dimension:       {contract.dimension if contract else 'not recorded'}")
+    typer.echo(f"distance space:  {store.distance_space(target)}")
+    typer.echo(f"rerank model:    {settings.rerank_model} (recall_k={settings.recall_k}, top_k={settings.top_k})")
 
-    def action() -> None:
-        settings = load_settings(
-            config, collection=collection, persist_dir=persist_dir, chroma_host=chroma_host, chroma_port=chroma_port
-        )
-        target = store.open_collection(settings)
-        contract = store.CollectionContract.of(target)
-        typer.echo(f"collection:      {target.name} in {store.describe_store(settings)}")
-        typer.echo(f"nodes:           {target.count()}")
-        typer.echo(f"embedding model: {contract.embed_model if contract else 'not recorded'}")
-        typer.echo(f"dimension:       {contract.dimension if contract else 'not recorded'}")
-        typer.echo(f"distance space:  {store.distance_space(target)}")
-        typer.echo(f"rerank model:    {settings.rerank_model} (recall_k={settings.recall_k}, top_k={settings.top_k})")
 
-    _run(action)
+@app.command("eval")
+@with_settings("persist_dir", "chroma_host", "chroma_port", *MODEL_FLAGS)
+def eval_command(
+    settings: RetrieverSettings,
+    dataset: Annotated[Path, typer.Argument(help="BEIR folder or corpus.jsonl, or LlamaIndex QA .json.", exists=True)],
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.json, per_query.csv and the plots.")],
+    sweep: Annotated[Optional[str], typer.Option(help="recall_k values to compare, e.g. 10,20,50,100.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N judged queries.")] = None,
+    knee_tolerance: Annotated[float, typer.Option(help="nDCG@10 the recommended recall_k may lose.")] = 0.005,
+    split: Annotated[str, typer.Option(help="BEIR qrels split.")] = "test",
+) -> None:
+    """Evaluate stage 1 alone and two-stage retrieval on a labelled dataset; recommend a recall_k."""
+    from llama_index_twostage.evaluation import evaluate, format_table, load_dataset, parse_sweep, write_report
+
+    report = evaluate(
+        load_dataset(dataset, split),
+        settings,
+        sweep=parse_sweep(sweep) if sweep else None,
+        limit=limit,
+        knee_tolerance=knee_tolerance,
+    )
+    write_report(report, out)
+    typer.echo(format_table(report))
+    typer.echo(f"report written to {out}")

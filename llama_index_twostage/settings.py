@@ -32,7 +32,7 @@ _DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu|npu)(:\d+)?)$")
 def _validate_collection_name(name: str) -> str:
     """Apply Chroma's naming rules up front, so a bad name fails at configuration time, not at first write."""
     problem = None
-    if not _COLLECTION_NAME.match(name):
+    if not _COLLECTION_NAME.fullmatch(name):
         problem = "use 3-512 characters from [a-zA-Z0-9._-], starting and ending with a letter or digit"
     elif ".." in name:
         problem = "do not use two consecutive periods"
@@ -157,6 +157,14 @@ class RetrieverSettings(BaseSettings):
         if isinstance(data, dict) and data.get("chroma_host") and "chroma_mode" not in data:
             data = {**data, "chroma_mode": "server"}
         return data
+
+    @classmethod
+    def _settings_build_values(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Wrap the token as soon as kwargs, env and TOML are merged: pydantic echoes that raw input in errors()."""
+        values: dict[str, Any] = super()._settings_build_values(*args, **kwargs)
+        if isinstance(values.get("chroma_token"), str):
+            values["chroma_token"] = SecretStr(values["chroma_token"])
+        return values
 
     @classmethod
     def settings_customise_sources(

@@ -192,7 +192,7 @@ def verify_collection(collection: Collection, embed_model: str, dimension: int) 
         return
     sample = collection.peek(limit=1).get("embeddings")
     if sample is not None and len(sample) and len(sample[0]) != dimension:
-        CollectionContract("unrecorded", len(sample[0])).check(embed_model, dimension, collection.name)
+        CollectionContract(embed_model, len(sample[0])).check(embed_model, dimension, collection.name)
 
 
 async def open_async_collection(settings: RetrieverSettings) -> AsyncCollection:

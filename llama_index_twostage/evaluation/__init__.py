@@ -1,4 +1,4 @@
-"""Retrieval evaluation: benchmark loaders and BEIR-compatible metrics."""
+"""Retrieval evaluation: benchmark loaders, BEIR-compatible metrics, and the two-stage evaluation report."""
 
 from llama_index_twostage.evaluation.datasets import (
     DatasetError,
@@ -8,6 +8,7 @@ from llama_index_twostage.evaluation.datasets import (
     load_dataset,
     load_llamaindex_qa,
 )
+from llama_index_twostage.evaluation.diagnosis import DocDiagnosis, QueryDiagnosis
 from llama_index_twostage.evaluation.metrics import (
     Qrels,
     Run,
@@ -18,9 +19,22 @@ from llama_index_twostage.evaluation.metrics import (
     recall_at_k,
     relevant_ranks,
 )
+from llama_index_twostage.evaluation.report import EvaluationReport, SweepPoint, format_table, write_report
+from llama_index_twostage.evaluation.runner import collection_name, evaluate
+from llama_index_twostage.evaluation.sweep import QueryTrace, parse_sweep
 
 __all__ = [
     "DatasetError",
+    "DocDiagnosis",
+    "EvaluationReport",
+    "QueryDiagnosis",
+    "QueryTrace",
+    "SweepPoint",
+    "collection_name",
+    "evaluate",
+    "format_table",
+    "parse_sweep",
+    "write_report",
     "Qrels",
     "RetrievalDataset",
     "Run",

@@ -27,7 +27,7 @@ to a folder and :func:`format_table` renders the summary a terminal prints.
 
 ``per_query.csv``: one row per query: ``query_id``, ``outcome``, ``stage1_<metric>`` and ``two_stage_<metric>`` for
 the four quality metrics, ``stage1_ms``, ``stage2_ms``, ``pairs`` and ``relevant`` (``doc:stage1->final`` for each
-relevant doc, ``-`` for no rank). ``sweep.png`` and ``rank_movement.png``: see
+relevant doc, ``none`` for no rank). ``sweep.png`` and ``rank_movement.png``: see
 :mod:`llama_index_twostage.evaluation.plots`.
 """
 
@@ -215,7 +215,7 @@ def build_report(
 
 
 def _rank(rank: int | None) -> str:
-    return "-" if rank is None else str(rank)
+    return "none" if rank is None else str(rank)
 
 
 def _csv_rows(report: EvaluationReport) -> list[dict[str, Any]]:
@@ -261,8 +261,8 @@ def format_table(report: EvaluationReport) -> str:
     ]
     for key in [*report.quality_keys, "p50_ms", "p95_ms"]:
         lines.append(f"{key:<14}{report.stage1[key]:>10.4f}{report.two_stage[key]:>11.4f}")
-    lines.append(f"(ms: stage 1 = embed + search; two-stage = reranking only; {report.two_stage['pairs_per_query']:.1f}"
-                 " pairs/query)")
+    pairs = report.two_stage["pairs_per_query"]
+    lines.append(f"(ms: stage 1 = embed + search; two-stage = reranking only, {pairs:.1f} pairs/query)")
     lines.append(f"{'recall_k':>8}{'s1 recall':>11}{'2s ndcg@10':>12}{'pairs':>7}{'s2 p50 ms':>11}{'s2 p95 ms':>11}")
     for point in report.sweep:
         marker = "  <- recommended" if point.recall_k == report.recommended_recall_k else ""

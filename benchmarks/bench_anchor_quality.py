@@ -1,0 +1,130 @@
+"""Anchor benchmark: LlamaIndex's stock two-stage pipeline vs ours, same models, same documents, same process.
+
+Stock: ``VectorStoreIndex`` over ``ChromaVectorStore`` with ``HuggingFaceEmbedding``, reranked by
+``SentenceTransformerRerank``. Ours: ``ChromaRecallRetriever`` + ``CrossEncoderRerank``. Both ingest the same
+documents as one node each into their own collections, retrieve ``recall_k`` candidates and keep the best ``top_k``
+(10, so nDCG@10 reads a full list). Queries alternate between the pipelines so background load hits both alike;
+each pipeline answers one warm-up query first, so model loading is not timed.
+
+The corpus defaults to the queries' relevant documents plus the first documents of the corpus (``--corpus-size``;
+0 for all), so the default run finishes in a few minutes; ``--persist-dir`` keeps the embeddings between runs.
+
+    python benchmarks/bench_anchor_quality.py --limit 20 --recall-k 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from llama_index.core import Document, StorageContext, VectorStoreIndex
+from llama_index.core.node_parser import SentenceSplitter
+from llama_index.core.postprocessor import SentenceTransformerRerank
+from llama_index.core.schema import NodeWithScore
+from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+from llama_index.vector_stores.chroma import ChromaVectorStore
+
+from llama_index_twostage import RetrieverSettings, build_two_stage_retriever, ingest_documents, store
+from llama_index_twostage.evaluation import RetrievalDataset, evaluate_run, load_beir
+from llama_index_twostage.evaluation.runner import WHOLE_DOCUMENT_CHUNK
+from llama_index_twostage.timing import Stopwatch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+STOCK_MAX_LENGTH = 512  # SentenceTransformerRerank's fixed window; ours is given the same
+Pipeline = Callable[[str], list[NodeWithScore]]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=SHARED / "data" / "scifact", help="BEIR folder")
+    parser.add_argument("--embed-model", default=str(SHARED / "models" / "all-MiniLM-L6-v2"))
+    parser.add_argument("--rerank-model", default=str(SHARED / "models" / "twostage-test-reranker"))
+    parser.add_argument("--limit", type=int, default=20, help="first N judged test queries")
+    parser.add_argument("--recall-k", type=int, default=20)
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--corpus-size", type=int, default=1000, help="documents to ingest (0: the whole corpus)")
+    parser.add_argument("--persist-dir", type=Path, default=None, help="Chroma folder (default: a fresh temp dir)")
+    return parser.parse_args()
+
+
+def corpus_subset(dataset: RetrievalDataset, size: int) -> list[Document]:
+    """The queries' relevant documents first, then corpus order up to ``size`` (all when size is 0)."""
+    relevant = [doc_id for judged in dataset.qrels.values() for doc_id in judged]
+    ordered = list(dict.fromkeys([*relevant, *dataset.corpus]))
+    return [dataset.corpus[doc_id] for doc_id in (ordered[:size] if size else ordered)]
+
+
+def ours(documents: list[Document], settings: RetrieverSettings) -> Pipeline:
+    ingest_documents(documents, settings)
+    return build_two_stage_retriever(settings).retrieve
+
+
+def stock(documents: list[Document], settings: RetrieverSettings) -> Pipeline:
+    """LlamaIndex as its documentation wires it, on the same embedded Chroma store."""
+    collection = store.get_client(settings).get_or_create_collection(f"{settings.collection}-stock")
+    vector_store = ChromaVectorStore(chroma_collection=collection)
+    embed_model = HuggingFaceEmbedding(model_name=settings.embed_model)
+    if collection.count():
+        index = VectorStoreIndex.from_vector_store(vector_store, embed_model=embed_model)
+    else:
+        index = VectorStoreIndex.from_documents(
+            documents,
+            storage_context=StorageContext.from_defaults(vector_store=vector_store),
+            embed_model=embed_model,
+            transformations=[SentenceSplitter(chunk_size=WHOLE_DOCUMENT_CHUNK, chunk_overlap=0)],
+            show_progress=settings.show_progress,
+        )
+    retriever = index.as_retriever(similarity_top_k=settings.recall_k)
+    rerank = SentenceTransformerRerank(top_n=settings.top_k, model=settings.rerank_model)
+    return lambda query: rerank.postprocess_nodes(retriever.retrieve(query), query_str=query)
+
+
+def run(
+    pipelines: dict[str, Pipeline], queries: dict[str, str]
+) -> tuple[dict[str, dict[str, list[str]]], dict[str, list[float]]]:
+    """Every query through every pipeline, alternating; returns the rankings and the ms per query."""
+    first = next(iter(queries.values()))
+    for pipeline in pipelines.values():
+        pipeline(first)  # warm-up: loads models and opens collections outside the timings
+    rankings: dict[str, dict[str, list[str]]] = {name: {} for name in pipelines}
+    times: dict[str, list[float]] = {name: [] for name in pipelines}
+    for query_id, query in queries.items():
+        for name, pipeline in pipelines.items():
+            with Stopwatch() as watch:
+                results = pipeline(query)
+            times[name].append(watch.ms)
+            rankings[name][query_id] = [scored.node.ref_doc_id or scored.node.node_id for scored in results]
+    return rankings, times
+
+
+def main() -> None:
+    args = parse_args()
+    dataset = load_beir(args.data).limit(args.limit)
+    documents = corpus_subset(dataset, args.corpus_size)
+    settings = RetrieverSettings(
+        embed_model=args.embed_model,
+        rerank_model=args.rerank_model,
+        persist_dir=args.persist_dir or Path(tempfile.mkdtemp(prefix="anchor-")),
+        chroma_mode="embedded",
+        collection="anchor",
+        recall_k=args.recall_k,
+        top_k=args.top_k,
+        max_length=STOCK_MAX_LENGTH,
+        chunk_size=WHOLE_DOCUMENT_CHUNK,
+        chunk_overlap=0,
+    )
+    print(f"{len(dataset.queries)} queries, {len(documents)} documents, recall_k={args.recall_k}, top_k={args.top_k}")
+    pipelines = {"stock": stock(documents, settings), "ours": ours(documents, settings)}
+    rankings, times = run(pipelines, dataset.queries)
+    p50 = {name: statistics.median(values) for name, values in times.items()}
+    for name in pipelines:
+        ndcg = evaluate_run(rankings[name], dataset.qrels)["ndcg@10"]
+        print(f"{name:>6}: nDCG@10 {ndcg:.4f}  p50 {p50[name]:.0f} ms/query")
+    print(f"ours/stock p50 ratio: {p50['ours'] / p50['stock']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

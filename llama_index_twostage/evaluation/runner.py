@@ -1,0 +1,125 @@
+"""``evaluate``: run both stages over a labelled dataset and measure what each contributes.
+
+The corpus goes through the normal :func:`~llama_index_twostage.ingest.ingest_documents`, one node per document (as
+BEIR evaluates), into a collection named after the dataset and the embedding model, so a second run embeds
+nothing. Each query then runs stage 1 once at the largest swept recall_k and the cross-encoder scores each
+candidate once (see :mod:`llama_index_twostage.evaluation.sweep`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
+
+from llama_index_twostage import store
+from llama_index_twostage.evaluation.datasets import RetrievalDataset
+from llama_index_twostage.evaluation.report import EvaluationReport, build_report
+from llama_index_twostage.evaluation.sweep import QueryTrace, score_incrementally, sweep_points
+from llama_index_twostage.ingest import IngestReport, ingest_documents
+from llama_index_twostage.nodes import model_text, stage_info
+from llama_index_twostage.rerank import CrossEncoderRerank
+from llama_index_twostage.retriever import ChromaRecallRetriever
+from llama_index_twostage.settings import RetrieverSettings
+
+if TYPE_CHECKING:
+    from llama_index.core.schema import NodeWithScore
+
+WHOLE_DOCUMENT_CHUNK = 100_000
+"""Tokens per chunk large enough that every benchmark document stays one node, as in BEIR."""
+
+
+def collection_name(dataset_name: str, embed_model: str) -> str:
+    """``eval-<dataset>-<model>`` made to fit Chroma's naming rules (3-512 of [a-zA-Z0-9._-], alphanumeric ends)."""
+    raw = f"eval-{dataset_name}-{store.model_identity(embed_model)}"
+    name = re.sub(r"\.{2,}", ".", re.sub(r"[^a-zA-Z0-9._-]+", "-", raw))
+    return name[:512].rstrip("._-")
+
+
+def evaluation_settings(dataset: RetrievalDataset, settings: RetrieverSettings) -> RetrieverSettings:
+    """The settings with the dataset's own collection and one node per document."""
+    return settings.model_copy(
+        update={
+            "collection": collection_name(dataset.name, settings.embed_model),
+            "chunk_size": WHOLE_DOCUMENT_CHUNK,
+            "chunk_overlap": 0,
+        }
+    )
+
+
+def _in_stage1_order(nodes: list[NodeWithScore]) -> list[NodeWithScore]:
+    return sorted(nodes, key=lambda scored: stage_info(scored)["stage1_rank"])
+
+
+def trace_query(
+    query_id: str,
+    query: str,
+    retriever: ChromaRecallRetriever,
+    reranker: CrossEncoderRerank,
+    points: Sequence[int],
+) -> QueryTrace:
+    """Stage 1 once at the largest recall_k, then one scoring increment per sweep point."""
+    nodes = _in_stage1_order(retriever.retrieve(query))
+    texts = [model_text(scored.node) or "" for scored in nodes]
+    scores, stage2_ms = score_incrementally(texts, points, lambda batch: reranker.score(query, batch))
+    return QueryTrace(
+        query_id=query_id,
+        candidates=[scored.node.ref_doc_id or scored.node.node_id for scored in nodes],
+        scores=scores,
+        stage1_ms=float(stage_info(nodes[0])["stage1_ms"]) if nodes else 0.0,
+        stage2_ms=stage2_ms,
+    )
+
+
+def _loaded_reranker(settings: RetrieverSettings) -> CrossEncoderRerank:
+    """The settings' cross-encoder, loaded now so the first query's stage-2 time is scoring, not loading."""
+    reranker = CrossEncoderRerank.from_settings(settings)
+    _ = reranker.cross_encoder
+    return reranker
+
+
+def evaluate(
+    dataset: RetrievalDataset,
+    settings: RetrieverSettings,
+    *,
+    sweep: Sequence[int] | None = None,
+    limit: int | None = None,
+    knee_tolerance: float = 0.005,
+    reranker: CrossEncoderRerank | None = None,
+) -> EvaluationReport:
+    """Evaluate stage 1 alone and two-stage retrieval on ``dataset``, at ``settings.recall_k`` or at each ``sweep``.
+
+    Args:
+        dataset: corpus, queries and qrels (see :mod:`llama_index_twostage.evaluation.datasets`).
+        settings: models, store, ``top_k`` and ``recall_k``; the collection is derived from the dataset.
+        sweep: recall_k values to compare; the report's operating point is ``settings.recall_k`` when it is one of
+            them, else the largest.
+        limit: evaluate only the first N judged queries (the full corpus is still searched).
+        knee_tolerance: nDCG@10 a smaller recall_k may lose against the best and still be recommended.
+        reranker: a ready stage-2 reranker instead of the settings' (tests count its calls through it).
+    """
+    points = sweep_points(sweep, default=settings.recall_k, top_k=settings.top_k)
+    operating = settings.recall_k if settings.recall_k in points else points[-1]
+    if limit is not None:
+        dataset = dataset.limit(limit)
+    eval_settings = evaluation_settings(dataset, settings)
+    ingested: IngestReport = ingest_documents(list(dataset.corpus.values()), eval_settings)
+    retriever = ChromaRecallRetriever(eval_settings, recall_k=points[-1])
+    reranker = reranker or _loaded_reranker(settings)
+    traces = [
+        trace_query(query_id, dataset.queries[query_id], retriever, reranker, points)
+        for query_id in tqdm(dataset.queries, desc="evaluating", unit="query", disable=not settings.show_progress)
+    ]
+    return build_report(
+        traces,
+        dataset.qrels,
+        dataset=dataset.name,
+        points=points,
+        operating_recall_k=operating,
+        top_k=settings.top_k,
+        knee_tolerance=knee_tolerance,
+        settings=eval_settings.to_dict(),
+        ingest=ingested.to_dict(),
+    )

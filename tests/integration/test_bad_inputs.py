@@ -1,0 +1,251 @@
+"""Every bad input ends in a clear error or a logged warning, never in silent nonsense."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+import pytest
+from llama_index.core.embeddings import MockEmbedding
+from llama_index.core.schema import ImageNode, NodeWithScore, QueryBundle, TextNode
+
+from llama_index_twostage import store
+from llama_index_twostage.errors import (
+    ChromaUnavailableError,
+    CollectionMismatchError,
+    CollectionNotFoundError,
+    EmptyQueryError,
+    ModelLoadError,
+)
+from llama_index_twostage.ingest import ingest_documents
+from llama_index_twostage.nodes import stage_info
+from llama_index_twostage.pipeline import TwoStageRetriever
+from llama_index_twostage.rerank import CrossEncoderRerank
+from llama_index_twostage.retriever import ChromaRecallRetriever
+
+pytestmark = pytest.mark.integration
+
+LONG_TEXT = " ".join(f"protein{i} binds receptor{i} in cell{i}" for i in range(150))  # ~750+ tokens
+
+
+@pytest.fixture(scope="module")
+def two_stage(ingested):
+    return TwoStageRetriever.from_settings(ingested.settings)
+
+
+@pytest.fixture(scope="module")
+def small_collection(settings_for, scifact):
+    """Five SciFact documents (a few chunks) in memory."""
+    settings = settings_for("memory", recall_k=30, top_k=3)
+    ingest_documents(list(scifact.corpus.values())[:5], settings)
+    return settings
+
+
+# --- queries ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query", ["", "   \n\t"])
+def test_empty_query_sync(two_stage, query):
+    with pytest.raises(EmptyQueryError):
+        two_stage.retrieve(query)
+    with pytest.raises(EmptyQueryError):
+        two_stage.recall.retrieve(QueryBundle(query))
+    with pytest.raises(EmptyQueryError):
+        two_stage.rerank.postprocess_nodes([], query_str=query)
+
+
+@pytest.mark.parametrize("query", ["", "   \n\t"])
+async def test_empty_query_async(two_stage, query):
+    with pytest.raises(EmptyQueryError):
+        await two_stage.aretrieve(query)
+    with pytest.raises(EmptyQueryError):
+        await two_stage.recall.aretrieve(query)
+    with pytest.raises(EmptyQueryError):
+        await two_stage.rerank.apostprocess_nodes([], query_str=query)
+
+
+def test_query_longer_than_embedding_window_is_reported(ingested, caplog):
+    with caplog.at_level(logging.WARNING, logger="llama_index_twostage"):
+        results = ChromaRecallRetriever(ingested.settings, recall_k=5).retrieve(LONG_TEXT)
+    assert any("the embedding model reads only the first 256" in r.getMessage() for r in caplog.records)
+    assert all(stage_info(r)["query_truncated"] is True for r in results)
+
+
+def test_long_pairs_are_counted_and_reported(ingested, caplog):
+    nodes = [
+        NodeWithScore(node=TextNode(id_="long1", text=LONG_TEXT), score=0.9),
+        NodeWithScore(node=TextNode(id_="short", text="Insulin regulates glucose."), score=0.8),
+        NodeWithScore(node=TextNode(id_="long2", text=LONG_TEXT + " extra"), score=0.7),
+    ]
+    reranker = CrossEncoderRerank.from_settings(ingested.settings, top_k=3)
+    with caplog.at_level(logging.WARNING, logger="llama_index_twostage"):
+        results = reranker.postprocess_nodes(nodes, query_str="what regulates glucose?")
+    assert {stage_info(r)["pairs_truncated"] for r in results} == {2}
+    assert any("2 of 3 (query, candidate) pairs exceed" in r.getMessage() for r in caplog.records)
+
+
+def test_non_text_candidates_are_skipped_and_reported(ingested, some_queries, caplog):
+    candidates = ChromaRecallRetriever(ingested.settings, recall_k=5).retrieve(some_queries[0])
+    extras = [
+        NodeWithScore(node=TextNode(id_="blank", text="  "), score=0.5),
+        NodeWithScore(node=ImageNode(id_="picture", image="aGVsbG8="), score=0.4),
+    ]
+    reranker = CrossEncoderRerank.from_settings(ingested.settings, top_k=10)
+    with caplog.at_level(logging.WARNING, logger="llama_index_twostage"):
+        results = reranker.postprocess_nodes([extras[0], *candidates, extras[1]], query_str=some_queries[0])
+    assert len(results) == 5
+    assert {r.node.node_id for r in results} == {c.node.node_id for c in candidates}
+    assert all(stage_info(r)["skipped_non_text"] == 2 for r in results)
+    assert all(stage_info(r)["pairs_scored"] == 5 for r in results)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("skipped 2 candidates without text" in m and "blank" in m and "picture" in m for m in messages)
+
+
+# --- collections ------------------------------------------------------------------------------------------------
+
+
+def test_recall_k_above_collection_size_returns_all_with_a_warning(small_collection, caplog):
+    with caplog.at_level(logging.WARNING, logger="llama_index_twostage"):
+        results = ChromaRecallRetriever(small_collection).retrieve("cells")
+    count = store.open_collection(small_collection).count()
+    assert 0 < count < 30
+    assert len(results) == count
+    assert any(f"recall_k=30 but collection {small_collection.collection!r} holds only {count} nodes" in r.getMessage()
+               for r in caplog.records)
+
+
+@pytest.mark.parametrize("mode", ["embedded", "memory"])
+def test_missing_collection_is_named(settings_for, mode):
+    settings = settings_for(mode, "no-such-collection")
+    with pytest.raises(CollectionNotFoundError) as excinfo:
+        ChromaRecallRetriever(settings).retrieve("anything")
+    assert "'no-such-collection' does not exist" in str(excinfo.value)
+    assert "twostage ingest" in str(excinfo.value)
+
+
+def test_empty_collection_is_named(settings_for, embed_model_dir):
+    settings = settings_for("memory")
+    store.create_or_open_collection(settings, store.CollectionContract(embed_model_dir, 384))
+    with pytest.raises(CollectionNotFoundError) as excinfo:
+        ChromaRecallRetriever(settings).retrieve("anything")
+    assert f"{settings.collection!r} is empty" in str(excinfo.value)
+
+
+def test_embedding_model_mismatch_names_both(settings_for, scifact, embed_model_dir):
+    settings = settings_for("memory")
+    ingest_documents(list(scifact.corpus.values())[:3], settings, embed_model=MockEmbedding(embed_dim=384))
+    with pytest.raises(CollectionMismatchError) as excinfo:
+        ChromaRecallRetriever(settings).retrieve("anything")
+    assert "'unknown'" in str(excinfo.value)  # MockEmbedding's model_name
+    assert embed_model_dir in str(excinfo.value)
+
+
+def test_dimension_mismatch_names_both(ingested):
+    reader = ChromaRecallRetriever(ingested.settings, embed_model=MockEmbedding(embed_dim=8))
+    with pytest.raises(CollectionMismatchError) as excinfo:
+        reader.retrieve("anything")
+    assert "all-MiniLM-L6-v2" in str(excinfo.value) and "'unknown'" in str(excinfo.value)
+
+
+def test_dimension_mismatch_with_same_model_name_names_both_dimensions(ingested):
+    same_name = MockEmbedding(embed_dim=8, model_name=ingested.settings.embed_model)
+    with pytest.raises(CollectionMismatchError) as excinfo:
+        ChromaRecallRetriever(ingested.settings, embed_model=same_name).retrieve("anything")
+    assert "384-dimensional" in str(excinfo.value) and "produces 8" in str(excinfo.value)
+
+
+def test_ingesting_with_another_model_is_refused(ingested, scifact):
+    with pytest.raises(CollectionMismatchError):
+        ingest_documents(list(scifact.corpus.values())[:1], ingested.settings, embed_model=MockEmbedding(embed_dim=8))
+
+
+# --- the Chroma server ------------------------------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again on exit: nothing listens there
+
+
+@pytest.fixture
+def silent_server():
+    """A socket that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    accepted, stop = [], threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(timeout=5)
+    for connection in accepted:
+        connection.close()
+    listener.close()
+
+
+def test_unreachable_server_is_named(settings_for):
+    port = closed_port()
+    settings = settings_for("server", chroma_host="127.0.0.1", chroma_port=port, chroma_timeout_s=2)
+    with pytest.raises(ChromaUnavailableError) as excinfo:
+        ChromaRecallRetriever(settings).retrieve("anything")
+    assert f"127.0.0.1:{port}" in str(excinfo.value)
+    assert "chroma run" in str(excinfo.value)
+
+
+def test_unreachable_server_on_ingest(settings_for, scifact):
+    settings = settings_for("server", chroma_host="127.0.0.1", chroma_port=closed_port(), chroma_timeout_s=2)
+    with pytest.raises(ChromaUnavailableError):
+        ingest_documents(list(scifact.corpus.values())[:1], settings)
+
+
+@pytest.mark.timeout(30)
+def test_silent_server_times_out(settings_for, silent_server):
+    settings = settings_for("server", chroma_host="127.0.0.1", chroma_port=silent_server, chroma_timeout_s=1)
+    with pytest.raises(ChromaUnavailableError) as excinfo:
+        ChromaRecallRetriever(settings).retrieve("anything")
+    assert f"127.0.0.1:{silent_server}" in str(excinfo.value)
+
+
+@pytest.mark.timeout(30)
+async def test_silent_server_times_out_async(settings_for, silent_server):
+    settings = settings_for("server", chroma_host="127.0.0.1", chroma_port=silent_server, chroma_timeout_s=1)
+    with pytest.raises(ChromaUnavailableError):
+        await ChromaRecallRetriever(settings).aretrieve("anything")
+
+
+# --- models -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_unloadable_embedding_model_is_named(settings_for, tmp_path, ingested):
+    broken = tmp_path / "broken-embedder"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    settings = settings_for("embedded", ingested.settings.collection, embed_model=str(broken))
+    with pytest.raises(ModelLoadError) as excinfo:
+        ChromaRecallRetriever(settings).retrieve("anything")
+    assert "embed_model" in str(excinfo.value) and str(broken) in str(excinfo.value)
+
+
+@pytest.mark.timeout(120)
+def test_unloadable_cross_encoder_is_named(settings_for, tmp_path):
+    broken = tmp_path / "broken-reranker"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    reranker = CrossEncoderRerank.from_settings(settings_for("memory", rerank_model=str(broken)))
+    nodes = [NodeWithScore(node=TextNode(text="text"), score=1.0)]
+    with pytest.raises(ModelLoadError) as excinfo:
+        reranker.postprocess_nodes(nodes, query_str="query")
+    assert "rerank_model" in str(excinfo.value) and str(broken) in str(excinfo.value)

@@ -1,0 +1,140 @@
+"""The same retrieval through a real `chroma run` server (sync HttpClient and async AsyncHttpClient)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
+
+from llama_index_twostage import store
+from llama_index_twostage.ingest import ingest_documents
+from llama_index_twostage.models import shared_model
+from llama_index_twostage.nodes import model_text, stage_info
+from llama_index_twostage.pipeline import build_two_stage_retriever
+from llama_index_twostage.rerank import CrossEncoderRerank
+from llama_index_twostage.retriever import ChromaRecallRetriever
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def subset_ids(scifact) -> list[str]:
+    """The relevant documents of the first queries plus some others: small enough to embed again quickly."""
+    relevant = [doc_id for qid in list(scifact.qrels)[:4] for doc_id in scifact.qrels[qid]]
+    others = [doc_id for doc_id in scifact.corpus if doc_id not in relevant][:20]
+    return relevant + others
+
+
+@pytest.fixture(scope="module")
+def on_server(chroma_server, settings_for, scifact, subset_ids):
+    host, port = chroma_server
+    settings = settings_for("server", chroma_host=host, chroma_port=port, recall_k=12, top_k=4)
+    report = ingest_documents([scifact.corpus[doc_id] for doc_id in subset_ids], settings)
+    assert report.added == report.stored_total > 0
+    return settings
+
+
+@pytest.fixture(scope="module")
+def same_docs_embedded(ingested, subset_ids):
+    """The session's embedded collection restricted to the same documents (same chunk ids, same vectors)."""
+    filters = MetadataFilters(filters=[MetadataFilter(key="doc_id", value=subset_ids, operator=FilterOperator.IN)])
+    return ingested.settings.model_copy(update={"recall_k": 12, "top_k": 4}), filters
+
+
+def ids(nodes) -> list[str]:
+    return [n.node.node_id for n in nodes]
+
+
+def test_server_collection_records_the_contract(on_server):
+    contract = store.CollectionContract.of(store.open_collection(on_server))
+    assert contract is not None
+    assert store.model_identity(contract.embed_model) == "all-MiniLM-L6-v2"
+    assert (contract.dimension, contract.space) == (384, "cosine")
+
+
+def test_reingesting_on_server_adds_nothing(on_server, scifact, subset_ids):
+    again = ingest_documents([scifact.corpus[doc_id] for doc_id in subset_ids], on_server)
+    assert again.added == 0 and again.stored_total == store.open_collection(on_server).count()
+
+
+async def test_stage1_server_sync_async_and_embedded_agree(on_server, same_docs_embedded, some_queries):
+    embedded_settings, filters = same_docs_embedded
+    server = ChromaRecallRetriever(on_server)
+    embedded = ChromaRecallRetriever(embedded_settings, filters=filters)
+    for query in some_queries:
+        reference = embedded.retrieve(query)
+        sync = server.retrieve(query)
+        asynchronous = await server.aretrieve(query)
+        assert len(reference) == 12
+        assert ids(sync) == ids(asynchronous) == ids(reference)
+        assert [n.score for n in sync] == pytest.approx([n.score for n in reference], abs=1e-5)
+        assert [n.score for n in asynchronous] == pytest.approx([n.score for n in reference], abs=1e-5)
+
+
+async def test_two_stage_on_server_matches_embedded(on_server, same_docs_embedded, some_queries):
+    embedded_settings, filters = same_docs_embedded
+    server = build_two_stage_retriever(on_server)
+    reference = build_two_stage_retriever(embedded_settings, filters=filters).retrieve(some_queries[0])
+    sync = server.retrieve(some_queries[0])
+    asynchronous = await server.aretrieve(some_queries[0])
+    assert len(sync) == 4
+    assert ids(sync) == ids(asynchronous) == ids(reference)
+    assert [n.score for n in asynchronous] == pytest.approx([n.score for n in reference], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def server_candidates(on_server, some_queries):
+    return ChromaRecallRetriever(on_server).retrieve(some_queries[1]), some_queries[1]
+
+
+def test_score_threshold_drops_low_scores(on_server, server_candidates):
+    candidates, query = server_candidates
+    everything = CrossEncoderRerank.from_settings(on_server, top_k=12).postprocess_nodes(candidates, query_str=query)
+    threshold = everything[len(everything) // 2].score  # keeps about half
+    kept = CrossEncoderRerank.from_settings(on_server, top_k=12, score_threshold=threshold).postprocess_nodes(
+        candidates, query_str=query
+    )
+    assert 0 < len(kept) < len(everything)
+    assert all(n.score >= threshold for n in kept)
+    assert ids(kept) == [n.node.node_id for n in everything if n.score >= threshold]
+    assert [stage_info(n)["final_rank"] for n in kept] == list(range(1, len(kept) + 1))
+
+
+def test_normalize_does_not_apply_a_second_sigmoid(on_server, server_candidates):
+    # The test reranker already outputs sigmoid scores: normalize must leave them alone.
+    candidates, query = server_candidates
+    plain = CrossEncoderRerank.from_settings(on_server, top_k=12).postprocess_nodes(candidates, query_str=query)
+    normalized = CrossEncoderRerank.from_settings(on_server, top_k=12, normalize=True).postprocess_nodes(
+        candidates, query_str=query
+    )
+    assert ids(plain) == ids(normalized)
+    assert [n.score for n in normalized] == pytest.approx([n.score for n in plain], abs=1e-6)
+    assert all(0.0 <= n.score <= 1.0 for n in normalized)
+
+
+def test_normalize_maps_logits_to_probabilities(on_server, server_candidates, rerank_model_dir):
+    """A logits model (like hub ms-marco cross-encoders), made by loading the same weights without activation."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    candidates, query = server_candidates
+    max_length = 509  # a cache key of its own, so the shared sigmoid model stays untouched
+    shared_model(
+        ("cross-encoder", rerank_model_dir, None, max_length, False),
+        lambda: CrossEncoder(rerank_model_dir, max_length=max_length, activation_fn=torch.nn.Identity()),
+    )
+    sigmoid_model = CrossEncoder(rerank_model_dir, max_length=max_length)  # the model as published, same window
+    texts = {n.node.node_id: model_text(n.node) for n in candidates}
+    expected = dict(zip(texts, map(float, sigmoid_model.predict([(query, text) for text in texts.values()]))))
+
+    def rerank(normalize: bool):
+        reranker = CrossEncoderRerank.from_settings(on_server, top_k=12, max_length=max_length, normalize=normalize)
+        return reranker.postprocess_nodes(candidates, query_str=query)
+
+    logits, probabilities = rerank(False), rerank(True)
+    assert ids(logits) == ids(probabilities)
+    assert any(n.score < 0 for n in logits)
+    for logit, probability in zip(logits, probabilities):
+        assert probability.score == pytest.approx(expected[probability.node.node_id], abs=1e-5)
+        assert probability.score == pytest.approx(1 / (1 + math.exp(-logit.score)), abs=1e-6)

@@ -1,0 +1,118 @@
+"""``evaluate`` and ``twostage eval`` on the real models and SciFact.
+
+One test embeds the full SciFact corpus once (about 5 minutes on 2 cores) and checks stage 1 against the reference
+figure; the CLI test uses a small BEIR subset written to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from llama_index.core.bridge.pydantic import PrivateAttr
+from typer.testing import CliRunner
+
+from llama_index_twostage.cli import app
+from llama_index_twostage.evaluation import evaluate, load_beir
+from llama_index_twostage.rerank import CrossEncoderRerank
+from llama_index_twostage.settings import RetrieverSettings
+
+pytestmark = pytest.mark.integration
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+SCIFACT = SHARED / "data" / "scifact"
+EMBED = SHARED / "models" / "all-MiniLM-L6-v2"
+RERANK = SHARED / "models" / "twostage-test-reranker"
+REFERENCE_NDCG = 0.6451  # all-MiniLM-L6-v2, exact search, SciFact test (data README)
+
+
+class ConstantReranker(CrossEncoderRerank):
+    """Scores every pair alike, so the two-stage ranking must be stage 1's (ties keep stage-1 order)."""
+
+    def score(self, query: str, texts: list[str]) -> list[float]:
+        return [0.0] * len(texts)
+
+
+class CountingReranker(CrossEncoderRerank):
+    """The real cross-encoder, recording every (query, text) pair it scores."""
+
+    _pairs: list[tuple[str, str]] = PrivateAttr(default_factory=list)
+
+    def score(self, query: str, texts: list[str]) -> list[float]:
+        self._pairs.extend((query, text) for text in texts)
+        return super().score(query, texts)
+
+
+def _settings(persist_dir: Path, **overrides: object) -> RetrieverSettings:
+    fields = {
+        "embed_model": str(EMBED),
+        "rerank_model": str(RERANK),
+        "persist_dir": persist_dir,
+        "chroma_mode": "embedded",
+        "top_k": 5,
+        "recall_k": 10,
+        "max_length": 256,
+        "show_progress": False,
+    }
+    return RetrieverSettings(**{**fields, **overrides})  # type: ignore[arg-type]
+
+
+def test_full_scifact_stage1_matches_reference_and_a_second_run_embeds_nothing(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    dataset = load_beir(SCIFACT)
+    settings = _settings(tmp_path_factory.mktemp("scifact-store"))
+    first = evaluate(dataset, settings, sweep=[10], reranker=ConstantReranker.from_settings(settings))
+    assert len(first.traces) == 300
+    assert first.ingest["added"] == len(dataset.corpus) == 5183
+    assert first.stage1["ndcg@10"] == pytest.approx(REFERENCE_NDCG, abs=0.002)
+    assert first.two_stage["ndcg@10"] == pytest.approx(first.stage1["ndcg@10"])
+
+    counting = CountingReranker.from_settings(settings)
+    second = evaluate(dataset, settings, sweep=[5, 10], limit=5, reranker=counting)
+    assert (second.ingest["added"], second.ingest["already_stored"]) == (0, 5183)
+    assert len(counting._pairs) == sum(len(trace.candidates) for trace in second.traces) == 50
+    assert max(Counter(counting._pairs).values()) == 1  # no pair scored twice across the sweep
+    assert [point.pairs_per_query for point in second.sweep] == [5.0, 10.0]
+    assert 0 < second.sweep[0].stage2_p50_ms < second.sweep[1].stage2_p50_ms
+
+
+def _write_scifact_subset(root: Path, queries: int = 5, extra_docs: int = 120) -> Path:
+    """A BEIR folder: the first judged test queries, their relevant docs and the corpus's first documents."""
+    dataset = load_beir(SCIFACT).limit(queries)
+    relevant = {doc_id for judged in dataset.qrels.values() for doc_id in judged}
+    corpus_lines = (SCIFACT / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
+    kept = [line for i, line in enumerate(corpus_lines) if i < extra_docs or json.loads(line)["_id"] in relevant]
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("\n".join(kept) + "\n", encoding="utf-8")
+    (root / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": qid, "text": text}) + "\n" for qid, text in dataset.queries.items()),
+        encoding="utf-8",
+    )
+    rows = [f"{qid}\t{doc_id}\t{grade}\n" for qid, judged in dataset.qrels.items() for doc_id, grade in judged.items()]
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(rows), encoding="utf-8")
+    return root
+
+
+def test_cli_eval_writes_the_report_files(tmp_path_factory: pytest.TempPathFactory) -> None:
+    data = _write_scifact_subset(tmp_path_factory.mktemp("data") / "scifact-mini")
+    out = tmp_path_factory.mktemp("report")
+    args = ["eval", str(data), "--out", str(out), "--limit", "5", "--sweep", "5,10", "--top-k", "5"]
+    args += ["--embed-model", str(EMBED), "--rerank-model", str(RERANK)]
+    args += ["--persist-dir", str(tmp_path_factory.mktemp("mini-store"))]
+    result = CliRunner().invoke(app, args, env={"TWOSTAGE_MAX_LENGTH": "256", "TWOSTAGE_SHOW_PROGRESS": "false"})
+    assert result.exit_code == 0, result.output
+    assert "recommended recall_k" in result.output
+    assert sorted(path.name for path in out.iterdir()) == [
+        "per_query.csv", "rank_movement.png", "report.json", "sweep.png",
+    ]  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    assert report["queries"] == 5 and report["dataset"] == "scifact-mini"
+    assert {"ndcg@10", "mrr@10", "recall@5", "recall@10", "p50_ms", "p95_ms"} <= set(report["stage1"])
+    assert "pairs_per_query" in report["two_stage"]
+    assert [point["recall_k"] for point in report["sweep"]] == [5, 10]
+    assert report["recommended_recall_k"] in (5, 10) and report["knee_tolerance"] == 0.005
+    assert sum(report["diagnosis"]["queries"].values()) == 5
+    assert report["settings"]["collection"] == "eval-scifact-mini-all-MiniLM-L6-v2"

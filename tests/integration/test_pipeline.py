@@ -1,0 +1,101 @@
+"""The factory and the LlamaIndex integration points: query engine, TwoStageRetriever, instrumentation, callbacks."""
+
+from __future__ import annotations
+
+import pytest
+from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload, LlamaDebugHandler
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.llms import MockLLM
+
+from llama_index_twostage.nodes import stage_info
+from llama_index_twostage.pipeline import build_query_engine, build_reranker, build_two_stage_retriever
+from llama_index_twostage.retriever import ChromaRecallRetriever
+
+pytestmark = pytest.mark.integration
+
+STAGE_KEYS = {"stage1_rank", "stage1_score", "stage1_ms", "rerank_score", "final_rank", "stage2_ms", "pairs_scored"}
+
+
+def assert_final(nodes, top_k: int) -> None:
+    assert len(nodes) == top_k
+    assert [stage_info(n)["final_rank"] for n in nodes] == list(range(1, top_k + 1))
+    for node in nodes:
+        assert STAGE_KEYS <= stage_info(node).keys()
+        assert node.score == stage_info(node)["rerank_score"]
+
+
+@pytest.fixture(scope="module")
+def engine(ingested):
+    return build_query_engine(ingested.settings, llm=MockLLM())
+
+
+def test_query_engine_query(engine, ingested, some_queries):
+    response = engine.query(some_queries[0])
+    assert_final(response.source_nodes, ingested.settings.top_k)
+    assert str(response)  # MockLLM echoes the prompt: the synthesizer ran
+
+
+async def test_query_engine_aquery(engine, ingested, some_queries):
+    response = await engine.aquery(some_queries[0])
+    assert_final(response.source_nodes, ingested.settings.top_k)
+    sync = engine.query(some_queries[0])
+    assert [n.node.node_id for n in response.source_nodes] == [n.node.node_id for n in sync.source_nodes]
+
+
+async def test_two_stage_sync_and_async_agree(ingested, some_queries):
+    retriever = build_two_stage_retriever(ingested.settings)
+    sync = retriever.retrieve(some_queries[1])
+    asynchronous = await retriever.aretrieve(some_queries[1])
+    assert_final(sync, ingested.settings.top_k)
+    assert [n.node.node_id for n in sync] == [n.node.node_id for n in asynchronous]
+    assert [n.score for n in sync] == pytest.approx([n.score for n in asynchronous], abs=1e-6)
+    assert [stage_info(n)["stage1_rank"] for n in sync] == [stage_info(n)["stage1_rank"] for n in asynchronous]
+
+
+class Recorder(BaseEventHandler):
+    events: list = []
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "Recorder"
+
+    def handle(self, event, **kwargs) -> None:
+        self.events.append(event)
+
+
+@pytest.fixture
+def recorder():
+    handler = Recorder(events=[])
+    root = get_dispatcher()
+    root.add_event_handler(handler)
+    yield handler
+    root.event_handlers.remove(handler)
+
+
+def test_rerank_events_reach_instrumentation(recorder, ingested, some_queries):
+    candidates = ChromaRecallRetriever(ingested.settings, recall_k=8).retrieve(some_queries[2])
+    results = build_reranker(ingested.settings).postprocess_nodes(candidates, query_str=some_queries[2])
+    starts = [e for e in recorder.events if isinstance(e, ReRankStartEvent)]
+    ends = [e for e in recorder.events if isinstance(e, ReRankEndEvent)]
+    assert len(starts) == len(ends) == 1
+    assert starts[0].query.query_str == some_queries[2]
+    assert starts[0].top_n == ingested.settings.top_k
+    assert starts[0].model_name == ingested.settings.rerank_model
+    assert len(starts[0].nodes) == 8
+    assert [n.node.node_id for n in ends[0].nodes] == [n.node.node_id for n in results]
+
+
+def test_reranking_callback_event(ingested, some_queries):
+    debug = LlamaDebugHandler()
+    reranker = build_reranker(ingested.settings, callback_manager=CallbackManager([debug]))
+    candidates = ChromaRecallRetriever(ingested.settings, recall_k=8).retrieve(some_queries[3])
+    results = reranker.postprocess_nodes(candidates, query_str=some_queries[3])
+    pairs = debug.get_event_pairs(CBEventType.RERANKING)
+    assert len(pairs) == 1
+    start, end = pairs[0]
+    assert start.payload[EventPayload.QUERY_STR] == some_queries[3]
+    assert start.payload[EventPayload.MODEL_NAME] == ingested.settings.rerank_model
+    assert start.payload[EventPayload.TOP_K] == ingested.settings.top_k
+    assert [n.node.node_id for n in end.payload[EventPayload.NODES]] == [n.node.node_id for n in results]

@@ -1,0 +1,125 @@
+"""Model loading: errors that name the setting and the model, the offline hint, and one load per process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+
+import pytest
+
+from llama_index_twostage.errors import ModelLoadError
+from llama_index_twostage.models import load_or_explain, shared_model
+
+HINT = "The model hub was unreachable"
+
+
+def failing(error: Exception):
+    def load():
+        raise error
+
+    return load
+
+
+def test_load_or_explain_returns_the_model():
+    assert load_or_explain("embed_model", "m", lambda: 42) == 42
+
+
+def test_load_or_explain_names_setting_model_and_cause():
+    cause = ValueError("bad config.json")
+    with pytest.raises(ModelLoadError) as excinfo:
+        load_or_explain("rerank_model", "org/reranker", failing(cause))
+    text = str(excinfo.value)
+    assert "rerank_model" in text and "'org/reranker'" in text
+    assert "ValueError: bad config.json" in text
+    assert HINT not in text
+    assert excinfo.value.__cause__ is cause
+    assert isinstance(excinfo.value, OSError)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError("We couldn't connect to 'https://huggingface.co' to load the files"),
+        ConnectionError("Max retries exceeded with url"),
+    ],
+)
+def test_load_or_explain_adds_the_offline_hint(error):
+    with pytest.raises(ModelLoadError) as excinfo:
+        load_or_explain("embed_model", "org/m", failing(error))
+    assert HINT in str(excinfo.value)
+    assert "point embed_model at its local directory" in str(excinfo.value)
+
+
+def test_offline_hint_found_in_the_cause_chain():
+    def load():
+        try:
+            raise ConnectionError("name resolution failed")
+        except ConnectionError as inner:
+            raise RuntimeError("loading failed") from inner
+
+    with pytest.raises(ModelLoadError, match=HINT):
+        load_or_explain("embed_model", "org/m", load)
+
+
+@pytest.mark.timeout(120)
+def test_loading_a_hub_id_offline_gives_the_hint():
+    # A fresh process: HF_HUB_OFFLINE is read when huggingface_hub is imported.
+    code = textwrap.dedent(
+        """
+        from llama_index_twostage.errors import ModelLoadError
+        from llama_index_twostage.models import load_cross_encoder
+        try:
+            load_cross_encoder("org-that-is-not/cached-model", device="cpu", max_length=None,
+                               trust_remote_code=False)
+        except ModelLoadError as error:
+            print("MESSAGE:", error)
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=110)
+    assert "MESSAGE:" in result.stdout, result.stdout + result.stderr
+    message = result.stdout.split("MESSAGE:", 1)[1]
+    assert "rerank_model" in message and "'org-that-is-not/cached-model'" in message
+    assert HINT in message
+
+
+def test_shared_model_loads_once_under_concurrency():
+    key = ("test", uuid.uuid4().hex)
+    calls = []
+    start = threading.Barrier(8)
+    results = [None] * 8
+
+    def load():
+        calls.append(threading.get_ident())
+        time.sleep(0.2)  # long enough for every thread to arrive while the load runs
+        return object()
+
+    def worker(index):
+        start.wait()
+        results[index] = shared_model(key, load)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert len(calls) == 1
+    assert results[0] is not None and all(result is results[0] for result in results)
+
+
+def test_shared_model_keys_are_independent():
+    first = shared_model(("test", uuid.uuid4().hex), lambda: "a")
+    second = shared_model(("test", uuid.uuid4().hex), lambda: "b")
+    assert (first, second) == ("a", "b")
+
+
+def test_failed_load_is_not_cached():
+    key = ("test", uuid.uuid4().hex)
+    with pytest.raises(RuntimeError):
+        shared_model(key, failing(RuntimeError("transient")))
+    assert shared_model(key, lambda: "loaded") == "loaded"

@@ -1,0 +1,142 @@
+"""Distances -> cosine similarity per Chroma space, and the collection contract with its embedding model."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from llama_index_twostage.errors import CollectionMismatchError
+from llama_index_twostage.settings import RetrieverSettings
+from llama_index_twostage.store import (
+    CollectionContract,
+    describe_store,
+    distance_space,
+    distance_to_similarity,
+    model_identity,
+    verify_collection,
+)
+
+
+@pytest.fixture(scope="module")
+def client():
+    # The library's own process-wide in-memory client: a second EphemeralClient with other settings is refused.
+    from llama_index_twostage.store import get_client
+
+    return get_client(RetrieverSettings(chroma_mode="memory"))
+
+
+@pytest.fixture(scope="module")
+def unit_vectors() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(12, 16))
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def new_collection(client, *, space: str | None = None, metadata: dict | None = None, dim_vectors=None):
+    kwargs = {"embedding_function": None, "metadata": metadata}
+    if space is not None:
+        kwargs["configuration"] = {"hnsw": {"space": space}}
+    collection = client.create_collection(f"store-{uuid.uuid4().hex[:10]}", **kwargs)
+    if dim_vectors is not None:
+        collection.add(ids=[f"v{i}" for i in range(len(dim_vectors))], embeddings=dim_vectors.tolist())
+    return collection
+
+
+@pytest.mark.parametrize("space", ["cosine", "ip", "l2"])
+def test_distance_to_similarity_equals_numpy_cosine(client, unit_vectors, space):
+    collection = new_collection(client, space=space, dim_vectors=unit_vectors)
+    assert distance_space(collection) == space
+    query = unit_vectors[0] * 0.6 + unit_vectors[1] * 0.8
+    query /= np.linalg.norm(query)
+    result = collection.query(query_embeddings=[query.tolist()], n_results=len(unit_vectors), include=["distances"])
+    expected = {f"v{i}": float(unit_vectors[i] @ query) for i in range(len(unit_vectors))}
+    got = {node_id: distance_to_similarity(d, space) for node_id, d in zip(result["ids"][0], result["distances"][0])}
+    assert got.keys() == expected.keys()
+    for node_id, similarity in got.items():
+        assert similarity == pytest.approx(expected[node_id], abs=1e-5), node_id
+
+
+def test_distance_space_defaults_to_l2(client):
+    assert distance_space(new_collection(client)) == "l2"
+
+
+@pytest.mark.parametrize(
+    ("model", "identity"),
+    [
+        ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"),
+        ("/models/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"),
+        ("./models/all-MiniLM-L6-v2/", "all-MiniLM-L6-v2"),
+        ("C:\\models\\all-MiniLM-L6-v2", "all-MiniLM-L6-v2"),
+        ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2"),
+    ],
+)
+def test_model_identity_drops_org_and_directory(model, identity):
+    assert model_identity(model) == identity
+
+
+def test_contract_accepts_a_local_copy_of_the_hub_model():
+    CollectionContract("sentence-transformers/all-MiniLM-L6-v2", 384).check("../models/all-MiniLM-L6-v2", 384, "c")
+
+
+def test_contract_names_both_models():
+    contract = CollectionContract("sentence-transformers/all-MiniLM-L6-v2", 384)
+    with pytest.raises(CollectionMismatchError) as excinfo:
+        contract.check("BAAI/bge-small-en-v1.5", 384, "docs")
+    text = str(excinfo.value)
+    assert "'docs'" in text
+    assert "sentence-transformers/all-MiniLM-L6-v2" in text and "BAAI/bge-small-en-v1.5" in text
+    assert "set embed_model" in text
+
+
+def test_contract_names_both_dimensions():
+    with pytest.raises(CollectionMismatchError) as excinfo:
+        CollectionContract("m", 384).check("org/m", 768, "docs")
+    text = str(excinfo.value)
+    assert "384-dimensional" in text and "produces 768" in text and "'docs'" in text
+
+
+def test_contract_round_trips_through_collection_metadata(client):
+    contract = CollectionContract("org/model", 16, "ip")
+    collection = new_collection(client, space="ip", metadata=contract.to_metadata())
+    assert CollectionContract.of(collection) == contract
+
+
+def test_foreign_collection_has_no_contract(client, unit_vectors):
+    assert CollectionContract.of(new_collection(client, dim_vectors=unit_vectors)) is None
+
+
+def test_verify_checks_dimension_of_unrecorded_collections(client, unit_vectors):
+    collection = new_collection(client, space="cosine", dim_vectors=unit_vectors)
+    verify_collection(collection, "any/model", 16)
+    with pytest.raises(CollectionMismatchError):
+        verify_collection(collection, "any/model", 384)
+
+
+def test_unrecorded_dimension_mismatch_names_both_dimensions(client, unit_vectors):
+    collection = new_collection(client, space="cosine", dim_vectors=unit_vectors)
+    with pytest.raises(CollectionMismatchError, match="16-dimensional.*produces 384"):
+        verify_collection(collection, "any/model", 384)
+
+
+def test_verify_accepts_an_empty_unrecorded_collection(client):
+    verify_collection(new_collection(client), "any/model", 384)
+
+
+def test_verify_uses_the_recorded_contract(client):
+    collection = new_collection(client, metadata=CollectionContract("org/a", 16).to_metadata())
+    with pytest.raises(CollectionMismatchError, match="'org/a'.*'org/b'"):
+        verify_collection(collection, "org/b", 16)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (RetrieverSettings(chroma_host="h", chroma_port=9), "the Chroma server at h:9"),
+        (RetrieverSettings(chroma_mode="memory"), "the in-memory Chroma store"),
+        (RetrieverSettings(persist_dir="/data/x"), "the embedded Chroma store at '/data/x'"),
+    ],
+)
+def test_describe_store(settings, expected):
+    assert describe_store(settings) == expected
