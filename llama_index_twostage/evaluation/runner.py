@@ -2,8 +2,9 @@
 
 The corpus goes through the normal :func:`~llama_index_twostage.ingest.ingest_documents`, one node per document (as
 BEIR evaluates), into a collection named after the dataset and the embedding model, so a second run embeds
-nothing. Each query then runs stage 1 once at the largest swept recall_k and the cross-encoder scores each
-candidate once (see :mod:`llama_index_twostage.evaluation.sweep`).
+nothing; that collection is searched near-exhaustively (:data:`EVAL_EF_SEARCH`). Each query then runs stage 1
+once at the largest swept recall_k and the cross-encoder scores each candidate once (see
+:mod:`llama_index_twostage.evaluation.sweep`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from llama_index_twostage import store
 from llama_index_twostage.evaluation.datasets import RetrievalDataset
 from llama_index_twostage.evaluation.report import EvaluationReport, build_report
 from llama_index_twostage.evaluation.sweep import QueryTrace, score_incrementally, sweep_points
-from llama_index_twostage.ingest import IngestReport, ingest_documents
+from llama_index_twostage.ingest import ingest_documents
 from llama_index_twostage.nodes import model_text, stage_info
 from llama_index_twostage.rerank import CrossEncoderRerank
 from llama_index_twostage.retriever import ChromaRecallRetriever
@@ -29,6 +30,11 @@ if TYPE_CHECKING:
 
 WHOLE_DOCUMENT_CHUNK = 100_000
 """Tokens per chunk large enough that every benchmark document stays one node, as in BEIR."""
+
+EVAL_EF_SEARCH = 1000
+"""HNSW search breadth of evaluation collections. At Chroma's default (100) the approximate search costs
+all-MiniLM-L6-v2 0.003 nDCG@10 on SciFact (0.6417 vs 0.6451 exact); at 1000 stage 1 equals exact search on
+benchmark-sized corpora, so its figures compare with published ones and measure the model, not the index."""
 
 
 def collection_name(dataset_name: str, embed_model: str) -> str:
@@ -47,6 +53,12 @@ def evaluation_settings(dataset: RetrievalDataset, settings: RetrieverSettings) 
             "chunk_overlap": 0,
         }
     )
+
+
+def _search_exhaustively(settings: RetrieverSettings) -> None:
+    """Widen the evaluation collection's HNSW search to :data:`EVAL_EF_SEARCH` (kept in the collection)."""
+    with store.server_errors(settings):
+        store.open_collection(settings).modify(configuration={"hnsw": {"ef_search": EVAL_EF_SEARCH}})
 
 
 def _in_stage1_order(nodes: list[NodeWithScore]) -> list[NodeWithScore]:
@@ -105,7 +117,8 @@ def evaluate(
     if limit is not None:
         dataset = dataset.limit(limit)
     eval_settings = evaluation_settings(dataset, settings)
-    ingested: IngestReport = ingest_documents(list(dataset.corpus.values()), eval_settings)
+    ingested = ingest_documents(list(dataset.corpus.values()), eval_settings)
+    _search_exhaustively(eval_settings)
     retriever = ChromaRecallRetriever(eval_settings, recall_k=points[-1])
     reranker = reranker or _loaded_reranker(settings)
     traces = [
