@@ -11,7 +11,9 @@ from llama_index_twostage.errors import (
     CollectionMismatchError,
     CollectionNotFoundError,
     ConfigurationError,
+    DocumentError,
     EmptyQueryError,
+    InvalidQueryError,
     ModelLoadError,
     TwoStageError,
 )
@@ -27,6 +29,7 @@ from llama_index_twostage.pipeline import (
 from llama_index_twostage.rerank import CrossEncoderRerank
 from llama_index_twostage.retriever import ChromaRecallRetriever
 from llama_index_twostage.settings import RetrieverSettings
+from llama_index_twostage.verify import VerifyReport, verify_collection_integrity
 
 __all__ = [
     "STAGE_KEY",
@@ -35,17 +38,21 @@ __all__ = [
     "CollectionMismatchError",
     "CollectionNotFoundError",
     "ConfigurationError",
+    "DocumentError",
     "CrossEncoderRerank",
     "EmptyQueryError",
     "IngestReport",
+    "InvalidQueryError",
     "ModelLoadError",
     "RetrieverSettings",
     "TwoStageError",
     "TwoStageRetriever",
+    "VerifyReport",
     "build_query_engine",
     "build_reranker",
     "build_retriever",
     "build_two_stage_retriever",
     "ingest_documents",
     "stage_info",
+    "verify_collection_integrity",
 ]

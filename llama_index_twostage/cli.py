@@ -1,4 +1,4 @@
-"""``twostage``: ingest, query and inspect from the shell. Thin: parse, call the library, print.
+"""``twostage``: ingest, query, inspect and verify from the shell. Thin: parse, call the library, print.
 
 Settings come from flags, then ``TWOSTAGE_*`` environment variables, then ``--config FILE`` (TOML).
 """
@@ -22,6 +22,7 @@ from llama_index_twostage.ingest import ingest_documents
 from llama_index_twostage.nodes import stage_info
 from llama_index_twostage.pipeline import build_two_stage_retriever
 from llama_index_twostage.settings import RetrieverSettings
+from llama_index_twostage.verify import verify_collection_integrity
 
 app = typer.Typer(help="Two-stage retrieval for LlamaIndex: Chroma recall, cross-encoder precision.")
 
@@ -126,6 +127,10 @@ def ingest(
         f"{report.already_stored} already stored; collection {report.collection!r} now holds "
         f"{report.stored_total} ({report.seconds:.1f}s)"
     )
+    typer.echo(
+        f"{report.unchanged_documents} documents unchanged (skipped), {report.replaced_documents} replaced, "
+        f"{report.removed_stale} stale chunks removed"
+    )
 
 
 @app.command()
@@ -166,6 +171,17 @@ def info(settings: RetrieverSettings) -> None:
     typer.echo(f"dimension:       {contract.dimension if contract else 'not recorded'}")
     typer.echo(f"distance space:  {store.distance_space(target)}")
     typer.echo(f"rerank model:    {settings.rerank_model} (recall_k={settings.recall_k}, top_k={settings.top_k})")
+
+
+@app.command()
+@with_settings(*STORE_FLAGS, "embed_model")
+def verify(settings: RetrieverSettings) -> None:
+    """Check every stored node: embedding of the recorded dimension, the recorded model, no stale or sourceless
+    chunks. Exit code 1 when problems are found."""
+    report = verify_collection_integrity(settings)
+    typer.echo("\n".join(report.describe()))
+    if not report.ok:
+        raise typer.Exit(code=1)
 
 
 @app.command("eval")

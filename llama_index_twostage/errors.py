@@ -19,6 +19,10 @@ class EmptyQueryError(TwoStageError, ValueError):
     """The query has no text to embed or score."""
 
 
+class InvalidQueryError(TwoStageError, ValueError):
+    """The query is not valid text (e.g. an unpaired surrogate from a JSON ``\\ud800`` escape)."""
+
+
 class CollectionNotFoundError(TwoStageError, LookupError):
     """The Chroma collection does not exist, or exists but holds nothing to retrieve."""
 
@@ -33,3 +37,7 @@ class ChromaUnavailableError(TwoStageError, ConnectionError):
 
 class ModelLoadError(TwoStageError, OSError):
     """A bi-encoder or cross-encoder could not be loaded."""
+
+
+class DocumentError(TwoStageError, ValueError):
+    """A document cannot be stored as given (its id, text or metadata); the message names it and the field."""

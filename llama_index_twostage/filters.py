@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
@@ -19,12 +20,46 @@ _OPERATORS = {
     FilterOperator.NIN: "$nin",
 }
 _CONDITIONS = {FilterCondition.AND: "$and", FilterCondition.OR: "$or"}
-_SCALARS = (str, int, float, bool)
+_ORDERING = ("$gt", "$gte", "$lt", "$lte")
+_INT64 = range(-(2**63), 2**63)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _scalar(item: Any, operator: str) -> bool:
+    """A value Chroma compares as given: no operator dicts, no NaN, no silently rounded integers."""
+    if isinstance(item, bool):
+        return operator not in _ORDERING
+    if isinstance(item, int):
+        return item in _INT64
+    if isinstance(item, float):
+        return math.isfinite(item)
+    return isinstance(item, str) and operator not in _ORDERING and _encodable(item)
+
+
+def _valid_value(value: Any, operator: str) -> bool:
+    """One scalar, or for 'in'/'nin' a non-empty list of scalars of one type (what Chroma accepts)."""
+    if operator not in ("$in", "$nin"):
+        return _scalar(value, operator)
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(_scalar(item, operator) for item in value)
+        and len({type(item) for item in value}) == 1
+    )
 
 
 def _condition(metadata_filter: MetadataFilter) -> dict[str, Any]:
+    if not isinstance(metadata_filter, MetadataFilter):
+        raise ConfigurationError(f"invalid metadata filter {metadata_filter!r}: use MetadataFilter or MetadataFilters")
     key, value = metadata_filter.key, metadata_filter.value
-    if not isinstance(key, str) or not key or key.startswith("$"):
+    if not isinstance(key, str) or not key or key.startswith("$") or not _encodable(key):
         raise ConfigurationError(f"invalid metadata filter key {key!r}: use a metadata field name, not an operator")
     operator = _OPERATORS.get(metadata_filter.operator)
     if operator is None:
@@ -32,11 +67,10 @@ def _condition(metadata_filter: MetadataFilter) -> dict[str, Any]:
             f"metadata filter operator {metadata_filter.operator.value!r} is not supported by Chroma: "
             f"use one of {sorted(op.value for op in _OPERATORS)}"
         )
-    values = value if operator in ("$in", "$nin") else [value]
-    if not isinstance(values, list) or not all(isinstance(item, _SCALARS) for item in values):
+    if not _valid_value(value, operator):
         raise ConfigurationError(
-            f"invalid value {value!r} for metadata filter on {key!r}: use a string, number or bool "
-            "(a list of them for 'in'/'nin')"
+            f"invalid value {value!r} for metadata filter on {key!r}: use a string, a finite 64-bit number or a "
+            "bool (a number for gt/gte/lt/lte; a non-empty list of one type for 'in'/'nin')"
         )
     return {key: {operator: value}}
 

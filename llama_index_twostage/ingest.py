@@ -1,18 +1,31 @@
-"""Documents -> nodes -> embeddings -> Chroma upserts: idempotent, resumable, batched, with progress.
+"""Documents -> nodes -> embeddings -> Chroma upserts: idempotent, crash-safe, batched, with progress.
 
-Node ids are derived from the source document id and the chunk's content, so a re-run adds nothing twice and an
-interrupted run resumes where it stopped: ids already stored are neither embedded nor written again. Records use
-LlamaIndex's Chroma layout (``_node_content`` metadata), so ``ChromaVectorStore`` reads them and vice versa.
+Chunk ids derive from the source document id and the chunk's content, and every chunk records its source's
+content hash (``twostage_doc_hash``), how many chunks that version has (``twostage_doc_chunks``) and when it was
+written (``twostage_ingested_at``). A re-run therefore
+
+- skips an unchanged document without splitting, embedding or rewriting it (same hash, all its chunks stored);
+- embeds only the chunks a changed document did not have, relabels the ones it kept, and deletes the ones it no
+  longer produces, so no stale chunk is left behind;
+- completes an interrupted run: new chunks are written before stale ones are deleted, so a crash at any point
+  leaves every document retrievable, and the next run converges to exactly what a clean run stores.
+
+Records use LlamaIndex's Chroma layout (``_node_content`` and ``ref_doc_id`` metadata), so ``ChromaVectorStore``
+reads them and vice versa.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from llama_index.core.node_parser import SentenceSplitter
@@ -21,6 +34,7 @@ from llama_index.core.vector_stores.utils import node_to_metadata_dict
 from tqdm.auto import tqdm
 
 from llama_index_twostage import store
+from llama_index_twostage.errors import DocumentError
 from llama_index_twostage.models import load_embedding, sentence_transformer_of
 from llama_index_twostage.nodes import model_text
 from llama_index_twostage.retriever import embedding_model_name
@@ -33,13 +47,25 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+SOURCE_KEY = "ref_doc_id"  # where LlamaIndex's node_to_metadata_dict records the source document id
+HASH_KEY = "twostage_doc_hash"
+CHUNKS_KEY = "twostage_doc_chunks"
+STAMP_KEY = "twostage_ingested_at"
+_LLAMA_INDEX_ID_KEYS = ("document_id", "doc_id", SOURCE_KEY)
+_RESERVED_KEYS = frozenset({"_node_content", "_node_type", "chroma:document", HASH_KEY, CHUNKS_KEY, STAMP_KEY})
+_INT64 = range(-(2**63), 2**63)
+_SOURCES_PER_LOOKUP = 256
 _NODE_ID_NAMESPACE = uuid.UUID("5f1b3c9e-2d4a-4c1e-9a7b-7e6f0d2c8a41")
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class IngestReport:
-    """What an ingestion run did; ``added + already_stored`` is every distinct chunk of the documents."""
+    """What an ingestion run did.
+
+    ``chunks == added + already_stored + skipped_empty``. Chunks of unchanged documents are counted from the
+    store (they are not split again) and included in ``already_stored``.
+    """
 
     collection: str
     documents: int
@@ -47,6 +73,9 @@ class IngestReport:
     added: int
     already_stored: int
     skipped_empty: int
+    unchanged_documents: int  # skipped by content hash: neither split, embedded nor rewritten
+    replaced_documents: int  # held chunks of another version (changed or interrupted) and were brought up to date
+    removed_stale: int  # chunks deleted because their source no longer produces them
     stored_total: int
     seconds: float
 
@@ -54,22 +83,142 @@ class IngestReport:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Source:
+    """A document to store and the hash of everything that decides its chunks."""
+
+    document: Document
+    doc_hash: str
+
+
+@dataclass
+class StoredSource:
+    """What the collection holds for one source: chunk id -> the (doc hash, chunk count) it recorded."""
+
+    chunks: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def is_current(self, doc_hash: str) -> bool:
+        """Every chunk of exactly this version is stored (a crash mid-write leaves fewer than recorded)."""
+        return bool(self.chunks) and set(self.chunks.values()) == {(doc_hash, len(self.chunks))}
+
+
+@dataclass
+class Plan:
+    """What a run has to write and delete, decided before anything is written."""
+
+    versions: dict[str, tuple[str, int]] = field(default_factory=dict)  # source id -> (doc hash, chunk count)
+    to_embed: list[BaseNode] = field(default_factory=list)
+    to_relabel: list[BaseNode] = field(default_factory=list)  # stored, but recorded under an older version
+    stale_ids: list[str] = field(default_factory=list)
+    chunks: int = 0
+    already_stored: int = 0
+    skipped_empty: int = 0
+    unchanged_documents: int = 0
+    replaced_documents: int = 0
+
+
 def chunk_id(source_id: str, node: BaseNode) -> str:
-    """Deterministic id of a chunk: the same source and content always map to the same id."""
-    content = json.dumps([source_id, node.get_content(MetadataMode.NONE), node.metadata], sort_keys=True, default=str)
+    """Deterministic id of a chunk: the same source, content and embedded text always map to the same id.
+
+    The embedded text (metadata included, per the document's exclusions and templates) is part of the id, so a
+    chunk whose embedding would change gets a new id and is embedded again.
+    """
+    content = json.dumps(
+        [source_id, node.get_content(MetadataMode.NONE), model_text(node), node.metadata], sort_keys=True, default=str
+    )
     return str(uuid.uuid5(_NODE_ID_NAMESPACE, content))
 
 
-def split_documents(documents: Sequence[Document], settings: RetrieverSettings) -> list[BaseNode]:
-    """Chunk with LlamaIndex's SentenceSplitter and give each distinct chunk its deterministic id."""
-    splitter = SentenceSplitter(
+def _unencodable(text: str) -> str | None:
+    """Why Chroma cannot store ``text`` (lone surrogates are not UTF-8), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"holds an unpaired surrogate at position {error.start}"
+    return None
+
+
+def _value_problem(value: Any) -> str | None:
+    """Why Chroma would refuse or silently alter a metadata value (it drops NaN, rounds big ints), or None."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if value in _INT64 else "is an integer beyond 64 bits (Chroma would round it)"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "is NaN or infinite (Chroma would drop the record's metadata)"
+    if isinstance(value, str):
+        return _unencodable(value)
+    return f"is a {type(value).__name__}: store a str, int, float, bool or None (e.g. json.dumps it)"
+
+
+def _key_problem(key: Any, value: Any, document_id: str) -> str | None:
+    """Why a metadata key cannot be stored as given, or None."""
+    if not isinstance(key, str) or not key.strip():
+        return "is not a non-empty string"
+    if key.startswith(("$", "#")):
+        return "starts with '$' or '#', which Chroma reserves"
+    if key in _RESERVED_KEYS:
+        return "is reserved for the records this package writes"
+    if key in _LLAMA_INDEX_ID_KEYS and value != document_id:
+        return "holds a value other than the document id, which LlamaIndex stores under this key"
+    return _unencodable(key)
+
+
+def validate_document(document: Document) -> None:
+    """Refuse, naming the document and the field, what Chroma would reject or silently change.
+
+    Run on every document before anything is written, so a bad document never leaves a run half done.
+    """
+    document_id = document.id_
+    if not isinstance(document_id, str) or not document_id.strip() or _unencodable(document_id):
+        raise DocumentError(f"document id {document_id!r} is unusable: give each document a non-empty text id")
+    problem = _unencodable(document.text)
+    if problem:
+        raise DocumentError(f"document {document_id!r}: its text {problem}; clean the text before ingesting")
+    for key, value in document.metadata.items():
+        problem = _key_problem(key, value, document_id) or _value_problem(value)
+        if problem:
+            raise DocumentError(f"document {document_id!r}: metadata key {key!r} {problem}")
+
+
+def document_hash(document: Document, settings: RetrieverSettings) -> str:
+    """Hash of everything that decides a document's chunks and their embeddings: content, metadata, the
+    exclusions and templates of its text views, and the chunking settings."""
+    payload = document.model_dump(mode="json", exclude={"embedding"})
+    payload["twostage_chunking"] = [settings.chunk_size, settings.chunk_overlap]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def collect_sources(documents: Sequence[Document], settings: RetrieverSettings) -> dict[str, Source]:
+    """Validate and hash each document; the same id twice is fine only for the same content."""
+    sources: dict[str, Source] = {}
+    for document in documents:
+        validate_document(document)
+        source = Source(document, document_hash(document, settings))
+        known = sources.setdefault(document.id_, source)
+        if known.doc_hash != source.doc_hash:
+            raise DocumentError(
+                f"two documents share the id {document.id_!r} with different content: give each a unique id_"
+            )
+    return sources
+
+
+def _splitter(settings: RetrieverSettings) -> SentenceSplitter:
+    return SentenceSplitter(
         chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap, include_prev_next_rel=False
     )
+
+
+def split_document(document: Document, splitter: SentenceSplitter) -> list[BaseNode]:
+    """Chunk one document with LlamaIndex's SentenceSplitter; each distinct chunk gets its deterministic id."""
+    try:
+        nodes = splitter.get_nodes_from_documents([document])
+    except ValueError as error:  # e.g. metadata longer than chunk_size
+        raise DocumentError(f"document {document.id_!r} cannot be split: {error}") from error
     chunks: dict[str, BaseNode] = {}
-    for document in documents:
-        for node in splitter.get_nodes_from_documents([document]):
-            node.id_ = chunk_id(document.id_, node)
-            chunks.setdefault(node.id_, node)
+    for node in nodes:
+        node.id_ = chunk_id(document.id_, node)
+        chunks.setdefault(node.id_, node)
     return list(chunks.values())
 
 
@@ -86,44 +235,125 @@ def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-def _stored_ids(collection: Collection, ids: list[str], batch_size: int) -> set[str]:
-    stored: set[str] = set()
-    for batch in _batches(ids, batch_size):
-        stored.update(collection.get(ids=list(batch), include=[])["ids"])
-    return stored
+def stored_sources(
+    collection: Collection, source_ids: list[str], settings: RetrieverSettings
+) -> dict[str, StoredSource]:
+    """The chunks the collection holds for each of these sources, with the version each recorded."""
+    held: dict[str, StoredSource] = {}
+    for batch in _batches(source_ids, _SOURCES_PER_LOOKUP):
+        lookup = partial(collection.get, where={SOURCE_KEY: {"$in": list(batch)}}, include=["metadatas"])
+        result = store.with_retries(lookup, settings)
+        for node_id, metadata in zip(result["ids"], result["metadatas"] or []):
+            recorded = (metadata.get(HASH_KEY), metadata.get(CHUNKS_KEY))
+            held.setdefault(str(metadata[SOURCE_KEY]), StoredSource()).chunks[node_id] = recorded
+    return held
 
 
-def _upsert(collection: Collection, nodes: Sequence[BaseNode], embeddings: list[list[float]]) -> None:
-    collection.upsert(
-        ids=[node.node_id for node in nodes],
-        embeddings=embeddings,
-        documents=[node.get_content(MetadataMode.NONE) for node in nodes],
-        metadatas=[node_to_metadata_dict(node, remove_text=True, flat_metadata=True) for node in nodes],
-    )
+def _plan_changed(plan: Plan, source: Source, held: StoredSource, splitter: SentenceSplitter) -> None:
+    """Split a new or changed document: embed the chunks not stored, relabel the kept ones, drop the rest."""
+    chunks = split_document(source.document, splitter)
+    with_text = [node for node in chunks if model_text(node) is not None]
+    version = (source.doc_hash, len(with_text))
+    plan.versions[source.document.id_] = version
+    plan.chunks += len(chunks)
+    plan.skipped_empty += len(chunks) - len(with_text)
+    for node in with_text:
+        recorded = held.chunks.get(node.node_id)
+        if recorded is None:
+            plan.to_embed.append(node)
+            continue
+        plan.already_stored += 1
+        if recorded != version:
+            plan.to_relabel.append(node)
+    kept = {node.node_id for node in with_text}
+    plan.stale_ids.extend(node_id for node_id in held.chunks if node_id not in kept)
+    plan.replaced_documents += bool(held.chunks)
 
 
-def _embed_and_write(
-    collection: Collection,
-    nodes: list[BaseNode],
-    embed_model: BaseEmbedding,
-    settings: RetrieverSettings,
-    write_batch_size: int,
-) -> None:
+def plan_ingestion(
+    sources: dict[str, Source], held: dict[str, StoredSource], settings: RetrieverSettings
+) -> Plan:
+    """Decide, per document, whether it is unchanged (skipped) or must be (re)written."""
+    splitter = _splitter(settings)
+    plan = Plan()
+    for source_id, source in sources.items():
+        stored = held.get(source_id, StoredSource())
+        if stored.is_current(source.doc_hash):
+            plan.unchanged_documents += 1
+            plan.chunks += len(stored.chunks)
+            plan.already_stored += len(stored.chunks)
+        else:
+            _plan_changed(plan, source, stored, splitter)
+    return plan
+
+
+@dataclass(frozen=True)
+class Writer:
+    """Idempotent batched writes of one run; each batch is retried on a flapping server (see ``chroma_retries``)."""
+
+    collection: Collection
+    settings: RetrieverSettings
+    versions: dict[str, tuple[str, int]]
+    batch_size: int
+    stamp: float = field(default_factory=time.time)
+
+    def _metadatas(self, nodes: Sequence[BaseNode]) -> list[dict[str, Any]]:
+        records = []
+        for node in nodes:
+            doc_hash, chunks = self.versions[str(node.ref_doc_id)]
+            metadata = node_to_metadata_dict(node, remove_text=True, flat_metadata=True)
+            records.append({**metadata, HASH_KEY: doc_hash, CHUNKS_KEY: chunks, STAMP_KEY: self.stamp})
+        return records
+
+    def upsert(self, nodes: Sequence[BaseNode], embeddings: list[list[float]]) -> None:
+        write = partial(
+            self.collection.upsert,
+            ids=[node.node_id for node in nodes],
+            embeddings=embeddings,
+            documents=[node.get_content(MetadataMode.NONE) for node in nodes],
+            metadatas=self._metadatas(nodes),
+        )
+        store.with_retries(write, self.settings)
+
+    def relabel(self, nodes: Sequence[BaseNode]) -> None:
+        """Record the new version on chunks a changed document kept (metadata only: no re-embedding)."""
+        for batch in _batches(nodes, self.batch_size):
+            ids = [node.node_id for node in batch]
+            update = partial(self.collection.update, ids=ids, metadatas=self._metadatas(batch))
+            store.with_retries(update, self.settings)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        for batch in _batches(ids, self.batch_size):
+            store.with_retries(partial(self.collection.delete, ids=list(batch)), self.settings)
+
+
+def _embed_and_write(writer: Writer, nodes: list[BaseNode], embed_model: BaseEmbedding) -> None:
     """Embed batch after batch while a writer thread upserts the previous one, so Chroma I/O hides behind encoding."""
-    with ThreadPoolExecutor(max_workers=1) as writer, tqdm(
+    settings = writer.settings
+    with ThreadPoolExecutor(max_workers=1) as pool, tqdm(
         total=len(nodes), desc="embedding", unit="chunk", disable=not settings.show_progress
     ) as progress:
         pending: Future[None] | None = None
-        for batch in _batches(nodes, write_batch_size):
+        for batch in _batches(nodes, writer.batch_size):
             embeddings: list[list[float]] = []
             for texts in _batches([model_text(node) or "" for node in batch], settings.embed_batch_size):
                 embeddings.extend(embed_model.get_text_embedding_batch(list(texts)))
                 progress.update(len(texts))
             if pending is not None:
                 pending.result()
-            pending = writer.submit(_upsert, collection, batch, embeddings)
+            pending = pool.submit(writer.upsert, batch, embeddings)
         if pending is not None:
             pending.result()
+
+
+def _open_for_writing(settings: RetrieverSettings, embed_model: BaseEmbedding) -> tuple[Collection, int]:
+    """The collection (created with the model's contract, or checked against it) and the upsert batch size."""
+    contract = store.CollectionContract(
+        embedding_model_name(embed_model), embedding_dimension(embed_model), settings.distance_space
+    )
+    collection = store.with_retries(partial(store.create_or_open_collection, settings, contract), settings)
+    max_batch = store.with_retries(store.get_client(settings).get_max_batch_size, settings)
+    return collection, min(settings.upsert_batch_size, max_batch)
 
 
 def ingest_documents(
@@ -136,38 +366,42 @@ def ingest_documents(
 
     Args:
         documents: LlamaIndex documents; their ``id_`` is the source id (``SimpleDirectoryReader(...,
-            filename_as_id=True)`` keeps it stable across runs). They are not modified.
+            filename_as_id=True)`` keeps it stable across runs). A document re-ingested with other content
+            replaces its earlier chunks. They are not modified.
         settings: the collection, embedding model, chunking and batch sizes.
         embed_model: any LlamaIndex embedding, instead of the settings' ``embed_model``.
+
+    Raises:
+        DocumentError: a document Chroma cannot store as given (checked for all before anything is written).
+        ChromaUnavailableError: the store is unreachable; re-running completes the ingestion.
     """
     with Stopwatch() as watch:
+        sources = collect_sources(documents, settings)
         embed_model = embed_model or load_embedding(
             settings.embed_model,
             device=settings.device,
             batch_size=settings.embed_batch_size,
             trust_remote_code=settings.trust_remote_code,
         )
-        contract = store.CollectionContract(
-            embedding_model_name(embed_model), embedding_dimension(embed_model), settings.distance_space
-        )
-        chunks = split_documents(documents, settings)
-        with_text = [node for node in chunks if model_text(node) is not None]
-        if len(with_text) < len(chunks):
-            logger.warning("skipped %d chunks without text", len(chunks) - len(with_text))
-        with store.server_errors(settings):
-            collection = store.create_or_open_collection(settings, contract)
-            write_batch_size = min(settings.upsert_batch_size, store.get_client(settings).get_max_batch_size())
-            stored = _stored_ids(collection, [node.node_id for node in with_text], write_batch_size)
-            new = [node for node in with_text if node.node_id not in stored]
-            _embed_and_write(collection, new, embed_model, settings, write_batch_size)
-            stored_total = collection.count()
+        collection, batch_size = _open_for_writing(settings, embed_model)
+        plan = plan_ingestion(sources, stored_sources(collection, list(sources), settings), settings)
+        if plan.skipped_empty:
+            logger.warning("skipped %d chunks without text", plan.skipped_empty)
+        writer = Writer(collection, settings, plan.versions, batch_size)
+        _embed_and_write(writer, plan.to_embed, embed_model)
+        writer.relabel(plan.to_relabel)
+        writer.delete(plan.stale_ids)
+        stored_total = store.with_retries(collection.count, settings)
     return IngestReport(
         collection=settings.collection,
         documents=len(documents),
-        chunks=len(chunks),
-        added=len(new),
-        already_stored=len(stored),
-        skipped_empty=len(chunks) - len(with_text),
+        chunks=plan.chunks,
+        added=len(plan.to_embed),
+        already_stored=plan.already_stored,
+        skipped_empty=plan.skipped_empty,
+        unchanged_documents=plan.unchanged_documents,
+        replaced_documents=plan.replaced_documents,
+        removed_stale=len(plan.stale_ids),
         stored_total=stored_total,
         seconds=watch.ms / 1000.0,
     )

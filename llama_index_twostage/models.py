@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from llama_index_twostage import backends
 from llama_index_twostage.errors import ModelLoadError
+from llama_index_twostage.settings import RerankBackend, RetrieverSettings
 
 if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+DEFAULT_MODEL_CACHE: Path = RetrieverSettings.model_fields["model_cache_dir"].default
 
 _models: dict[Hashable, Any] = {}
 _locks: dict[Hashable, threading.Lock] = {}
@@ -97,17 +101,38 @@ def load_embedding(
 
 
 def load_cross_encoder(
-    model: str, *, device: str | None, max_length: int | None, trust_remote_code: bool
+    model: str,
+    *,
+    device: str | None,
+    max_length: int | None,
+    trust_remote_code: bool,
+    backend: RerankBackend = "torch",
+    cache_dir: Path | None = None,
 ) -> CrossEncoder:
-    """The stage-2 sentence-transformers ``CrossEncoder``, shared per process."""
+    """The stage-2 sentence-transformers ``CrossEncoder`` on ``backend``, shared per process.
+
+    ONNX backends export to ``cache_dir`` once (see :mod:`llama_index_twostage.backends`); a missing optional
+    package fails here, before any loading, with the extra that installs it.
+    """
 
     def load() -> CrossEncoder:
         from sentence_transformers import CrossEncoder
 
-        logger.info("loading cross-encoder %s", model)
-        return CrossEncoder(model, device=device, max_length=max_length, trust_remote_code=trust_remote_code)
+        if backends.is_onnx(backend):
+            backends.require_onnx(backend)
+        logger.info("loading cross-encoder %s (%s backend)", model, backend)
+        cross_encoder = CrossEncoder(
+            model,
+            device="cpu" if backends.is_onnx(backend) else device,
+            max_length=max_length,
+            trust_remote_code=trust_remote_code,
+            model_kwargs=backends.torch_model_kwargs(backend),
+        )
+        if backends.is_onnx(backend):
+            backends.use_onnx(cross_encoder, model, backend, cache_dir or DEFAULT_MODEL_CACHE, device)
+        return cross_encoder
 
-    key = ("cross-encoder", model, device, max_length, trust_remote_code)
+    key = ("cross-encoder", model, device, max_length, trust_remote_code, backend, cache_dir)
     return shared_model(key, lambda: load_or_explain("rerank_model", model, load))
 
 

@@ -10,17 +10,24 @@ from typing import Any
 
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
 
-from llama_index_twostage.errors import EmptyQueryError
+from llama_index_twostage.errors import EmptyQueryError, InvalidQueryError
 
 STAGE_KEY = "twostage"
 _HIDDEN_FROM = ("excluded_llm_metadata_keys", "excluded_embed_metadata_keys")
 
 
 def query_text(query_bundle: QueryBundle) -> str:
-    """The query string, refused when it is empty (an empty query has no meaning to either model)."""
+    """The query string, refused when it is empty (no meaning to either model) or not valid Unicode."""
     text = query_bundle.query_str
     if not isinstance(text, str) or not text.strip():
         raise EmptyQueryError("the query is empty: pass a question or search text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:  # the tokenizers would fail with an opaque TypeError
+        raise InvalidQueryError(
+            f"the query holds an unpaired surrogate at position {error.start} (broken Unicode, e.g. a JSON "
+            "'\\ud800' escape): send valid UTF-8 text"
+        ) from None
     return text
 
 

@@ -1,14 +1,18 @@
 """Stage 2: ``CrossEncoderRerank``, a LlamaIndex node postprocessor that reads query and candidate together.
 
 It is precise and expensive, so it does each pair once: candidates are de-duplicated, nodes without text are
-skipped (and said so), and pairs longer than the model's window are counted and reported, never silently cut.
+skipped (and said so), pairs longer than the model's window are counted and reported, never silently cut, and
+scores go through a process-wide cache (:mod:`llama_index_twostage.score_cache`), so a repeated query or a
+``recall_k`` sweep never scores a pair twice. An optional cascade lets a cheaper scorer (int8, or a shorter
+window) cut ``recall_k`` candidates to a ``cascade_k`` shortlist before the full model reads them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,9 +23,10 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from llama_index_twostage.models import load_cross_encoder
+from llama_index_twostage.models import DEFAULT_MODEL_CACHE, load_cross_encoder
 from llama_index_twostage.nodes import annotated, model_text, query_text
-from llama_index_twostage.settings import RetrieverSettings
+from llama_index_twostage.score_cache import ScoredPairs, score_through, shared_score_cache
+from llama_index_twostage.settings import RerankBackend, RetrieverSettings
 from llama_index_twostage.timing import Stopwatch
 
 if TYPE_CHECKING:
@@ -60,13 +65,65 @@ def select_candidates(nodes: list[NodeWithScore]) -> Candidates:
     return candidates
 
 
+@dataclass(frozen=True)
+class PairScorer:
+    """One way of scoring (query, text) pairs: a model on a backend with a window. ``key`` names it in the cache."""
+
+    model: str
+    backend: RerankBackend
+    max_length: int | None
+    normalize: bool
+    device: str | None
+    trust_remote_code: bool
+    batch_size: int
+    cache_dir: Path
+
+    @property
+    def key(self) -> tuple[str, str, int | None, bool]:
+        """What changes a score: model, backend (precision), window and activation; not device or batch size."""
+        return (self.model, self.backend, self.max_length, self.normalize)
+
+    @property
+    def cross_encoder(self) -> CrossEncoder:
+        return load_cross_encoder(
+            self.model,
+            device=self.device,
+            max_length=self.max_length,
+            trust_remote_code=self.trust_remote_code,
+            backend=self.backend,
+            cache_dir=self.cache_dir,
+        )
+
+    def predict(self, query: str, texts: list[str]) -> list[float]:
+        """``CrossEncoder.predict`` on the pairs (it sorts them by length, so batches pad little), as floats."""
+        model = self.cross_encoder
+        activation = None
+        if self.normalize and isinstance(model.activation_fn, torch.nn.Identity):
+            activation = torch.nn.Sigmoid()
+        scores = model.predict(
+            [(query, text) for text in texts],
+            batch_size=self.batch_size,
+            activation_fn=activation,
+            show_progress_bar=False,
+            convert_to_numpy=True,
+        )
+        return [float(value) for value in scores]
+
+
+def shortlist(scores: list[float], k: int) -> list[int]:
+    """Indices of the ``k`` best scores, in their original (stage-1) order; ties go to the earlier candidate."""
+    best = sorted(range(len(scores)), key=lambda index: -scores[index])[:k]
+    return sorted(best)
+
+
 class CrossEncoderRerank(BaseNodePostprocessor):
     """Rerank stage-1 candidates with a sentence-transformers ``CrossEncoder`` and keep the best ``top_k``.
 
     Scores are Python floats, exactly what ``CrossEncoder.predict`` returns for the same pairs (or their
     sigmoid with ``normalize=True`` for models that output logits). Each returned node is a copy whose
     ``metadata["twostage"]`` keeps its stage-1 rank and score and adds ``rerank_score``, ``final_rank``,
-    ``stage2_ms``, ``pairs_scored`` and ``pairs_truncated``.
+    ``stage2_ms``, ``pairs_scored``, ``pairs_cached`` (answered by the score cache) and ``pairs_truncated``;
+    with the cascade on, also ``cascade_pairs_scored`` and ``cascade_pairs_cached``.
     """
 
     model: str = Field(description="Cross-encoder hub id or local directory.")
@@ -77,6 +134,12 @@ class CrossEncoderRerank(BaseNodePostprocessor):
     normalize: bool = Field(default=False, description="Map scores to 0-1 with a sigmoid (if the model does not).")
     score_threshold: float | None = Field(default=None, description="Drop nodes scoring below this.")
     trust_remote_code: bool = Field(default=False, description="Run model code from the hub.")
+    backend: RerankBackend = Field(default="torch", description="torch, torch-bf16, torch-fp16, onnx or onnx-int8.")
+    model_cache_dir: Path = Field(default=DEFAULT_MODEL_CACHE, description="Folder of the ONNX exports.")
+    score_cache_size: int = Field(default=50_000, ge=0, description="Scores cached per process; 0 disables.")
+    cascade_k: int | None = Field(default=None, gt=0, description="Shortlist size of the cheap scorer; None: off.")
+    cascade_backend: RerankBackend | None = Field(default=None, description="Cheap scorer's backend.")
+    cascade_max_length: int | None = Field(default=None, gt=0, description="Cheap scorer's token window.")
 
     @classmethod
     def class_name(cls) -> str:
@@ -93,15 +156,42 @@ class CrossEncoderRerank(BaseNodePostprocessor):
             "normalize": settings.normalize_scores,
             "score_threshold": settings.score_threshold,
             "trust_remote_code": settings.trust_remote_code,
+            "backend": settings.rerank_backend,
+            "model_cache_dir": settings.model_cache_dir,
+            "score_cache_size": settings.score_cache_size,
+            "cascade_k": settings.cascade_k,
+            "cascade_backend": settings.cascade_backend,
+            "cascade_max_length": settings.cascade_max_length,
         }
         return cls(**{**fields, **overrides})
+
+    def scorer(self) -> PairScorer:
+        """The full cross-encoder whose scores rank the results."""
+        return PairScorer(
+            self.model,
+            self.backend,
+            self.max_length,
+            self.normalize,
+            self.device,
+            self.trust_remote_code,
+            self.batch_size,
+            self.model_cache_dir,
+        )
+
+    def cascade_scorer(self) -> PairScorer | None:
+        """The cheap scorer that cuts candidates to ``cascade_k``; None when the cascade is off."""
+        if self.cascade_k is None:
+            return None
+        return replace(
+            self.scorer(),
+            backend=self.cascade_backend or self.backend,
+            max_length=self.cascade_max_length or self.max_length,
+        )
 
     @property
     def cross_encoder(self) -> CrossEncoder:
         """The model, loaded on first use and shared by every reranker with the same model settings."""
-        return load_cross_encoder(
-            self.model, device=self.device, max_length=self.max_length, trust_remote_code=self.trust_remote_code
-        )
+        return self.scorer().cross_encoder
 
     def count_truncated(self, query: str, texts: list[str]) -> int:
         """How many (query, text) pairs exceed the model's window and lose tokens to truncation."""
@@ -109,22 +199,14 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         encoded = model.tokenizer([query] * len(texts), texts, truncation=False, verbose=False)
         return sum(len(ids) > model.max_seq_length for ids in encoded["input_ids"])
 
+    def score_with(self, scorer: PairScorer, query: str, texts: list[str]) -> ScoredPairs:
+        """Scores of the pairs by ``scorer``, through the process-wide score cache."""
+        cache = shared_score_cache(self.score_cache_size)
+        return score_through(cache, scorer.key, query, texts, lambda missing: scorer.predict(query, missing))
+
     def score(self, query: str, texts: list[str]) -> list[float]:
         """Cross-encoder scores for (query, text) pairs, as Python floats, in the order given."""
-        if not texts:
-            return []
-        model = self.cross_encoder
-        activation = None
-        if self.normalize and isinstance(model.activation_fn, torch.nn.Identity):
-            activation = torch.nn.Sigmoid()
-        scores = model.predict(
-            [(query, text) for text in texts],
-            batch_size=self.batch_size,
-            activation_fn=activation,
-            show_progress_bar=False,
-            convert_to_numpy=True,
-        )
-        return [float(value) for value in scores]
+        return self.score_with(self.scorer(), query, texts).scores
 
     def _report(self, candidates: Candidates, truncated: int) -> None:
         if candidates.non_text_ids:
@@ -142,23 +224,46 @@ class CrossEncoderRerank(BaseNodePostprocessor):
                 self.cross_encoder.max_seq_length,
             )
 
+    def _cascade(self, query: str, candidates: Candidates) -> tuple[Candidates, dict[str, int]]:
+        """The candidates the cheap scorer ranks in its best ``cascade_k`` (all when the cascade is off or moot)."""
+        cheap = self.cascade_scorer()
+        if cheap is None or self.cascade_k is None or len(candidates.texts) <= self.cascade_k:
+            return candidates, {}
+        scored = self.score_with(cheap, query, candidates.texts)
+        keep = shortlist(scored.scores, self.cascade_k)
+        kept = replace(
+            candidates,
+            scorable=[candidates.scorable[index] for index in keep],
+            texts=[candidates.texts[index] for index in keep],
+        )
+        return kept, {"cascade_pairs_scored": len(scored.scores), "cascade_pairs_cached": scored.cached}
+
+    def load(self) -> None:
+        """Load (or export) every model this reranker uses, so the first query times scoring, not loading."""
+        for scorer in (self.scorer(), self.cascade_scorer()):
+            if scorer is not None:
+                _ = scorer.cross_encoder
+
     def rerank(self, nodes: list[NodeWithScore], query: str) -> list[NodeWithScore]:
         """Score, sort (ties keep stage-1 order), threshold and cut to ``top_k``; returns annotated copies."""
-        _ = self.cross_encoder  # load before timing: stage2_ms is scoring time, not model loading
+        self.load()  # before timing: stage2_ms is scoring time, not model loading
         with Stopwatch() as watch:
-            candidates = select_candidates(nodes)
+            candidates, cascade_info = self._cascade(query, select_candidates(nodes))
             truncated = self.count_truncated(query, candidates.texts) if candidates.texts else 0
-            scores = self.score(query, candidates.texts)
+            scored = self.score_with(self.scorer(), query, candidates.texts)
         self._report(candidates, truncated)
+        scores = scored.scores
         order = sorted(range(len(scores)), key=lambda index: -scores[index])
         if self.score_threshold is not None:
             order = [index for index in order if scores[index] >= self.score_threshold]
         info = {
             "stage2_ms": watch.ms,
             "pairs_scored": len(scores),
+            "pairs_cached": scored.cached,
             "pairs_truncated": truncated,
             "duplicates_removed": len(candidates.duplicate_ids),
             "skipped_non_text": len(candidates.non_text_ids),
+            **cascade_info,
         }
         return [
             annotated(

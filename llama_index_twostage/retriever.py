@@ -142,12 +142,16 @@ class ChromaRecallRetriever(BaseRetriever):
         return min(self.recall_k, count)
 
     def _search(self, embedding: list[float]) -> dict[str, Any]:
-        with store.server_errors(self.settings):
+        """The nearest ``recall_k`` records; a read, so transport failures are retried (see ``chroma_retries``)."""
+
+        def search() -> dict[str, Any]:
             collection = self._collection_for(len(embedding))
             n_results = self._n_results(collection.count())
             return collection.query(
                 query_embeddings=[embedding], n_results=n_results, where=self._where, include=_INCLUDE
             )
+
+        return store.with_retries(search, self.settings)
 
     def _guard_recall(self, similarities: list[float]) -> bool:
         """The opt-in runtime guard: warn when this query's candidate list looks cut inside a plateau."""
@@ -209,11 +213,14 @@ class ChromaRecallRetriever(BaseRetriever):
         if self.settings.chroma_mode != "server":
             return await asyncio.to_thread(self._search, embedding)
         if self._collection is None:  # open and verify the contract once, through the synchronous path
-            await asyncio.to_thread(self._collection_for, len(embedding))
-        with store.server_errors(self.settings):
+            await asyncio.to_thread(store.with_retries, lambda: self._collection_for(len(embedding)), self.settings)
+
+        async def search() -> dict[str, Any]:
             collection = await store.open_async_collection(self.settings)
             n_results = self._n_results(await store.bounded(collection.count(), self.settings))
             query = collection.query(
                 query_embeddings=[embedding], n_results=n_results, where=self._where, include=_INCLUDE
             )
             return await store.bounded(query, self.settings)
+
+        return await store.awith_retries(search, self.settings)

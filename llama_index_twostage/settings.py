@@ -24,6 +24,7 @@ from llama_index_twostage.errors import ConfigurationError
 
 ChromaMode = Literal["embedded", "memory", "server"]
 DistanceSpace = Literal["cosine", "l2", "ip"]
+RerankBackend = Literal["torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8"]
 
 _COLLECTION_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
 _DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu|npu)(:\d+)?)$")
@@ -80,6 +81,15 @@ class RetrieverSettings(BaseSettings):
     chroma_ssl: bool = Field(False, description="Use HTTPS to reach the Chroma server.")
     chroma_token: SecretStr | None = Field(None, description="Bearer token for the Chroma server; never printed.")
     chroma_timeout_s: float = Field(10.0, gt=0, description="Bound on every Chroma server request, in seconds.")
+    chroma_retries: int = Field(
+        2,
+        ge=0,
+        description="Retries of a Chroma server call that failed in transport (refused, reset, timed out); every "
+        "retried call is idempotent. 0 fails on the first error.",
+    )
+    chroma_retry_backoff_s: float = Field(
+        0.2, ge=0, description="Wait before the first retry, in seconds; doubles on each further retry."
+    )
     distance_space: DistanceSpace = Field("cosine", description="Distance space of newly created collections.")
 
     # Models.
@@ -102,6 +112,31 @@ class RetrieverSettings(BaseSettings):
         gt=0,
         description="The guard fires when the cosine at rank recall_k is within this of the top cosine: the "
         "candidates are still as similar as the best, so relevant ones likely lie beyond recall_k.",
+    )
+
+    # Stage-2 speed.
+    rerank_backend: RerankBackend = Field(
+        "torch",
+        description="Cross-encoder runtime: 'torch' (fp32), 'torch-bf16' / 'torch-fp16' (half precision), 'onnx' "
+        "(ONNX Runtime fp32) or 'onnx-int8' (dynamic int8); the onnx ones need the 'onnx' extra.",
+    )
+    model_cache_dir: Path = Field(
+        Path("./.twostage/models"), description="Where ONNX exports of the cross-encoder are written once and reused."
+    )
+    score_cache_size: int = Field(
+        50_000, ge=0, description="Cross-encoder scores kept per process, so no pair is scored twice; 0 disables."
+    )
+    cascade_k: int | None = Field(
+        None,
+        gt=0,
+        description="Off when unset. Otherwise a cheaper scorer (cascade_backend / cascade_max_length) reads all "
+        "recall_k candidates and only its best cascade_k reach the full cross-encoder.",
+    )
+    cascade_backend: RerankBackend | None = Field(
+        None, description="Backend of the cascade's cheap scorer; unset uses rerank_backend."
+    )
+    cascade_max_length: int | None = Field(
+        None, gt=0, description="Token window of the cascade's cheap scorer; unset uses max_length."
     )
 
     # Throughput.
@@ -149,6 +184,20 @@ class RetrieverSettings(BaseSettings):
             raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
         if self.chroma_mode == "server" and not self.chroma_host:
             raise ValueError("chroma_mode 'server' needs chroma_host (and chroma_port)")
+        return self
+
+    @model_validator(mode="after")
+    def _cascade_consistent(self) -> RetrieverSettings:
+        if self.cascade_k is None:
+            return self
+        if self.cascade_k < self.top_k:
+            raise ValueError(f"cascade_k ({self.cascade_k}) < top_k ({self.top_k}): the shortlist must hold top_k")
+        cheap = (self.cascade_backend or self.rerank_backend, self.cascade_max_length or self.max_length)
+        if cheap == (self.rerank_backend, self.max_length):
+            raise ValueError(
+                "cascade_k is set but the cascade scorer equals the reranker: set cascade_backend (e.g. 'onnx-int8') "
+                "or a shorter cascade_max_length"
+            )
         return self
 
     @model_validator(mode="before")

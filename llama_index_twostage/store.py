@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +145,7 @@ def _client_key(settings: RetrieverSettings) -> tuple[Any, ...]:
 def _create_client(settings: RetrieverSettings) -> ClientAPI:
     import chromadb
     from chromadb.config import Settings as ChromaSettings
+    from chromadb.errors import ChromaError
 
     chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
     if settings.chroma_mode == "memory":
@@ -153,10 +155,10 @@ def _create_client(settings: RetrieverSettings) -> ClientAPI:
         try:
             persist_dir.mkdir(parents=True, exist_ok=True)
             return chromadb.PersistentClient(path=str(persist_dir), settings=chroma_settings)
-        except (OSError, RuntimeError) as error:
+        except (OSError, RuntimeError, ChromaError) as error:  # ChromaError: e.g. a corrupt chroma.sqlite3
             raise ChromaUnavailableError(
                 f"cannot open the embedded Chroma store at {str(persist_dir)!r}: {error}; "
-                "check persist_dir exists and is writable"
+                "check persist_dir is a writable directory holding a Chroma store (or none yet)"
             ) from error
     check_server(settings)
     client = chromadb.HttpClient(
@@ -195,22 +197,34 @@ def verify_collection(collection: Collection, embed_model: str, dimension: int) 
         CollectionContract(embed_model, len(sample[0])).check(embed_model, dimension, collection.name)
 
 
-async def open_async_collection(settings: RetrieverSettings) -> AsyncCollection:
-    """The collection through Chroma's async HTTP client (server mode), one client per server and process."""
+async def _async_client(settings: RetrieverSettings) -> AsyncClientAPI:
+    """One async client per server and process.
+
+    Many queries may arrive here at once before the first client exists: each may build one, the first stored
+    wins and every caller uses it (no lock, which would bind to one event loop).
+    """
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
     key = _client_key(settings)
-    if key not in _async_clients:
+    client = _async_clients.get(key)
+    if client is None:
         await asyncio.to_thread(check_server, settings)
-        _async_clients[key] = await chromadb.AsyncHttpClient(
+        created = chromadb.AsyncHttpClient(
             host=settings.chroma_host or "localhost",
             port=settings.chroma_port,
             ssl=settings.chroma_ssl,
             headers=auth_headers(settings),
             settings=ChromaSettings(anonymized_telemetry=False),
         )
-    return await bounded(_async_clients[key].get_collection(settings.collection), settings)
+        client = _async_clients.setdefault(key, await bounded(created, settings))
+    return client
+
+
+async def open_async_collection(settings: RetrieverSettings) -> AsyncCollection:
+    """The collection through Chroma's async HTTP client (server mode)."""
+    client = await _async_client(settings)
+    return await bounded(client.get_collection(settings.collection), settings)
 
 
 async def bounded(call: Awaitable[T], settings: RetrieverSettings) -> T:
@@ -228,6 +242,52 @@ def server_errors(settings: RetrieverSettings) -> Iterator[None]:
             f"lost the Chroma server at {settings.server_address} ({type(error).__name__}: {error}) within "
             f"{settings.chroma_timeout_s:g}s: check that `chroma run` is up, then retry"
         ) from error
+
+
+def _attempts(settings: RetrieverSettings) -> int:
+    """Only a server is worth retrying: an in-process store that failed once fails the same way again."""
+    return settings.chroma_retries + 1 if settings.chroma_mode == "server" else 1
+
+
+def _retry_delay(settings: RetrieverSettings, failed_attempt: int, error: Exception) -> float:
+    """The exponential backoff before the next attempt, logged so that a flapping server shows in the logs."""
+    delay = settings.chroma_retry_backoff_s * 2 ** (failed_attempt - 1)
+    logger.warning(
+        "Chroma call failed (attempt %d of %d), retrying in %.2fs: %s",
+        failed_attempt,
+        _attempts(settings),
+        delay,
+        error,
+    )
+    return delay
+
+
+def with_retries(operation: Callable[[], T], settings: RetrieverSettings) -> T:
+    """Run a Chroma operation; retry server transport failures ``chroma_retries`` times with exponential backoff.
+
+    Only idempotent operations come here (reads, and upserts and deletes of deterministic ids), so repeating
+    one whose request did reach the server changes nothing. The last failure is a :class:`ChromaUnavailableError`.
+    """
+    for attempt in range(1, _attempts(settings)):
+        try:
+            with server_errors(settings):
+                return operation()
+        except ChromaUnavailableError as error:
+            time.sleep(_retry_delay(settings, attempt, error))
+    with server_errors(settings):
+        return operation()
+
+
+async def awith_retries(operation: Callable[[], Awaitable[T]], settings: RetrieverSettings) -> T:
+    """:func:`with_retries` for coroutines: the backoff awaits, so the event loop keeps serving other queries."""
+    for attempt in range(1, _attempts(settings)):
+        try:
+            with server_errors(settings):
+                return await operation()
+        except ChromaUnavailableError as error:
+            await asyncio.sleep(_retry_delay(settings, attempt, error))
+    with server_errors(settings):
+        return await operation()
 
 
 def create_or_open_collection(settings: RetrieverSettings, contract: CollectionContract) -> Collection:
@@ -252,9 +312,18 @@ def create_or_open_collection(settings: RetrieverSettings, contract: CollectionC
 
 
 def open_collection(settings: RetrieverSettings) -> Collection:
-    """An existing collection to read from; a missing one is an error that names it and what exists."""
+    """An existing collection to read from; a missing one is an error that names it and what exists.
+
+    Reading never creates an embedded store: a mistyped ``persist_dir`` is named instead of silently becoming
+    a new, empty directory.
+    """
     from chromadb.errors import NotFoundError
 
+    if settings.chroma_mode == "embedded" and not Path(settings.persist_dir).expanduser().is_dir():
+        raise CollectionNotFoundError(
+            f"collection {settings.collection!r} does not exist: there is no embedded Chroma store at "
+            f"{str(settings.persist_dir)!r}; ingest documents first (`twostage ingest PATH`) or fix persist_dir"
+        )
     client = get_client(settings)
     try:
         return client.get_collection(settings.collection, embedding_function=None)

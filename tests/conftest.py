@@ -3,20 +3,19 @@ session, a settings factory, and a real `chroma run` server."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
-import time
+import hashlib
+import math
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from pydantic import PrivateAttr
 
+from llama_index_twostage.local_server import LocalChromaServer
 from llama_index_twostage.settings import RetrieverSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,12 +42,6 @@ def _require(path: Path) -> Path:
 def unique_name(prefix: str = "t") -> str:
     """A fresh collection name (the in-memory Chroma client is one per process)."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -114,43 +107,84 @@ def ingested(settings_for, scifact) -> Ingested:
     return Ingested(settings, report, scifact)
 
 
+def _started(server: LocalChromaServer) -> LocalChromaServer:
+    try:
+        server.start()
+    except RuntimeError as error:
+        pytest.fail(str(error), pytrace=False)
+    return server
+
+
 @pytest.fixture(scope="session")
 def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """A real ``chroma run`` on loopback; yields (host, port)."""
-    executable = shutil.which("chroma", path=str(Path(sys.executable).parent)) or shutil.which("chroma")
-    if executable is None:
-        pytest.fail("the `chroma` CLI is not installed in this environment", pytrace=False)
-    host, port = "127.0.0.1", free_port()
-    data_dir = tmp_path_factory.mktemp("chroma-server")
-    log = (data_dir.parent / f"chroma-{port}.log").open("w+b")
-    process = subprocess.Popen(
-        [executable, "run", "--path", str(data_dir), "--host", host, "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://{host}:{port}/api/v2/heartbeat"
-    deadline = time.monotonic() + 60
+    server = _started(LocalChromaServer(tmp_path_factory.mktemp("chroma-server") / "data"))
     try:
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                output = log.read().decode(errors="replace")[-4000:]
-                pytest.fail(f"`chroma run` did not come up on {host}:{port}:\n{output}", pytrace=False)
-            try:
-                if httpx.get(url, timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        yield host, port
+        yield server.host, server.port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
+        server.stop()
+
+
+@pytest.fixture
+def restartable_server(tmp_path: Path) -> Iterator[LocalChromaServer]:
+    """A ``chroma run`` of this test alone, to kill, pause and restart on the same port and data directory."""
+    server = _started(LocalChromaServer(tmp_path / "chroma-data"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+HASH_MODEL = "test/hash-embedding"  # a hub-style name: settings accept it without a directory
+
+
+class HashEmbedding(BaseEmbedding):
+    """A cheap deterministic embedding (a normalised SHA-256 of the text) that counts what it embeds.
+
+    For properties that do not depend on meaning: ingestion bookkeeping, fuzzed input, retries.
+    """
+
+    model_name: str = HASH_MODEL
+    _embedded: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def embedded(self) -> list[str]:
+        return self._embedded
+
+    def _vector(self, text: str) -> list[float]:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+        values = [byte - 127.5 for byte in digest]
+        norm = math.sqrt(sum(value * value for value in values))
+        return [value / norm for value in values]
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._vector(text)
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        """The batch path ingestion takes: recorded (a single text is a probe, e.g. of the dimension)."""
+        self._embedded.extend(texts)
+        return [self._vector(text) for text in texts]
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._vector(query)
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._vector(query)
+
+
+@pytest.fixture
+def hash_embedding() -> HashEmbedding:
+    return HashEmbedding()
+
+
+@pytest.fixture(scope="session")
+def cheap_settings(settings_for) -> Callable[..., RetrieverSettings]:
+    """``settings_for`` on the hash embedding's name (pass ``embed_model=HashEmbedding()`` to the library)."""
+
+    def make(mode: str = "memory", collection: str | None = None, **overrides: Any) -> RetrieverSettings:
+        return settings_for(mode, collection, embed_model=HASH_MODEL, **overrides)
+
+    return make
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,6 @@ from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter,
 
 from llama_index_twostage import store
 from llama_index_twostage.ingest import ingest_documents
-from llama_index_twostage.models import shared_model
 from llama_index_twostage.nodes import model_text, stage_info
 from llama_index_twostage.pipeline import build_two_stage_retriever
 from llama_index_twostage.rerank import CrossEncoderRerank
@@ -113,23 +112,21 @@ def test_normalize_does_not_apply_a_second_sigmoid(on_server, server_candidates)
     assert all(0.0 <= n.score <= 1.0 for n in normalized)
 
 
-def test_normalize_maps_logits_to_probabilities(on_server, server_candidates, rerank_model_dir):
+def test_normalize_maps_logits_to_probabilities(on_server, server_candidates, rerank_model_dir, monkeypatch):
     """A logits model (like hub ms-marco cross-encoders), made by loading the same weights without activation."""
     import torch
     from sentence_transformers import CrossEncoder
 
     candidates, query = server_candidates
-    max_length = 509  # a cache key of its own, so the shared sigmoid model stays untouched
-    shared_model(
-        ("cross-encoder", rerank_model_dir, None, max_length, False),
-        lambda: CrossEncoder(rerank_model_dir, max_length=max_length, activation_fn=torch.nn.Identity()),
-    )
-    sigmoid_model = CrossEncoder(rerank_model_dir, max_length=max_length)  # the model as published, same window
+    logits_model = CrossEncoder(rerank_model_dir, activation_fn=torch.nn.Identity())
+    monkeypatch.setattr("llama_index_twostage.rerank.load_cross_encoder", lambda *args, **kwargs: logits_model)
+    sigmoid_model = CrossEncoder(rerank_model_dir)  # the model as published, same window
     texts = {n.node.node_id: model_text(n.node) for n in candidates}
     expected = dict(zip(texts, map(float, sigmoid_model.predict([(query, text) for text in texts.values()]))))
 
     def rerank(normalize: bool):
-        reranker = CrossEncoderRerank.from_settings(on_server, top_k=12, max_length=max_length, normalize=normalize)
+        # No score cache: the sigmoid model's scores for these pairs are cached by the other tests.
+        reranker = CrossEncoderRerank.from_settings(on_server, top_k=12, normalize=normalize, score_cache_size=0)
         return reranker.postprocess_nodes(candidates, query_str=query)
 
     logits, probabilities = rerank(False), rerank(True)

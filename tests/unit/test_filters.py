@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
 
 from llama_index_twostage.errors import ConfigurationError
@@ -112,3 +114,86 @@ def test_refusal_inside_nested_filters():
     inner = MetadataFilters(filters=[MetadataFilter(key="$or", value=1)])
     with pytest.raises(ConfigurationError):
         to_chroma_where(MetadataFilters(filters=[MetadataFilter(key="a", value=1), inner]))
+
+
+# --- values Chroma would refuse at query time, or silently compare wrongly ----------------------------------------
+
+
+@pytest.mark.parametrize("key", [1, None, ("a",), "\ud800"])
+def test_non_string_or_unencodable_keys_are_refused(key):
+    bad = MetadataFilter.model_construct(key=key, value=1, operator=FilterOperator.EQ)
+    with pytest.raises(ConfigurationError, match="invalid metadata filter key"):
+        where(bad)
+
+
+@pytest.mark.parametrize(
+    ("operator", "value"),
+    [
+        (FilterOperator.EQ, {"a": {"$or": [{"b": 1}]}}),  # a nested where smuggled in
+        (FilterOperator.IN, [[1, 2]]),
+        (FilterOperator.IN, ["a", {"$ne": 1}]),
+        (FilterOperator.IN, []),  # Chroma: "expected a non-empty list"
+        (FilterOperator.IN, ["a", 1]),  # Chroma: "all values of the same type"
+        (FilterOperator.GT, "b"),  # Chroma compares only numbers
+        (FilterOperator.LTE, True),
+        (FilterOperator.EQ, float("nan")),
+        (FilterOperator.EQ, float("inf")),
+        (FilterOperator.EQ, 2**70),  # Chroma would round it to a float
+        (FilterOperator.EQ, "\udfff"),
+    ],
+)
+def test_values_chroma_would_refuse_or_alter_are_refused(operator, value):
+    bad = MetadataFilter.model_construct(key="k", value=value, operator=operator)
+    with pytest.raises(ConfigurationError, match="invalid value"):
+        where(bad)
+
+
+def test_something_other_than_a_filter_is_refused():
+    bad = MetadataFilters.model_construct(filters=[{"$or": [{"a": 1}]}], condition=FilterCondition.AND)
+    with pytest.raises(ConfigurationError, match="invalid metadata filter"):
+        to_chroma_where(bad)
+
+
+# --- fuzzed user input: refused with ConfigurationError, or a where clause Chroma runs as meant ------------------
+
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(alphabet=st.characters(exclude_categories=()))
+)
+USER_VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=2),
+    max_leaves=6,
+)
+USER_KEYS = st.one_of(
+    st.text(alphabet=st.characters(exclude_categories=())),  # surrogates included
+    st.sampled_from(["$or", "$and", "$ne", "$where"]),
+    st.integers(),
+)
+
+
+@pytest.fixture(scope="module")
+def probe_collection():
+    from llama_index_twostage.settings import RetrieverSettings
+    from llama_index_twostage.store import get_client
+
+    collection = get_client(RetrieverSettings(chroma_mode="memory")).get_or_create_collection(
+        "filter-fuzz", embedding_function=None
+    )
+    collection.upsert(ids=["x"], embeddings=[[1.0, 0.0]], metadatas=[{"k": 1, "s": "a"}])
+    return collection
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=USER_KEYS, value=USER_VALUES, operator=st.sampled_from(list(FilterOperator)))
+def test_user_input_cannot_inject_operators(probe_collection, key, value, operator):
+    user_filter = MetadataFilter.model_construct(key=key, value=value, operator=operator)
+    try:
+        clause = where(user_filter)
+    except ConfigurationError:
+        return
+    ((field, condition),) = clause.items()
+    assert field == key and not field.startswith("$")
+    ((chroma_operator, operand),) = condition.items()
+    assert chroma_operator.startswith("$") and operand == value
+    assert not any(isinstance(item, dict) for item in (value if isinstance(value, list) else [value]))
+    probe_collection.get(where=clause)  # Chroma accepts every clause we let through

@@ -288,3 +288,31 @@ def test_round_trip_keeps_a_real_token():
 def test_round_trip_without_token():
     settings = RetrieverSettings(collection="docs", recall_k=30, top_k=3, score_threshold=0.2)
     assert RetrieverSettings.from_dict(settings.to_dict()) == settings
+
+
+# --- trust_remote_code: off unless set (LlamaIndex's stock SentenceTransformerRerank turns it on) ----------------
+
+
+def test_remote_code_is_not_trusted_by_default(monkeypatch):
+    import sentence_transformers
+    from llama_index.embeddings import huggingface
+
+    from llama_index_twostage.pipeline import build_reranker, build_retriever
+
+    loaded: dict[str, object] = {}
+
+    def fake(kind):
+        def load(*args, **kwargs):
+            loaded[kind] = kwargs.get("trust_remote_code", "not passed")
+            return object()
+
+        return load
+
+    monkeypatch.setattr(huggingface, "HuggingFaceEmbedding", fake("embedding"))
+    monkeypatch.setattr(sentence_transformers, "CrossEncoder", fake("cross-encoder"))
+    unique = uuid.uuid4().hex[:8]  # model names no other test loads: the process-wide cache is cold for them
+    settings = RetrieverSettings(embed_model=f"test/embed-{unique}", rerank_model=f"test/rerank-{unique}")
+    assert settings.trust_remote_code is False
+    build_retriever(settings).embed_model
+    build_reranker(settings).cross_encoder
+    assert loaded == {"embedding": False, "cross-encoder": False}

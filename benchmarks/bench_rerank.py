@@ -1,0 +1,177 @@
+"""Stage-2 benchmark: our reranker per backend (and cascade, and score cache) vs LlamaIndex's SentenceTransformerRerank.
+
+Every reranker reads the same candidates in the same process: the ``recall_k`` nearest documents of each SciFact
+test query by exact bi-encoder search over a corpus subset (the queries' relevant documents plus the first
+``--corpus-size`` documents), all at the stock reranker's 512-token window. Rerankers take turns per query so
+background load hits them alike; each answers one warm-up query first (model loading, ONNX export). Our rerankers
+run with the score cache off, so every pair is really scored; a last pass shows what the cache saves on repeats.
+
+    python benchmarks/bench_rerank.py --limit 5 --recall-k 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from bench_anchor_quality import SHARED, STOCK_MAX_LENGTH, corpus_subset
+from llama_index.core.postprocessor import SentenceTransformerRerank
+from llama_index.core.schema import Document, NodeWithScore, TextNode
+from sentence_transformers import SentenceTransformer
+
+from llama_index_twostage.evaluation import evaluate_run, load_beir
+from llama_index_twostage.nodes import stage_info
+from llama_index_twostage.rerank import CrossEncoderRerank
+from llama_index_twostage.timing import Stopwatch
+
+TOP_K = 10  # nDCG@10 reads a full list
+Rerank = Callable[[list[NodeWithScore], str], list[NodeWithScore]]
+
+
+def data_parser(description: str | None, limit: int) -> argparse.ArgumentParser:
+    """The flags every benchmark shares: data, models (defaulting to ../shared), query count and recall_k."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=SHARED / "data" / "scifact", help="BEIR folder")
+    parser.add_argument("--embed-model", default=str(SHARED / "models" / "all-MiniLM-L6-v2"))
+    parser.add_argument("--rerank-model", default=str(SHARED / "models" / "twostage-test-reranker"))
+    parser.add_argument("--limit", type=int, default=limit, help="first N judged test queries")
+    parser.add_argument("--recall-k", type=int, default=100)
+    return parser
+
+
+def parse_args() -> argparse.Namespace:
+    parser = data_parser(__doc__, limit=5)
+    parser.add_argument("--corpus-size", type=int, default=500, help="documents searched (0: the whole corpus)")
+    parser.add_argument("--backends", default="torch,torch-bf16,onnx,onnx-int8", help="comma-separated")
+    parser.add_argument("--cascade-k", type=int, default=30, help="shortlist of the cascade rows (0: no cascade)")
+    parser.add_argument("--model-cache-dir", type=Path, default=Path(".twostage/models"))
+    return parser.parse_args()
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def as_node(document: Document) -> TextNode:
+    return TextNode(
+        id_=document.id_,
+        text=document.text,
+        metadata=document.metadata,
+        excluded_embed_metadata_keys=document.excluded_embed_metadata_keys,
+        excluded_llm_metadata_keys=document.excluded_llm_metadata_keys,
+    )
+
+
+def candidates(
+    documents: list[Document], queries: dict[str, str], embed_model: str, recall_k: int
+) -> dict[str, list[NodeWithScore]]:
+    """Exact stage 1: each query's ``recall_k`` nearest documents by cosine, best first."""
+    encoder = SentenceTransformer(embed_model)
+    nodes = [as_node(document) for document in documents]
+    corpus = encoder.encode([node.get_content(metadata_mode="embed") for node in nodes], normalize_embeddings=True)
+    query_vectors = encoder.encode(list(queries.values()), normalize_embeddings=True)
+    found = {}
+    for query_id, vector in zip(queries, query_vectors):
+        similarity = corpus @ vector
+        best = np.argsort(-similarity)[:recall_k]
+        found[query_id] = [NodeWithScore(node=nodes[index], score=float(similarity[index])) for index in best]
+    return found
+
+
+def rerankers(args: argparse.Namespace) -> dict[str, Rerank]:
+    """The stock reranker, ours per backend, and the cascades (int8 and a 128-token window prune for torch)."""
+    stock = SentenceTransformerRerank(top_n=TOP_K, model=args.rerank_model)
+    common = {"model": args.rerank_model, "top_k": TOP_K, "max_length": STOCK_MAX_LENGTH}
+    common |= {"model_cache_dir": args.model_cache_dir, "score_cache_size": 0}
+    ours = {f"ours {backend}": CrossEncoderRerank(backend=backend, **common) for backend in args.backends.split(",")}
+    if args.cascade_k:
+        ours[f"ours torch <- onnx-int8 top {args.cascade_k}"] = CrossEncoderRerank(
+            cascade_k=args.cascade_k, cascade_backend="onnx-int8", **common
+        )
+        ours[f"ours torch <- torch@128 top {args.cascade_k}"] = CrossEncoderRerank(
+            cascade_k=args.cascade_k, cascade_max_length=128, **common
+        )
+    run: dict[str, Rerank] = {"stock SentenceTransformerRerank": lambda nodes, q: stock.postprocess_nodes(nodes, query_str=q)}
+    for name, reranker in ours.items():
+        run[name] = lambda nodes, q, reranker=reranker: reranker.postprocess_nodes(nodes, query_str=q)
+    return run
+
+
+@dataclass
+class Measured:
+    ms: list[float]
+    pairs: int
+    rankings: dict[str, list[str]]
+
+
+def measure(run: dict[str, Rerank], found: dict[str, list[NodeWithScore]], queries: dict[str, str]) -> dict[str, Measured]:
+    """Every query through every reranker, taking turns; the first query once more beforehand as warm-up."""
+    first = next(iter(queries))
+    for rerank in run.values():
+        rerank(found[first], queries[first])
+    results = {name: Measured([], 0, {}) for name in run}
+    for query_id, query in queries.items():
+        for name, rerank in run.items():
+            with Stopwatch() as watch:
+                top = rerank(found[query_id], query)
+            results[name].ms.append(watch.ms)
+            results[name].pairs += len(found[query_id])
+            results[name].rankings[query_id] = [scored.node.node_id for scored in top]
+    return results
+
+
+def cache_pass(args: argparse.Namespace, found: dict[str, list[NodeWithScore]], queries: dict[str, str]) -> str:
+    """Queries asked twice through a cached reranker: how many pairs the repeat scores, and its p50."""
+    backend = args.backends.split(",")[-1]
+    reranker = CrossEncoderRerank(
+        model=args.rerank_model, top_k=TOP_K, max_length=STOCK_MAX_LENGTH, backend=backend,
+        model_cache_dir=args.model_cache_dir,
+    )
+    for query_id, query in queries.items():
+        reranker.postprocess_nodes(found[query_id], query_str=query)
+    ms, cached, pairs = [], 0, 0
+    for query_id, query in queries.items():
+        with Stopwatch() as watch:
+            top = reranker.postprocess_nodes(found[query_id], query_str=query)
+        ms.append(watch.ms)
+        cached += stage_info(top[0])["pairs_cached"]
+        pairs += stage_info(top[0])["pairs_scored"]
+    return f"score cache, repeated queries ({backend}): {cached}/{pairs} pairs from cache, p50 {statistics.median(ms):.1f} ms"
+
+
+def report(results: dict[str, Measured], qrels: dict[str, dict[str, int]]) -> None:
+    stock = statistics.median(next(iter(results.values())).ms)
+    base = evaluate_run(results["ours torch"].rankings, qrels)["ndcg@10"] if "ours torch" in results else None
+    print("| reranker | pairs/s | p50 ms | p95 ms | p50 / stock | nDCG@10 | vs ours torch |")
+    print("|---|---|---|---|---|---|---|")
+    for name, measured in results.items():
+        ndcg = evaluate_run(measured.rankings, qrels)["ndcg@10"]
+        p50 = statistics.median(measured.ms)
+        delta = f"{ndcg - base:+.4f}" if base is not None else "-"
+        print(
+            f"| {name} | {measured.pairs / (sum(measured.ms) / 1000):.1f} | {p50:.0f} | {percentile(measured.ms, 95):.0f} "
+            f"| {p50 / stock:.2f} | {ndcg:.4f} | {delta} |"
+        )
+
+
+def main() -> None:
+    args = parse_args()
+    logging.getLogger("llama_index_twostage.rerank").setLevel(logging.ERROR)  # the 512 window truncates a few pairs
+    dataset = load_beir(args.data).limit(args.limit)
+    documents = corpus_subset(dataset, args.corpus_size)
+    found = candidates(documents, dataset.queries, args.embed_model, args.recall_k)
+    print(
+        f"{len(dataset.queries)} SciFact test queries, {len(documents)} documents, recall_k={args.recall_k}, "
+        f"window {STOCK_MAX_LENGTH} tokens, same candidates for every reranker"
+    )
+    report(measure(rerankers(args), found, dataset.queries), dataset.qrels)
+    print(cache_pass(args, found, dataset.queries))
+
+
+if __name__ == "__main__":
+    main()

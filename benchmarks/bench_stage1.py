@@ -1,0 +1,145 @@
+"""Stage-1 and ingestion benchmark: what our retriever and ingestion add over their engines, and how Chroma scales.
+
+1. Ingestion: ``ingest_documents`` docs/s vs raw batched ``SentenceTransformer.encode`` docs/s on the same texts.
+2. Query latency on that collection, same queries, taking turns: ours (``ChromaRecallRetriever``) vs raw
+   (``SentenceTransformer.encode`` of the query + ``collection.query``) vs LlamaIndex ``VectorIndexRetriever`` over
+   ``ChromaVectorStore`` on the same collection.
+3. Scale: raw Chroma p50 and recall@recall_k against exact search as the store grows (``--scales``). The vectors
+   are SciFact's real document embeddings plus noise-perturbed, unit-normalised copies of them (synthetic: they say
+   how HNSW behaves at that size, not what SciFact would retrieve).
+
+    python benchmarks/bench_stage1.py --corpus-size 1000 --scales 10000,100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import chromadb
+import numpy as np
+from bench_anchor_quality import corpus_subset
+from bench_rerank import data_parser, percentile
+from llama_index.core import VectorStoreIndex
+from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+from llama_index.vector_stores.chroma import ChromaVectorStore
+from sentence_transformers import SentenceTransformer
+
+from llama_index_twostage import RetrieverSettings, build_retriever, ingest_documents, store
+from llama_index_twostage.evaluation import load_beir
+from llama_index_twostage.evaluation.runner import WHOLE_DOCUMENT_CHUNK
+from llama_index_twostage.timing import Stopwatch
+
+
+def parse_args() -> argparse.Namespace:
+    parser = data_parser(__doc__, limit=50)
+    parser.add_argument("--corpus-size", type=int, default=500, help="documents ingested (0: the whole corpus)")
+    parser.add_argument("--scales", default="10000,100000", help="stored vectors per scale run (comma-separated)")
+    parser.add_argument("--noise", type=float, default=0.05, help="std of the noise added to synthetic copies")
+    return parser.parse_args()
+
+
+def ingestion(documents: list, settings: RetrieverSettings, encoder: SentenceTransformer) -> None:
+    texts = [document.text for document in documents]
+    with Stopwatch() as raw:
+        encoder.encode(texts, batch_size=settings.embed_batch_size, normalize_embeddings=True)
+    with Stopwatch() as ours:
+        ingest_documents(documents, settings)
+    raw_rate, our_rate = len(texts) / raw.ms * 1000, len(texts) / ours.ms * 1000
+    print(f"ingestion: raw encode {raw_rate:.1f} docs/s, ours {our_rate:.1f} docs/s, ours/raw {our_rate / raw_rate:.2f}")
+
+
+def latencies(pipelines: dict[str, Callable[[str], object]], queries: list[str]) -> dict[str, list[float]]:
+    """ms per query for each pipeline, taking turns; one warm-up query each."""
+    for pipeline in pipelines.values():
+        pipeline(queries[0])
+    times: dict[str, list[float]] = {name: [] for name in pipelines}
+    for query in queries:
+        for name, pipeline in pipelines.items():
+            with Stopwatch() as watch:
+                pipeline(query)
+            times[name].append(watch.ms)
+    return times
+
+
+def query_latency(settings: RetrieverSettings, encoder: SentenceTransformer, queries: list[str]) -> None:
+    collection = store.open_collection(settings)
+    ours = build_retriever(settings)
+    embed = HuggingFaceEmbedding(model_name=settings.embed_model)
+    stock = VectorStoreIndex.from_vector_store(ChromaVectorStore(chroma_collection=collection), embed_model=embed)
+    stock_retriever = stock.as_retriever(similarity_top_k=settings.recall_k)
+
+    def raw(query: str) -> object:
+        vector = encoder.encode([query], normalize_embeddings=True)
+        return collection.query(query_embeddings=vector, n_results=settings.recall_k)
+
+    times = latencies({"raw": raw, "ours": ours.retrieve, "llamaindex": stock_retriever.retrieve}, queries)
+    base = statistics.median(times["raw"])
+    for name, values in times.items():
+        p50 = statistics.median(values)
+        print(f"stage 1 {name:>10}: p50 {p50:.1f} ms, p95 {percentile(values, 95):.1f} ms, p50/raw {p50 / base:.2f}")
+
+
+def synthetic(vectors: np.ndarray, size: int, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """``size`` unit vectors: the real ones, then noisy copies of them."""
+    picks = rng.integers(0, len(vectors), size - len(vectors))
+    copies = vectors[picks] + rng.normal(0, noise, (len(picks), vectors.shape[1])).astype(np.float32)
+    stacked = np.vstack([vectors, copies])
+    return stacked / np.linalg.norm(stacked, axis=1, keepdims=True)
+
+
+def scale_run(vectors: np.ndarray, query_vectors: np.ndarray, recall_k: int) -> str:
+    client = chromadb.EphemeralClient()
+    collection = client.create_collection(f"scale-{len(vectors)}-{time.time_ns()}", configuration={"hnsw": {"space": "cosine"}})
+    batch = client.get_max_batch_size()
+    with Stopwatch() as build:
+        for start in range(0, len(vectors), batch):
+            chunk = vectors[start : start + batch]
+            collection.add(ids=[str(start + i) for i in range(len(chunk))], embeddings=chunk)
+    times, recalls = [], []
+    for vector in query_vectors:
+        with Stopwatch() as watch:
+            found = collection.query(query_embeddings=vector[None, :], n_results=recall_k, include=[])
+        times.append(watch.ms)
+        exact = set(np.argsort(-(vectors @ vector))[:recall_k].tolist())
+        recalls.append(len(exact & {int(i) for i in found["ids"][0]}) / recall_k)
+    client.delete_collection(collection.name)
+    return (
+        f"| {len(vectors):,} | {statistics.median(times):.1f} | {percentile(times, 95):.1f} | "
+        f"{statistics.mean(recalls):.4f} | {build.ms / 1000:.0f} |"
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    dataset = load_beir(args.data).limit(args.limit)
+    documents = corpus_subset(dataset, args.corpus_size)
+    queries = list(dataset.queries.values())
+    settings = RetrieverSettings(
+        embed_model=args.embed_model,
+        persist_dir=Path(tempfile.mkdtemp(prefix="bench-stage1-")),
+        collection="bench-stage1",
+        recall_k=min(args.recall_k, len(documents)),
+        chunk_size=WHOLE_DOCUMENT_CHUNK,
+        chunk_overlap=0,
+        show_progress=False,
+    )
+    encoder = SentenceTransformer(args.embed_model)
+    print(f"{len(documents)} SciFact documents, {len(queries)} test queries, recall_k={settings.recall_k}")
+    ingestion(documents, settings, encoder)
+    query_latency(settings, encoder, queries)
+    real = encoder.encode([document.text for document in documents], normalize_embeddings=True)
+    query_vectors = encoder.encode(queries, normalize_embeddings=True)
+    rng = np.random.default_rng(0)
+    print(f"scale (real SciFact embeddings + noisy unit-normalised copies, noise std {args.noise}):")
+    print("| stored vectors | raw Chroma p50 ms | p95 ms | recall@k vs exact | build s |\n|---|---|---|---|---|")
+    for size in (int(value) for value in args.scales.split(",") if value):
+        print(scale_run(synthetic(real, max(size, len(real)), args.noise, rng), query_vectors, args.recall_k))
+
+
+if __name__ == "__main__":
+    main()

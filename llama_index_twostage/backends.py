@@ -1,0 +1,177 @@
+"""Cross-encoder runtimes: torch at full or half precision, and ONNX Runtime at fp32 or dynamic int8.
+
+The ONNX path exports the model once into ``model_cache_dir`` (model folders may be read-only, and an export takes
+seconds) and reuses that file in every later process. It drives ONNX Runtime through ``torch.onnx`` and
+``onnxruntime.quantization`` directly rather than through sentence-transformers' ``backend="onnx"``: that route
+needs ``optimum-onnx``, which pins ``transformers<4.58`` and so cannot live beside the transformers 5 this package
+runs on. The exported model replaces the torch module inside the ``CrossEncoder``, so tokenisation, length-sorted
+batching and the activation stay exactly sentence-transformers' own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from llama_index_twostage.settings import RerankBackend, looks_like_local_path
+
+if TYPE_CHECKING:
+    from sentence_transformers import CrossEncoder
+
+logger = logging.getLogger(__name__)
+
+ONNX_EXTRA = 'pip install "llama-index-twostage[onnx]"'
+ONNX_OPSET = 17
+_TORCH_DTYPES: dict[str, torch.dtype] = {"torch-bf16": torch.bfloat16, "torch-fp16": torch.float16}
+_ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model_int8.onnx"}
+
+
+def is_onnx(backend: RerankBackend) -> bool:
+    return backend in _ONNX_FILES
+
+
+def torch_model_kwargs(backend: RerankBackend) -> dict[str, Any]:
+    """``model_kwargs`` for ``CrossEncoder``: the half-precision dtype of the backend, none for fp32 and ONNX."""
+    dtype = _TORCH_DTYPES.get(backend)
+    return {"dtype": dtype} if dtype is not None else {}
+
+
+def require_onnx(backend: RerankBackend) -> None:
+    """Fail before any loading when the optional ONNX packages are missing, naming the extra that installs them."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as error:
+        raise ImportError(
+            f"rerank_backend {backend!r} needs the optional packages onnxruntime and onnx ({error}); install them "
+            f"with: {ONNX_EXTRA}"
+        ) from error
+
+
+def _fingerprint(model: str) -> str:
+    """Identity of the weights: a local folder's file names, sizes and mtimes (a retrained model re-exports);
+    a hub id by name (pin a revision by downloading it to a folder)."""
+    parts = [model, torch.__version__, str(ONNX_OPSET)]
+    folder = Path(model).expanduser()
+    if looks_like_local_path(model) or folder.is_dir():
+        parts = [str(folder.resolve()), *parts[1:]]
+        for file in sorted(path for path in folder.rglob("*") if path.is_file()):
+            stat = file.stat()
+            parts.append(f"{file.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def export_dir(cache_dir: Path, model: str) -> Path:
+    """The cache folder of one model's exports: a readable name plus the fingerprint of its weights."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model.rstrip("/\\")).name) or "model"
+    return Path(cache_dir).expanduser() / f"{slug}-{_fingerprint(model)}"
+
+
+def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file and rename, so a concurrent process never reads half an export."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".partial.onnx")
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; the cache is meant to be shared
+        os.replace(temporary, target)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+class _LogitsOf(torch.nn.Module):
+    """The classifier as a function of positional tensors, the form ``torch.onnx.export`` traces."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, tensors))).logits
+
+
+def _export_fp32(cross_encoder: CrossEncoder, target: Path) -> None:
+    sample = cross_encoder.tokenizer(["query"], ["a candidate passage"], return_tensors="pt")
+    names = list(sample.keys())
+    dynamic = {name: {0: "batch", 1: "tokens"} for name in names} | {"logits": {0: "batch"}}
+    module = _LogitsOf(cross_encoder[0].model.float().cpu().eval(), names)
+
+    def write(path: Path) -> None:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                tuple(sample[name] for name in names),
+                str(path),
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes=dynamic,
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+            )
+
+    _write_atomically(target, write)
+
+
+def _quantize_int8(source: Path, target: Path) -> None:
+    """Dynamic int8 (weights per channel, activations at run time): no calibration data needed."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    _write_atomically(
+        target, lambda path: quantize_dynamic(source, path, weight_type=QuantType.QInt8, per_channel=True)
+    )
+
+
+def exported_model(cross_encoder: CrossEncoder, model: str, backend: RerankBackend, cache_dir: Path) -> Path:
+    """The ONNX file for ``backend``, exported (and quantized) on first use, reused from the cache afterwards."""
+    folder = export_dir(cache_dir, model)
+    fp32 = folder / _ONNX_FILES["onnx"]
+    if not fp32.is_file():
+        logger.info("exporting %s to ONNX in %s (once; later loads reuse it)", model, folder)
+        _export_fp32(cross_encoder, fp32)
+    target = folder / _ONNX_FILES[backend]
+    if not target.is_file():
+        logger.info("quantizing %s to int8 in %s (once)", model, folder)
+        _quantize_int8(fp32, target)
+    return target
+
+
+class OnnxSequenceClassifier(torch.nn.Module):
+    """Stands in for the transformers classifier inside a ``CrossEncoder``: same inputs, ``logits`` out."""
+
+    def __init__(self, path: Path, config: Any, device: str | None) -> None:
+        super().__init__()
+        import onnxruntime
+
+        providers = ["CPUExecutionProvider"]
+        if device and device.startswith("cuda"):
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        self.input_names = [node.name for node in self.session.get_inputs()]
+        self.config = config
+        self.path = path
+
+    def forward(self, **features: Any) -> dict[str, torch.Tensor]:
+        feed = {name: features[name].cpu().numpy() for name in self.input_names}
+        (logits,) = self.session.run(["logits"], feed)
+        return {"logits": torch.from_numpy(logits)}
+
+
+def use_onnx(
+    cross_encoder: CrossEncoder, model: str, backend: RerankBackend, cache_dir: Path, device: str | None
+) -> None:
+    """Swap the torch classifier inside ``cross_encoder`` for the ONNX export of ``backend`` (torch weights freed)."""
+    path = exported_model(cross_encoder, model, backend, cache_dir)
+    transformer = cross_encoder[0]
+    transformer.model = OnnxSequenceClassifier(path, transformer.model.config, device)

@@ -1,0 +1,159 @@
+"""``verify_collection_integrity``: does a collection still hold what ingestion promises?
+
+Ingestion keeps each source's chunks at one version and writes new chunks before deleting stale ones, so an
+interrupted run can leave, until it is re-run, chunks of an older version (orphans) or a version with chunks
+missing. Other writers can leave chunks without a source or vectors of another dimension. This reads every
+record once and names each of these, so an operator can tell a healthy collection from one to re-ingest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from llama_index_twostage import store
+from llama_index_twostage.ingest import CHUNKS_KEY, HASH_KEY, SOURCE_KEY, STAMP_KEY
+from llama_index_twostage.settings import RetrieverSettings
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
+    from chromadb.api.types import GetResult
+
+_SHOWN_IDS = 5
+
+
+@dataclass
+class _Version:
+    """One source's chunks as recorded: (stamp, doc hash, chunk count) per chunk id."""
+
+    chunks: dict[str, tuple[float, str, Any]] = field(default_factory=dict)
+
+    def newest(self) -> tuple[float, str, Any]:
+        return max(self.chunks.values(), key=lambda recorded: recorded[0])
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What :func:`verify_collection_integrity` found; ``ok`` when ``problems`` is empty."""
+
+    collection: str
+    nodes: int
+    sources: int
+    embed_model: str | None  # as recorded by the collection
+    dimension: int | None  # as recorded (or, for collections of other tools, of the first vector)
+    contract_problem: str | None  # no recorded model, or another model than the settings'
+    bad_embeddings: list[str]  # ids whose vector is missing or of another dimension
+    orphans: list[str]  # chunks of an older version of their source than its newest
+    incomplete_sources: list[str]  # sources whose newest version has fewer chunks than it recorded
+    sourceless: list[str]  # chunks that name no source document
+    unversioned: int  # chunks without a recorded doc hash (written by other tools): not checked for staleness
+
+    @property
+    def problems(self) -> list[str]:
+        """One line per kind of problem, with a few of the ids concerned."""
+        found = [self.contract_problem] if self.contract_problem else []
+        for ids, what in (
+            (self.bad_embeddings, f"chunks without a {self.dimension}-dimensional embedding"),
+            (self.orphans, "stale chunks of an older version of their document (re-run ingest to remove them)"),
+            (self.incomplete_sources, "documents missing chunks of their newest version (re-run ingest)"),
+            (self.sourceless, "chunks without a source document id"),
+        ):
+            if ids:
+                more = ", ..." if len(ids) > _SHOWN_IDS else ""
+                found.append(f"{len(ids)} {what}: {', '.join(ids[:_SHOWN_IDS])}{more}")
+        return found
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def describe(self) -> list[str]:
+        """What ``twostage verify`` prints."""
+        lines = [
+            f"collection:      {self.collection} ({self.nodes} nodes from {self.sources} documents)",
+            f"embedding model: {self.embed_model or 'not recorded'} ({self.dimension or '?'} dimensions)",
+        ]
+        if self.unversioned:
+            lines.append(f"note: {self.unversioned} chunks carry no doc hash (not written by twostage ingest)")
+        lines += [f"problem: {problem}" for problem in self.problems] or ["ok: no problems found"]
+        return lines
+
+
+def _contract_problem(collection: Collection, settings: RetrieverSettings) -> str | None:
+    contract = store.CollectionContract.of(collection)
+    if contract is None:
+        return "the collection records no embedding model or dimension (not created by twostage ingest)"
+    if store.model_identity(contract.embed_model) != store.model_identity(settings.embed_model):
+        return f"written with embedding model {contract.embed_model!r}, but the settings use {settings.embed_model!r}"
+    return None
+
+
+def _pages(collection: Collection, settings: RetrieverSettings) -> Iterator[GetResult]:
+    """Every record with its embedding and metadata, a page at a time (a whole collection may not fit)."""
+    page_size = min(settings.upsert_batch_size, store.get_client(settings).get_max_batch_size())
+    offset = 0
+    while True:
+        read = partial(collection.get, include=["embeddings", "metadatas"], limit=page_size, offset=offset)
+        page = store.with_retries(read, settings)
+        if not page["ids"]:
+            return
+        yield page
+        offset += len(page["ids"])
+
+
+def _stale_and_incomplete(sources: dict[str, _Version]) -> tuple[list[str], list[str]]:
+    """Per source: chunks recorded under another hash than the newest write, and versions missing chunks."""
+    orphans: list[str] = []
+    incomplete: list[str] = []
+    for source_id, version in sources.items():
+        _, newest_hash, newest_count = version.newest()
+        current = {node_id for node_id, (_, doc_hash, _) in version.chunks.items() if doc_hash == newest_hash}
+        orphans.extend(node_id for node_id in version.chunks if node_id not in current)
+        if len(current) != newest_count:
+            incomplete.append(source_id)
+    return orphans, incomplete
+
+
+def verify_collection_integrity(settings: RetrieverSettings) -> VerifyReport:
+    """Read every record of the settings' collection and report what is inconsistent (see :class:`VerifyReport`).
+
+    Raises:
+        CollectionNotFoundError: the collection does not exist.
+        ChromaUnavailableError: the store cannot be reached.
+    """
+    collection = store.with_retries(partial(store.open_collection, settings), settings)
+    contract = store.CollectionContract.of(collection)
+    dimension = contract.dimension if contract else None
+    nodes, bad_embeddings, sourceless, unversioned = 0, [], [], 0
+    sources: dict[str, _Version] = {}
+    for page in _pages(collection, settings):
+        for node_id, embedding, metadata in zip(page["ids"], page["embeddings"], page["metadatas"]):
+            nodes += 1
+            dimension = dimension or (len(embedding) if embedding is not None else None)
+            if embedding is None or len(embedding) != dimension:
+                bad_embeddings.append(node_id)
+            metadata = metadata or {}
+            source = metadata.get(SOURCE_KEY)
+            if source in (None, "", "None"):
+                sourceless.append(node_id)
+            elif metadata.get(HASH_KEY) is None:
+                unversioned += 1
+            else:
+                recorded = (float(metadata.get(STAMP_KEY) or 0.0), metadata[HASH_KEY], metadata.get(CHUNKS_KEY))
+                sources.setdefault(str(source), _Version()).chunks[node_id] = recorded
+    orphans, incomplete = _stale_and_incomplete(sources)
+    return VerifyReport(
+        collection=settings.collection,
+        nodes=nodes,
+        sources=len(sources),
+        embed_model=contract.embed_model if contract else None,
+        dimension=dimension,
+        contract_problem=_contract_problem(collection, settings),
+        bad_embeddings=bad_embeddings,
+        orphans=orphans,
+        incomplete_sources=incomplete,
+        sourceless=sourceless,
+        unversioned=unversioned,
+    )

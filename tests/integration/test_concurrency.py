@@ -1,0 +1,95 @@
+"""Many queries at once, as a web service sends them: from threads and from asyncio (32 at a time), with the
+results of sequential runs, each model loaded once, and the event loop left free for other work."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from llama_index.core.llms import MockLLM
+
+from llama_index_twostage.ingest import ingest_documents
+from llama_index_twostage.pipeline import build_query_engine, build_retriever, build_two_stage_retriever
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+CONCURRENCY = 32
+
+
+def ranking(nodes) -> list[tuple[str, float]]:
+    return [(scored.node.node_id, round(float(scored.score), 5)) for scored in nodes]
+
+
+@pytest.fixture(scope="module")
+def queries(some_queries) -> list[str]:
+    """CONCURRENCY queries: the few distinct ones repeated, so each has a sequential reference."""
+    return [some_queries[i % len(some_queries)] for i in range(CONCURRENCY)]
+
+
+@pytest.fixture(scope="module")
+def on_server(chroma_server, settings_for, scifact):
+    """A small collection on the session's `chroma run` (the relevant documents of the first queries + others)."""
+    relevant = [doc_id for qid in list(scifact.qrels)[:4] for doc_id in scifact.qrels[qid]]
+    others = [doc_id for doc_id in scifact.corpus if doc_id not in relevant][:12]
+    host, port = chroma_server
+    settings = settings_for("server", chroma_host=host, chroma_port=port, recall_k=8, top_k=3)
+    ingest_documents([scifact.corpus[doc_id] for doc_id in relevant + others], settings)
+    return settings
+
+
+def test_threads_get_the_sequential_results(ingested, queries):
+    retriever = build_two_stage_retriever(ingested.settings.model_copy(update={"recall_k": 8, "top_k": 3}))
+    expected = {query: ranking(retriever.retrieve(query)) for query in set(queries)}
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        results = list(pool.map(retriever.retrieve, queries))
+    assert [ranking(result) for result in results] == [expected[query] for query in queries]
+
+
+async def test_concurrent_aretrieve_and_aquery_keep_the_loop_free(on_server, queries):
+    stage1 = build_retriever(on_server)
+    engine = build_query_engine(on_server, llm=MockLLM())
+    expected_stage1 = {query: ranking(stage1.retrieve(query)) for query in set(queries)}
+    expected_final = {query: ranking(engine.query(query).source_nodes) for query in set(queries)}
+    ticks = 0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        retrieved, answered = await asyncio.gather(
+            asyncio.gather(*(stage1.aretrieve(query) for query in queries)),
+            asyncio.gather(*(engine.aquery(query) for query in queries)),
+        )
+    finally:
+        done.set()
+        await ticking
+    assert [ranking(nodes) for nodes in retrieved] == [expected_stage1[query] for query in queries]
+    assert [ranking(response.source_nodes) for response in answered] == [expected_final[query] for query in queries]
+    assert ticks >= 5, "the event loop was starved while the queries ran"
+
+
+def test_embedding_model_loads_once_under_concurrent_first_use(settings_for, ingested, monkeypatch):
+    from llama_index.embeddings import huggingface
+
+    constructed = []
+    real = huggingface.HuggingFaceEmbedding
+
+    def counting(*args, **kwargs):
+        constructed.append(kwargs["model_name"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface, "HuggingFaceEmbedding", counting)
+    # A batch size no other test uses: a cache key of its own, so this load is the first.
+    settings = ingested.settings.model_copy(update={"embed_batch_size": 7 + uuid.uuid4().int % 1000})
+    retrievers = [build_retriever(settings) for _ in range(CONCURRENCY)]
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        models = list(pool.map(lambda retriever: retriever.embed_model, retrievers))
+    assert len(constructed) == 1
+    assert all(model is models[0] for model in models)

@@ -1,0 +1,179 @@
+"""Ingestion integrity: changed documents replace their chunks, unchanged ones are skipped by hash, an interrupted
+run is completed by the next one, and `twostage verify` names what is inconsistent."""
+
+from __future__ import annotations
+
+import pytest
+from llama_index.core import Document
+from typer.testing import CliRunner
+
+from llama_index_twostage import ingest, store
+from llama_index_twostage.cli import app
+from llama_index_twostage.errors import DocumentError
+from llama_index_twostage.ingest import HASH_KEY, STAMP_KEY, ingest_documents
+from llama_index_twostage.verify import verify_collection_integrity
+
+pytestmark = pytest.mark.integration
+
+
+def paragraph(i: int) -> str:
+    return f"Paragraph {i} is about topic number {i}, described in enough words to fill a small chunk of text."
+
+
+def article(*paragraphs: int, doc_id: str = "article") -> Document:
+    return Document(id_=doc_id, text="\n\n".join(map(paragraph, paragraphs)), metadata={"source": "test"})
+
+
+def corpus() -> list[Document]:
+    return [article(0, 1, 2, 3), Document(id_="note", text="A short note that never changes.")]
+
+
+@pytest.fixture
+def settings(cheap_settings):
+    return cheap_settings(chunk_size=32, chunk_overlap=0)
+
+
+def chunks_by_source(settings) -> dict[str, dict[str, dict]]:
+    """source id -> chunk id -> the chunk's stored metadata."""
+    stored = store.open_collection(settings).get(include=["metadatas"])
+    by_source: dict[str, dict[str, dict]] = {}
+    for node_id, metadata in zip(stored["ids"], stored["metadatas"]):
+        by_source.setdefault(metadata["ref_doc_id"], {})[node_id] = metadata
+    return by_source
+
+
+def stored_ids(settings) -> dict[str, set[str]]:
+    """source id -> its chunk ids."""
+    return {source: set(chunks) for source, chunks in chunks_by_source(settings).items()}
+
+
+def clean_run_ids(documents, settings, embed_model) -> dict[str, set[str]]:
+    """What a single run into a fresh collection stores for these documents."""
+    fresh = settings.model_copy(update={"collection": settings.collection + "-clean"})
+    ingest_documents(documents, fresh, embed_model=embed_model)
+    return stored_ids(fresh)
+
+
+def test_unchanged_documents_are_neither_embedded_nor_rewritten(settings, hash_embedding):
+    first = ingest_documents(corpus(), settings, embed_model=hash_embedding)
+    before = chunks_by_source(settings)
+    embedded = len(hash_embedding.embedded)
+    again = ingest_documents(corpus(), settings, embed_model=hash_embedding)
+    assert len(hash_embedding.embedded) == embedded
+    assert chunks_by_source(settings) == before  # same ids, same stamps: nothing rewritten
+    assert (again.unchanged_documents, again.added, again.removed_stale) == (2, 0, 0)
+    assert again.already_stored == again.chunks == first.added == first.stored_total
+    assert len(before["article"]) > 2
+
+
+def test_changed_document_replaces_its_stale_chunks(settings, hash_embedding):
+    ingest_documents(corpus(), settings, embed_model=hash_embedding)
+    old = chunks_by_source(settings)
+    changed = [article(0, 1, 7), corpus()[1]]
+    report = ingest_documents(changed, settings, embed_model=hash_embedding)
+    now = chunks_by_source(settings)
+    assert stored_ids(settings) == clean_run_ids(changed, settings, hash_embedding)
+    assert now["note"] == old["note"]
+    kept = set(old["article"]) & set(now["article"])
+    assert kept and report.removed_stale == len(set(old["article"]) - kept) > 0
+    assert len({metadata[HASH_KEY] for metadata in now["article"].values()}) == 1  # kept chunks relabelled
+    assert (report.replaced_documents, report.unchanged_documents) == (1, 1)
+    assert report.added + report.already_stored + report.skipped_empty == report.chunks
+    assert verify_collection_integrity(settings).ok
+
+
+def test_chunking_change_rechunks_every_document(settings, hash_embedding):
+    ingest_documents(corpus(), settings, embed_model=hash_embedding)
+    rechunked = settings.model_copy(update={"chunk_size": 200})
+    report = ingest_documents(corpus(), rechunked, embed_model=hash_embedding)
+    assert report.unchanged_documents == 0 and report.removed_stale > 0
+    assert verify_collection_integrity(rechunked).ok
+
+
+def test_run_interrupted_before_deleting_stale_chunks_is_completed(settings, hash_embedding, monkeypatch):
+    ingest_documents(corpus(), settings, embed_model=hash_embedding)
+    changed = [article(2, 5, 6), corpus()[1]]
+
+    def crash(self, ids):
+        raise KeyboardInterrupt("crashed between writing new chunks and deleting stale ones")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ingest.Writer, "delete", crash)
+        with pytest.raises(KeyboardInterrupt):
+            ingest_documents(changed, settings, embed_model=hash_embedding)
+    interrupted = verify_collection_integrity(settings)
+    assert interrupted.orphans and not interrupted.ok
+    assert any("stale chunks" in problem for problem in interrupted.problems)
+    report = ingest_documents(changed, settings, embed_model=hash_embedding)
+    assert report.added == 0 and report.removed_stale == len(interrupted.orphans)
+    assert stored_ids(settings) == clean_run_ids(changed, settings, hash_embedding)
+    assert verify_collection_integrity(settings).ok
+
+
+def test_run_interrupted_mid_upsert_is_completed(settings, hash_embedding, monkeypatch):
+    small_batches = settings.model_copy(update={"upsert_batch_size": 2})
+    written = []
+
+    def upsert_twice_then_crash(self, nodes, embeddings):
+        if len(written) == 1:
+            raise KeyboardInterrupt("crashed mid-ingestion")
+        written.append(original(self, nodes, embeddings))
+
+    original = ingest.Writer.upsert
+    with monkeypatch.context() as patched:
+        patched.setattr(ingest.Writer, "upsert", upsert_twice_then_crash)
+        with pytest.raises(KeyboardInterrupt):
+            ingest_documents(corpus(), small_batches, embed_model=hash_embedding)
+    assert verify_collection_integrity(small_batches).incomplete_sources == ["article"]
+    report = ingest_documents(corpus(), small_batches, embed_model=hash_embedding)
+    assert report.already_stored == 2 and report.added == report.chunks - 2
+    assert stored_ids(settings) == clean_run_ids(corpus(), settings, hash_embedding)
+    assert verify_collection_integrity(small_batches).ok
+
+
+def test_verify_names_sourceless_chunks_and_another_model(settings, hash_embedding):
+    ingest_documents(corpus(), settings, embed_model=hash_embedding)
+    collection = store.open_collection(settings)
+    collection.add(ids=["stray"], embeddings=[hash_embedding.get_text_embedding("stray")], documents=["stray"])
+    report = verify_collection_integrity(settings)
+    assert report.sourceless == ["stray"] and report.nodes == collection.count()
+    assert not report.orphans and report.contract_problem is None
+    other = verify_collection_integrity(settings.model_copy(update={"embed_model": "org/another-model"}))
+    assert "org/another-model" in (other.contract_problem or "")
+
+
+def test_stamps_are_per_run(settings, hash_embedding):
+    ingest_documents(corpus()[:1], settings, embed_model=hash_embedding)
+    ingest_documents(corpus(), settings, embed_model=hash_embedding)
+    stamps = {source: {m[STAMP_KEY] for m in chunks.values()} for source, chunks in chunks_by_source(settings).items()}
+    assert len(stamps["article"]) == len(stamps["note"]) == 1 and stamps["article"] != stamps["note"]
+
+
+def test_documents_sharing_an_id_with_different_content_are_refused(settings, hash_embedding):
+    with pytest.raises(DocumentError, match="'article'"):
+        ingest_documents([article(0), article(1)], settings, embed_model=hash_embedding)
+    report = ingest_documents([article(0), article(0)], settings, embed_model=hash_embedding)
+    assert report.stored_total == report.added > 0
+
+
+def test_cli_verify_exit_codes(cheap_settings, tmp_path, monkeypatch, embed_model_dir):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text(paragraph(1))
+    (folder / "b.txt").write_text(paragraph(2))
+    for name, value in {
+        "PERSIST_DIR": str(tmp_path / "chroma"), "EMBED_MODEL": embed_model_dir, "COLLECTION": "verify-cli",
+        "SHOW_PROGRESS": "false",
+    }.items():
+        monkeypatch.setenv(f"TWOSTAGE_{name}", value)
+    runner = CliRunner()
+    assert runner.invoke(app, ["ingest", str(folder)], catch_exceptions=False).exit_code == 0
+    healthy = runner.invoke(app, ["verify"], catch_exceptions=False)
+    assert healthy.exit_code == 0 and "ok: no problems found" in healthy.stdout
+    assert "2 nodes from 2 documents" in healthy.stdout
+    settings = cheap_settings("embedded", "verify-cli", persist_dir=tmp_path / "chroma")
+    store.open_collection(settings).add(ids=["stray"], embeddings=[[0.0] * 383 + [1.0]], documents=["stray"])
+    broken = runner.invoke(app, ["verify"], catch_exceptions=False)
+    assert broken.exit_code == 1 and "1 chunks without a source document id: stray" in broken.stdout
+    missing = runner.invoke(app, ["verify", "--collection", "never-ingested"], catch_exceptions=False)
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr

@@ -1,0 +1,77 @@
+"""ONNX backends on the real reranker: scores match torch (fp32 exactly in rank, int8 in order), exports are reused."""
+
+from __future__ import annotations
+
+import pytest
+from scipy.stats import spearmanr
+
+from llama_index_twostage import backends
+from llama_index_twostage.models import load_cross_encoder
+from llama_index_twostage.rerank import CrossEncoderRerank
+
+pytestmark = pytest.mark.integration
+
+MAX_LENGTH = 256
+N_PAIRS = 20
+
+
+@pytest.fixture(scope="module")
+def pairs(scifact) -> tuple[str, list[str]]:
+    """One SciFact query with its relevant documents first, then others: a realistic spread of scores."""
+    query_id = next(iter(scifact.queries))
+    relevant = [doc_id for doc_id in scifact.qrels[query_id] if doc_id in scifact.corpus]
+    others = [doc_id for doc_id in scifact.corpus if doc_id not in relevant]
+    texts = [scifact.corpus[doc_id].text for doc_id in [*relevant, *others][:N_PAIRS]]
+    return scifact.queries[query_id], texts
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    return tmp_path_factory.mktemp("model-cache")
+
+
+def scores(rerank_model_dir: str, cache_dir, backend: str, query: str, texts: list[str]) -> list[float]:
+    reranker = CrossEncoderRerank(
+        model=rerank_model_dir, backend=backend, max_length=MAX_LENGTH, model_cache_dir=cache_dir, score_cache_size=0
+    )
+    return reranker.score(query, texts)
+
+
+@pytest.fixture(scope="module")
+def torch_scores(rerank_model_dir, cache_dir, pairs) -> list[float]:
+    return scores(rerank_model_dir, cache_dir, "torch", *pairs)
+
+
+def ranking(values: list[float]) -> list[int]:
+    return sorted(range(len(values)), key=lambda index: -values[index])
+
+
+def test_onnx_matches_torch(rerank_model_dir, cache_dir, pairs, torch_scores):
+    onnx = scores(rerank_model_dir, cache_dir, "onnx", *pairs)
+    assert ranking(onnx) == ranking(torch_scores)
+    assert max(abs(a - b) for a, b in zip(onnx, torch_scores)) < 1e-3
+
+
+def test_onnx_int8_keeps_the_order(rerank_model_dir, cache_dir, pairs, torch_scores):
+    int8 = scores(rerank_model_dir, cache_dir, "onnx-int8", *pairs)
+    assert spearmanr(int8, torch_scores).statistic > 0.95
+    assert ranking(int8)[0] == ranking(torch_scores)[0]
+
+
+def test_a_second_load_reuses_the_export(rerank_model_dir, cache_dir, pairs, monkeypatch):
+    scores(rerank_model_dir, cache_dir, "onnx-int8", *pairs)  # exported by now, whatever the test order
+    folder = backends.export_dir(cache_dir, rerank_model_dir)
+    before = {path.name: path.stat().st_mtime_ns for path in folder.glob("*.onnx")}
+    assert set(before) == {"model.onnx", "model_int8.onnx"}
+
+    def no_export(*args: object) -> None:
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(backends, "_export_fp32", no_export)
+    monkeypatch.setattr(backends, "_quantize_int8", no_export)
+    for backend in ("onnx", "onnx-int8"):  # another window is another process-wide model: a fresh load
+        model = load_cross_encoder(
+            rerank_model_dir, device=None, max_length=128, trust_remote_code=False, backend=backend, cache_dir=cache_dir
+        )
+        assert model[0].model.path.parent == folder
+    assert {path.name: path.stat().st_mtime_ns for path in folder.glob("*.onnx")} == before

@@ -1,0 +1,145 @@
+"""The score cache: bounded LRU, keys that tell scorers and contents apart, thread safety, and no pair scored twice."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+from llama_index.core.schema import NodeWithScore, TextNode
+
+from llama_index_twostage.nodes import stage_info
+from llama_index_twostage.rerank import CrossEncoderRerank, PairScorer
+from llama_index_twostage.score_cache import ScoreCache, content_hash, pair_key, score_through, shared_score_cache
+
+
+class CountingScore:
+    """A stand-in model: score = text length, and every text it is asked to score is recorded."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __call__(self, texts: list[str]) -> list[float]:
+        self.seen.extend(texts)
+        return [float(len(text)) for text in texts]
+
+
+def test_lru_evicts_the_least_recently_used_beyond_max_size():
+    cache = ScoreCache(2)
+    a, b, c = (pair_key("m", "q", text) for text in "abc")
+    cache.put_many([(a, 1.0), (b, 2.0)])
+    assert cache.get_many([a]) == [1.0]  # a is now the most recently used
+    cache.put_many([(c, 3.0)])
+    assert cache.get_many([a, b, c]) == [1.0, None, 3.0]
+    assert cache.stats().size == 2
+
+
+def test_stats_count_hits_and_misses():
+    cache = ScoreCache(10)
+    key = pair_key("m", "q", "t")
+    cache.get_many([key])
+    cache.put_many([(key, 0.5)])
+    cache.get_many([key, key])
+    stats = cache.stats()
+    assert (stats.hits, stats.misses, stats.size, stats.max_size) == (2, 1, 1, 10)
+
+
+def test_max_size_must_be_positive_and_zero_disables_the_shared_cache():
+    with pytest.raises(ValueError):
+        ScoreCache(0)
+    assert shared_score_cache(0) is None
+    assert shared_score_cache(7) is shared_score_cache(7)
+
+
+def test_key_holds_scorer_query_and_a_content_hash_not_the_text():
+    key = pair_key(("model", "onnx", 256, False), "query", "some long candidate text")
+    assert key == (("model", "onnx", 256, False), "query", content_hash("some long candidate text"))
+    assert content_hash("a") != content_hash("b")
+
+
+def test_scorer_key_separates_model_backend_window_and_activation():
+    base = PairScorer("m", "torch", 256, False, None, False, 32, "cache")  # type: ignore[arg-type]
+    variants = [
+        PairScorer("other", "torch", 256, False, None, False, 32, "cache"),  # type: ignore[arg-type]
+        PairScorer("m", "onnx-int8", 256, False, None, False, 32, "cache"),  # type: ignore[arg-type]
+        PairScorer("m", "torch", 128, False, None, False, 32, "cache"),  # type: ignore[arg-type]
+        PairScorer("m", "torch", 256, True, None, False, 32, "cache"),  # type: ignore[arg-type]
+    ]
+    assert len({base.key, *(variant.key for variant in variants)}) == 5
+    same_scores = PairScorer("m", "torch", 256, False, "cpu", False, 8, "elsewhere")  # type: ignore[arg-type]
+    assert same_scores.key == base.key  # device and batch size do not change a score
+
+
+def test_score_through_scores_only_misses_once_each_and_keeps_order():
+    cache, model = ScoreCache(100), CountingScore()
+    first = score_through(cache, "m", "q", ["aa", "b", "aa"], model)
+    assert first.scores == [2.0, 1.0, 2.0] and first.cached == 0
+    assert model.seen == ["aa", "b"]  # equal texts in one call are scored once
+    second = score_through(cache, "m", "q", ["ccc", "b", "aa"], model)
+    assert second.scores == [3.0, 1.0, 2.0] and second.cached == 2
+    assert model.seen == ["aa", "b", "ccc"]
+    other_scorer = score_through(cache, "m-int8", "q", ["b"], model)
+    assert other_scorer.cached == 0 and model.seen[-1] == "b"
+
+
+def test_score_through_without_cache_scores_everything():
+    model = CountingScore()
+    assert score_through(None, "m", "q", ["a", "a"], model).scores == [1.0, 1.0]
+    assert model.seen == ["a", "a"]
+
+
+def test_concurrent_use_keeps_the_bound_and_the_counts():
+    cache = ScoreCache(50)
+    lookups_per_thread, threads = 200, 8
+
+    def work(worker: int) -> None:
+        for index in range(lookups_per_thread):
+            key = pair_key("m", "q", f"{worker}-{index % 80}")
+            if cache.get_many([key]) == [None]:
+                cache.put_many([(key, float(index))])
+
+    pool = [threading.Thread(target=work, args=(worker,)) for worker in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    stats = cache.stats()
+    assert stats.size <= 50
+    assert stats.hits + stats.misses == lookups_per_thread * threads
+
+
+def nodes(texts: list[str]) -> list[NodeWithScore]:
+    return [NodeWithScore(node=TextNode(id_=f"n{index}", text=text), score=0.5) for index, text in enumerate(texts)]
+
+
+@pytest.fixture
+def model_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple, list[str]]]:
+    """Replace the cross-encoder by a fake that scores by text length and records each call (scorer key, texts)."""
+    calls: list[tuple[tuple, list[str]]] = []
+
+    def predict(self: PairScorer, query: str, texts: list[str]) -> list[float]:
+        calls.append((self.key, list(texts)))
+        return [float(len(text)) for text in texts]
+
+    monkeypatch.setattr(PairScorer, "predict", predict)
+    monkeypatch.setattr(CrossEncoderRerank, "load", lambda self: None)
+    monkeypatch.setattr(CrossEncoderRerank, "count_truncated", lambda self, query, texts: 0)
+    return calls
+
+
+def test_a_repeated_query_scores_no_new_pairs(model_calls):
+    reranker = CrossEncoderRerank(model=f"fake-{uuid.uuid4().hex}", top_k=2)
+    candidates = nodes(["a", "bbb", "cc", "dddd"])
+    first = reranker.postprocess_nodes(candidates, query_str="q")
+    second = reranker.postprocess_nodes(candidates, query_str="q")
+    assert [len(texts) for _, texts in model_calls] == [4]  # the second query never reached the model
+    assert stage_info(first[0])["pairs_cached"] == 0
+    assert stage_info(second[0])["pairs_cached"] == stage_info(second[0])["pairs_scored"] == 4
+    assert [node.node.node_id for node in second] == [node.node.node_id for node in first] == ["n3", "n1"]
+
+
+def test_cache_size_zero_scores_every_time(model_calls):
+    reranker = CrossEncoderRerank(model=f"fake-{uuid.uuid4().hex}", top_k=2, score_cache_size=0)
+    for _ in range(2):
+        reranker.postprocess_nodes(nodes(["a", "bb"]), query_str="q")
+    assert len(model_calls) == 2
