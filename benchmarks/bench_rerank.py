@@ -96,7 +96,9 @@ def rerankers(args: argparse.Namespace) -> dict[str, Rerank]:
         ours[f"ours torch <- torch@128 top {args.cascade_k}"] = CrossEncoderRerank(
             cascade_k=args.cascade_k, cascade_max_length=128, **common
         )
-    run: dict[str, Rerank] = {"stock SentenceTransformerRerank": lambda nodes, q: stock.postprocess_nodes(nodes, query_str=q)}
+    run: dict[str, Rerank] = {
+        "stock SentenceTransformerRerank": lambda nodes, q: stock.postprocess_nodes(nodes, query_str=q)
+    }
     for name, reranker in ours.items():
         run[name] = lambda nodes, q, reranker=reranker: reranker.postprocess_nodes(nodes, query_str=q)
     return run
@@ -109,7 +111,9 @@ class Measured:
     rankings: dict[str, list[str]]
 
 
-def measure(run: dict[str, Rerank], found: dict[str, list[NodeWithScore]], queries: dict[str, str]) -> dict[str, Measured]:
+def measure(
+    run: dict[str, Rerank], found: dict[str, list[NodeWithScore]], queries: dict[str, str]
+) -> dict[str, Measured]:
     """Every query through every reranker, taking turns; the first query once more beforehand as warm-up."""
     first = next(iter(queries))
     for rerank in run.values():
@@ -129,7 +133,10 @@ def cache_pass(args: argparse.Namespace, found: dict[str, list[NodeWithScore]], 
     """Queries asked twice through a cached reranker: how many pairs the repeat scores, and its p50."""
     backend = args.backends.split(",")[-1]
     reranker = CrossEncoderRerank(
-        model=args.rerank_model, top_k=TOP_K, max_length=STOCK_MAX_LENGTH, backend=backend,
+        model=args.rerank_model,
+        top_k=TOP_K,
+        max_length=STOCK_MAX_LENGTH,
+        backend=backend,
         model_cache_dir=args.model_cache_dir,
     )
     for query_id, query in queries.items():
@@ -141,7 +148,8 @@ def cache_pass(args: argparse.Namespace, found: dict[str, list[NodeWithScore]], 
         ms.append(watch.ms)
         cached += stage_info(top[0])["pairs_cached"]
         pairs += stage_info(top[0])["pairs_scored"]
-    return f"score cache, repeated queries ({backend}): {cached}/{pairs} pairs from cache, p50 {statistics.median(ms):.1f} ms"
+    p50 = statistics.median(ms)
+    return f"score cache, repeated queries ({backend}): {cached}/{pairs} pairs from cache, p50 {p50:.1f} ms"
 
 
 def report(results: dict[str, Measured], qrels: dict[str, dict[str, int]]) -> None:
@@ -153,10 +161,9 @@ def report(results: dict[str, Measured], qrels: dict[str, dict[str, int]]) -> No
         ndcg = evaluate_run(measured.rankings, qrels)["ndcg@10"]
         p50 = statistics.median(measured.ms)
         delta = f"{ndcg - base:+.4f}" if base is not None else "-"
-        print(
-            f"| {name} | {measured.pairs / (sum(measured.ms) / 1000):.1f} | {p50:.0f} | {percentile(measured.ms, 95):.0f} "
-            f"| {p50 / stock:.2f} | {ndcg:.4f} | {delta} |"
-        )
+        pairs_per_s = measured.pairs / (sum(measured.ms) / 1000)
+        p95 = percentile(measured.ms, 95)
+        print(f"| {name} | {pairs_per_s:.1f} | {p50:.0f} | {p95:.0f} | {p50 / stock:.2f} | {ndcg:.4f} | {delta} |")
 
 
 def main() -> None:

@@ -50,7 +50,9 @@ def ingestion(documents: list, settings: RetrieverSettings, encoder: SentenceTra
     with Stopwatch() as ours:
         ingest_documents(documents, settings)
     raw_rate, our_rate = len(texts) / raw.ms * 1000, len(texts) / ours.ms * 1000
-    print(f"ingestion: raw encode {raw_rate:.1f} docs/s, ours {our_rate:.1f} docs/s, ours/raw {our_rate / raw_rate:.2f}")
+    print(
+        f"ingestion: raw encode {raw_rate:.1f} docs/s, ours {our_rate:.1f} docs/s, ours/raw {our_rate / raw_rate:.2f}"
+    )
 
 
 def latencies(pipelines: dict[str, Callable[[str], object]], queries: list[str]) -> dict[str, list[float]]:
@@ -94,7 +96,9 @@ def synthetic(vectors: np.ndarray, size: int, noise: float, rng: np.random.Gener
 
 def scale_run(vectors: np.ndarray, query_vectors: np.ndarray, recall_k: int) -> str:
     client = chromadb.EphemeralClient()
-    collection = client.create_collection(f"scale-{len(vectors)}-{time.time_ns()}", configuration={"hnsw": {"space": "cosine"}})
+    collection = client.create_collection(
+        f"scale-{len(vectors)}-{time.time_ns()}", configuration={"hnsw": {"space": "cosine"}}
+    )
     batch = client.get_max_batch_size()
     with Stopwatch() as build:
         for start in range(0, len(vectors), batch):

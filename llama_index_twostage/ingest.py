@@ -16,10 +16,8 @@ reads them and vice versa.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -34,6 +32,7 @@ from llama_index.core.vector_stores.utils import node_to_metadata_dict
 from tqdm.auto import tqdm
 
 from llama_index_twostage import store
+from llama_index_twostage.documents import CHUNKS_KEY, HASH_KEY, SOURCE_KEY, STAMP_KEY, Source, collect_sources
 from llama_index_twostage.errors import DocumentError
 from llama_index_twostage.models import load_embedding, sentence_transformer_of
 from llama_index_twostage.nodes import model_text
@@ -47,13 +46,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SOURCE_KEY = "ref_doc_id"  # where LlamaIndex's node_to_metadata_dict records the source document id
-HASH_KEY = "twostage_doc_hash"
-CHUNKS_KEY = "twostage_doc_chunks"
-STAMP_KEY = "twostage_ingested_at"
-_LLAMA_INDEX_ID_KEYS = ("document_id", "doc_id", SOURCE_KEY)
-_RESERVED_KEYS = frozenset({"_node_content", "_node_type", "chroma:document", HASH_KEY, CHUNKS_KEY, STAMP_KEY})
-_INT64 = range(-(2**63), 2**63)
 _SOURCES_PER_LOOKUP = 256
 _NODE_ID_NAMESPACE = uuid.UUID("5f1b3c9e-2d4a-4c1e-9a7b-7e6f0d2c8a41")
 T = TypeVar("T")
@@ -81,14 +73,6 @@ class IngestReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class Source:
-    """A document to store and the hash of everything that decides its chunks."""
-
-    document: Document
-    doc_hash: str
 
 
 @dataclass
@@ -127,80 +111,6 @@ def chunk_id(source_id: str, node: BaseNode) -> str:
         [source_id, node.get_content(MetadataMode.NONE), model_text(node), node.metadata], sort_keys=True, default=str
     )
     return str(uuid.uuid5(_NODE_ID_NAMESPACE, content))
-
-
-def _unencodable(text: str) -> str | None:
-    """Why Chroma cannot store ``text`` (lone surrogates are not UTF-8), or None."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        return f"holds an unpaired surrogate at position {error.start}"
-    return None
-
-
-def _value_problem(value: Any) -> str | None:
-    """Why Chroma would refuse or silently alter a metadata value (it drops NaN, rounds big ints), or None."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return None if value in _INT64 else "is an integer beyond 64 bits (Chroma would round it)"
-    if isinstance(value, float):
-        return None if math.isfinite(value) else "is NaN or infinite (Chroma would drop the record's metadata)"
-    if isinstance(value, str):
-        return _unencodable(value)
-    return f"is a {type(value).__name__}: store a str, int, float, bool or None (e.g. json.dumps it)"
-
-
-def _key_problem(key: Any, value: Any, document_id: str) -> str | None:
-    """Why a metadata key cannot be stored as given, or None."""
-    if not isinstance(key, str) or not key.strip():
-        return "is not a non-empty string"
-    if key.startswith(("$", "#")):
-        return "starts with '$' or '#', which Chroma reserves"
-    if key in _RESERVED_KEYS:
-        return "is reserved for the records this package writes"
-    if key in _LLAMA_INDEX_ID_KEYS and value != document_id:
-        return "holds a value other than the document id, which LlamaIndex stores under this key"
-    return _unencodable(key)
-
-
-def validate_document(document: Document) -> None:
-    """Refuse, naming the document and the field, what Chroma would reject or silently change.
-
-    Run on every document before anything is written, so a bad document never leaves a run half done.
-    """
-    document_id = document.id_
-    if not isinstance(document_id, str) or not document_id.strip() or _unencodable(document_id):
-        raise DocumentError(f"document id {document_id!r} is unusable: give each document a non-empty text id")
-    problem = _unencodable(document.text)
-    if problem:
-        raise DocumentError(f"document {document_id!r}: its text {problem}; clean the text before ingesting")
-    for key, value in document.metadata.items():
-        problem = _key_problem(key, value, document_id) or _value_problem(value)
-        if problem:
-            raise DocumentError(f"document {document_id!r}: metadata key {key!r} {problem}")
-
-
-def document_hash(document: Document, settings: RetrieverSettings) -> str:
-    """Hash of everything that decides a document's chunks and their embeddings: content, metadata, the
-    exclusions and templates of its text views, and the chunking settings."""
-    payload = document.model_dump(mode="json", exclude={"embedding"})
-    payload["twostage_chunking"] = [settings.chunk_size, settings.chunk_overlap]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def collect_sources(documents: Sequence[Document], settings: RetrieverSettings) -> dict[str, Source]:
-    """Validate and hash each document; the same id twice is fine only for the same content."""
-    sources: dict[str, Source] = {}
-    for document in documents:
-        validate_document(document)
-        source = Source(document, document_hash(document, settings))
-        known = sources.setdefault(document.id_, source)
-        if known.doc_hash != source.doc_hash:
-            raise DocumentError(
-                f"two documents share the id {document.id_!r} with different content: give each a unique id_"
-            )
-    return sources
 
 
 def _splitter(settings: RetrieverSettings) -> SentenceSplitter:
@@ -270,9 +180,7 @@ def _plan_changed(plan: Plan, source: Source, held: StoredSource, splitter: Sent
     plan.replaced_documents += bool(held.chunks)
 
 
-def plan_ingestion(
-    sources: dict[str, Source], held: dict[str, StoredSource], settings: RetrieverSettings
-) -> Plan:
+def plan_ingestion(sources: dict[str, Source], held: dict[str, StoredSource], settings: RetrieverSettings) -> Plan:
     """Decide, per document, whether it is unchanged (skipped) or must be (re)written."""
     splitter = _splitter(settings)
     plan = Plan()
@@ -330,9 +238,10 @@ class Writer:
 def _embed_and_write(writer: Writer, nodes: list[BaseNode], embed_model: BaseEmbedding) -> None:
     """Embed batch after batch while a writer thread upserts the previous one, so Chroma I/O hides behind encoding."""
     settings = writer.settings
-    with ThreadPoolExecutor(max_workers=1) as pool, tqdm(
-        total=len(nodes), desc="embedding", unit="chunk", disable=not settings.show_progress
-    ) as progress:
+    with (
+        ThreadPoolExecutor(max_workers=1) as pool,
+        tqdm(total=len(nodes), desc="embedding", unit="chunk", disable=not settings.show_progress) as progress,
+    ):
         pending: Future[None] | None = None
         for batch in _batches(nodes, writer.batch_size):
             embeddings: list[list[float]] = []

@@ -79,9 +79,7 @@ def load_or_explain(field: str, name: str, load: Callable[[], T]) -> T:
         raise ModelLoadError(f"could not load {field} {name!r}: {type(error).__name__}: {error}.{hint}") from error
 
 
-def load_embedding(
-    model: str, *, device: str | None, batch_size: int, trust_remote_code: bool
-) -> BaseEmbedding:
+def load_embedding(model: str, *, device: str | None, batch_size: int, trust_remote_code: bool) -> BaseEmbedding:
     """The stage-1 bi-encoder as a LlamaIndex ``HuggingFaceEmbedding`` (normalised vectors), shared per process."""
 
     def load() -> BaseEmbedding:

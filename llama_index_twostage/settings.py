@@ -181,7 +181,9 @@ class RetrieverSettings(BaseSettings):
                 "hands it; raise recall_k or lower top_k"
             )
         if self.chunk_overlap >= self.chunk_size:
-            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})"
+            )
         if self.chroma_mode == "server" and not self.chroma_host:
             raise ValueError("chroma_mode 'server' needs chroma_host (and chroma_port)")
         return self

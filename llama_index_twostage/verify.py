@@ -14,7 +14,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from llama_index_twostage import store
-from llama_index_twostage.ingest import CHUNKS_KEY, HASH_KEY, SOURCE_KEY, STAMP_KEY
+from llama_index_twostage.documents import CHUNKS_KEY, HASH_KEY, SOURCE_KEY, STAMP_KEY
 from llama_index_twostage.settings import RetrieverSettings
 
 if TYPE_CHECKING:

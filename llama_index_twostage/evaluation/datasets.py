@@ -120,24 +120,15 @@ def load_llamaindex_qa(path: str | Path) -> RetrievalDataset:
             data = json.load(handle)
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{file}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
-    invalid = [
-        key for key in _QA_KEYS
-        if not isinstance(data, dict) or not isinstance(data.get(key), dict)
-    ]
+    invalid = [key for key in _QA_KEYS if not isinstance(data, dict) or not isinstance(data.get(key), dict)]
     if invalid:
         raise DatasetError(
             f"{file}: not an EmbeddingQAFinetuneDataset JSON, missing or non-object "
             f"keys {invalid}; expected an object with {list(_QA_KEYS)}"
         )
-    corpus = {
-        str(doc_id): Document(id_=str(doc_id), text=text)
-        for doc_id, text in data["corpus"].items()
-    }
+    corpus = {str(doc_id): Document(id_=str(doc_id), text=text) for doc_id, text in data["corpus"].items()}
     queries = {str(qid): text for qid, text in data["queries"].items()}
-    qrels = {
-        str(qid): {str(doc_id): 1 for doc_id in doc_ids}
-        for qid, doc_ids in data["relevant_docs"].items()
-    }
+    qrels = {str(qid): {str(doc_id): 1 for doc_id in doc_ids} for qid, doc_ids in data["relevant_docs"].items()}
     return _assemble(file.stem, corpus, queries, qrels)
 
 
@@ -213,8 +204,7 @@ def _read_qrels_tsv(path: Path) -> dict[str, dict[str, int]]:
                 grade = int(score)
             except ValueError as exc:
                 raise DatasetError(
-                    f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>integer score', "
-                    f"got {line.rstrip()!r}"
+                    f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>integer score', got {line.rstrip()!r}"
                 ) from exc
             qrels.setdefault(qid, {})[doc_id] = grade
     return qrels
@@ -233,13 +223,17 @@ def _assemble(
     if missing_docs:
         logger.warning(
             "%s: dropping judgments for %d doc ids missing from the corpus, e.g. %s",
-            name, len(missing_docs), missing_docs[:5],
+            name,
+            len(missing_docs),
+            missing_docs[:5],
         )
     missing_queries = sorted(qid for qid in qrels if qid not in queries)
     if missing_queries:
         logger.warning(
             "%s: dropping %d judged query ids without query text, e.g. %s",
-            name, len(missing_queries), missing_queries[:5],
+            name,
+            len(missing_queries),
+            missing_queries[:5],
         )
     kept_qrels: dict[str, dict[str, int]] = {}
     for qid, judged in qrels.items():

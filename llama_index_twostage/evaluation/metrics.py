@@ -50,11 +50,7 @@ def _dcg(grades: Sequence[int]) -> float:
     trec_eval's ``ndcg_cut`` uses linear gain (rel); the two agree for binary
     qrels such as SciFact's and only differ for graded judgments.
     """
-    return sum(
-        (2**grade - 1) / math.log2(rank + 1)
-        for rank, grade in enumerate(grades, start=1)
-        if grade > 0
-    )
+    return sum((2**grade - 1) / math.log2(rank + 1) for rank, grade in enumerate(grades, start=1) if grade > 0)
 
 
 def ndcg_at_k(ranked: Sequence[str], relevance: Mapping[str, int], k: int) -> float:
@@ -91,9 +87,7 @@ def recall_at_k(ranked: Sequence[str], relevance: Mapping[str, int], k: int) -> 
     return len(relevant.intersection(top)) / len(relevant)
 
 
-def relevant_ranks(
-    ranked: Sequence[str], relevance: Mapping[str, int]
-) -> dict[str, int | None]:
+def relevant_ranks(ranked: Sequence[str], relevance: Mapping[str, int]) -> dict[str, int | None]:
     """1-based rank of every relevant doc in the (de-duplicated) ranking, or
     None if it was not retrieved; for diagnosing individual queries."""
     ranks = {doc_id: rank for rank, doc_id in enumerate(_unique(ranked), start=1)}
@@ -140,12 +134,7 @@ def evaluate_run(
 ) -> dict[str, float]:
     """Mean of :func:`per_query_metrics` over the judged queries (BEIR-style
     macro average); every key is 0.0 when no query has a relevant doc."""
-    per_query = per_query_metrics(
-        run, qrels, ndcg_k=ndcg_k, mrr_k=mrr_k, recall_ks=recall_ks
-    )
+    per_query = per_query_metrics(run, qrels, ndcg_k=ndcg_k, mrr_k=mrr_k, recall_ks=recall_ks)
     keys = [f"ndcg@{ndcg_k}", f"mrr@{mrr_k}", *(f"recall@{k}" for k in recall_ks)]
     n = len(per_query)
-    return {
-        key: (sum(scores[key] for scores in per_query.values()) / n if n else 0.0)
-        for key in keys
-    }
+    return {key: (sum(scores[key] for scores in per_query.values()) / n if n else 0.0) for key in keys}

@@ -197,8 +197,7 @@ def build_report(
         dataset=dataset,
         top_k=top_k,
         recall_k=operating_recall_k,
-        stage1={key: _mean(rows, f"stage1_{key}") for key in keys}
-        | _timed("", [trace.stage1_ms for trace in traces]),
+        stage1={key: _mean(rows, f"stage1_{key}") for key in keys} | _timed("", [trace.stage1_ms for trace in traces]),
         two_stage={key: _mean(rows, f"two_stage_{key}") for key in keys}
         | _timed("", stage2_ms)
         | {"pairs_per_query": operating.pairs_per_query}

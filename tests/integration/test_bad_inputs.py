@@ -111,8 +111,10 @@ def test_recall_k_above_collection_size_returns_all_with_a_warning(small_collect
     count = store.open_collection(small_collection).count()
     assert 0 < count < 30
     assert len(results) == count
-    assert any(f"recall_k=30 but collection {small_collection.collection!r} holds only {count} nodes" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        f"recall_k=30 but collection {small_collection.collection!r} holds only {count} nodes" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 @pytest.mark.parametrize("mode", ["embedded", "memory"])

@@ -24,7 +24,10 @@ FACTS = {
 
 
 def fact_documents() -> list[Document]:
-    return [Document(id_=key, text=text, metadata={"topic": key, "year": 2000 + i}) for i, (key, text) in enumerate(FACTS.items())]
+    return [
+        Document(id_=key, text=text, metadata={"topic": key, "year": 2000 + i})
+        for i, (key, text) in enumerate(FACTS.items())
+    ]
 
 
 def test_reingesting_adds_nothing(ingested):

@@ -9,8 +9,9 @@ from typer.testing import CliRunner
 
 from llama_index_twostage import ingest, store
 from llama_index_twostage.cli import app
+from llama_index_twostage.documents import HASH_KEY, STAMP_KEY
 from llama_index_twostage.errors import DocumentError
-from llama_index_twostage.ingest import HASH_KEY, STAMP_KEY, ingest_documents
+from llama_index_twostage.ingest import ingest_documents
 from llama_index_twostage.verify import verify_collection_integrity
 
 pytestmark = pytest.mark.integration
@@ -162,7 +163,9 @@ def test_cli_verify_exit_codes(cheap_settings, tmp_path, monkeypatch, embed_mode
     (folder / "a.txt").write_text(paragraph(1))
     (folder / "b.txt").write_text(paragraph(2))
     for name, value in {
-        "PERSIST_DIR": str(tmp_path / "chroma"), "EMBED_MODEL": embed_model_dir, "COLLECTION": "verify-cli",
+        "PERSIST_DIR": str(tmp_path / "chroma"),
+        "EMBED_MODEL": embed_model_dir,
+        "COLLECTION": "verify-cli",
         "SHOW_PROGRESS": "false",
     }.items():
         monkeypatch.setenv(f"TWOSTAGE_{name}", value)

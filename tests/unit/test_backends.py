@@ -44,10 +44,18 @@ def test_missing_onnx_extra_fails_the_load_before_any_model_is_read(without_onnx
 
 @pytest.mark.parametrize(
     ("backend", "kwargs"),
-    [("torch", {}), ("onnx", {}), ("onnx-int8", {}), ("torch-bf16", {"dtype": "bfloat16"}), ("torch-fp16", {"dtype": "float16"})],
+    [
+        ("torch", {}),
+        ("onnx", {}),
+        ("onnx-int8", {}),
+        ("torch-bf16", {"dtype": "bfloat16"}),
+        ("torch-fp16", {"dtype": "float16"}),
+    ],
 )
 def test_torch_model_kwargs_per_backend(backend, kwargs):
-    assert {key: str(value).removeprefix("torch.") for key, value in backends.torch_model_kwargs(backend).items()} == kwargs
+    assert {
+        key: str(value).removeprefix("torch.") for key, value in backends.torch_model_kwargs(backend).items()
+    } == kwargs
     assert backends.is_onnx(backend) == backend.startswith("onnx")
 
 

@@ -44,7 +44,8 @@ def test_single_filter_is_unwrapped():
 @pytest.mark.parametrize(("condition", "key"), [(FilterCondition.AND, "$and"), (FilterCondition.OR, "$or")])
 def test_several_filters_are_joined(condition, key):
     result = where(
-        MetadataFilter(key="a", value=1), MetadataFilter(key="b", value="x", operator=FilterOperator.NE),
+        MetadataFilter(key="a", value=1),
+        MetadataFilter(key="b", value="x", operator=FilterOperator.NE),
         condition=condition,
     )
     assert result == {key: [{"a": {"$eq": 1}}, {"b": {"$ne": "x"}}]}
@@ -96,8 +97,12 @@ def test_operator_or_structured_values_are_refused(operator, value):
 @pytest.mark.parametrize(
     "operator",
     [
-        FilterOperator.ANY, FilterOperator.ALL, FilterOperator.TEXT_MATCH, FilterOperator.TEXT_MATCH_INSENSITIVE,
-        FilterOperator.CONTAINS, FilterOperator.IS_EMPTY,
+        FilterOperator.ANY,
+        FilterOperator.ALL,
+        FilterOperator.TEXT_MATCH,
+        FilterOperator.TEXT_MATCH_INSENSITIVE,
+        FilterOperator.CONTAINS,
+        FilterOperator.IS_EMPTY,
     ],
 )
 def test_unsupported_operators_are_refused(operator):

@@ -112,9 +112,7 @@ def test_evaluate_run_means_over_judged_queries_only() -> None:
     # q2: 0 everywhere.  Means over {q1, q2} = q1 / 2.
     q1_ndcg = 1.5 / (1 + 1 / LOG2_3)
     result = evaluate_run(run, qrels, recall_ks=(1, 3))
-    assert result == pytest.approx(
-        {"ndcg@10": q1_ndcg / 2, "mrr@10": 0.5, "recall@1": 0.25, "recall@3": 0.5}
-    )
+    assert result == pytest.approx({"ndcg@10": q1_ndcg / 2, "mrr@10": 0.5, "recall@1": 0.25, "recall@3": 0.5})
     assert list(result) == ["ndcg@10", "mrr@10", "recall@1", "recall@3"]
 
 
@@ -122,9 +120,7 @@ def test_per_query_metrics_keys_and_missing_query() -> None:
     qrels = {"q1": {"a": 1}, "q2": {"b": 1}}
     per_query = per_query_metrics({"q1": ["x", "a"]}, qrels, recall_ks=(100,))
     # q1: a at rank 2 -> nDCG = (1/log2(3)) / 1, MRR = 1/2, recall@100 = 1
-    assert per_query["q1"] == pytest.approx(
-        {"ndcg@10": 1 / LOG2_3, "mrr@10": 0.5, "recall@100": 1.0}
-    )
+    assert per_query["q1"] == pytest.approx({"ndcg@10": 1 / LOG2_3, "mrr@10": 0.5, "recall@100": 1.0})
     assert per_query["q2"] == {"ndcg@10": 0.0, "mrr@10": 0.0, "recall@100": 0.0}
 
 

@@ -19,8 +19,11 @@ def scored(node_id: str, text: str = "some text", score: float = 0.5, **metadata
 def test_annotated_returns_a_copy_and_leaves_the_original_alone():
     original = NodeWithScore(
         node=TextNode(
-            id_="n1", text="body", metadata={"source": "a.txt"},
-            excluded_llm_metadata_keys=["source"], excluded_embed_metadata_keys=[],
+            id_="n1",
+            text="body",
+            metadata={"source": "a.txt"},
+            excluded_llm_metadata_keys=["source"],
+            excluded_embed_metadata_keys=[],
         ),
         score=0.4,
     )
