@@ -25,6 +25,7 @@ from llama_index_twostage.settings import DistanceSpace, RetrieverSettings
 from llama_index_twostage.timing import Stopwatch
 
 if TYPE_CHECKING:
+    from chromadb.api.models.AsyncCollection import AsyncCollection
     from chromadb.api.models.Collection import Collection
     from llama_index.core.base.embeddings.base import BaseEmbedding
 
@@ -85,6 +86,7 @@ class ChromaRecallRetriever(BaseRetriever):
         self._where = to_chroma_where(filters)
         self._embed_model = embed_model
         self._collection: Collection | None = None
+        self._async_collection: AsyncCollection | None = None
         self._space: DistanceSpace = "cosine"
 
     @property
@@ -126,30 +128,38 @@ class ChromaRecallRetriever(BaseRetriever):
             return list(query_bundle.embedding)
         return self.embed_model.get_query_embedding(text)
 
-    def _n_results(self, count: int) -> int:
-        """``recall_k``, or everything when the collection holds fewer nodes (said in a warning)."""
+    def _explain_short(self, returned: int, count: int) -> None:
+        """Fewer than ``recall_k`` came back: an empty collection is an error, a small one is said in a warning.
+
+        Only then is the collection counted, so a normal query costs Chroma one request, not two.
+        """
         if count == 0:
             raise CollectionNotFoundError(
                 f"collection {self.settings.collection!r} is empty: ingest documents first (`twostage ingest PATH`)"
             )
-        if self.recall_k > count:
+        if self._where is None:
             logger.warning(
                 "recall_k=%d but collection %r holds only %d nodes: returning all of them",
                 self.recall_k,
                 self.settings.collection,
-                count,
+                returned,
             )
-        return min(self.recall_k, count)
+
+    def _query(self, collection: Any, embedding: list[float]) -> Any:
+        """``collection.query`` for the ``recall_k`` nearest (a sync call, or a coroutine on the async client)."""
+        return collection.query(
+            query_embeddings=[embedding], n_results=self.recall_k, where=self._where, include=_INCLUDE
+        )
 
     def _search(self, embedding: list[float]) -> dict[str, Any]:
         """The nearest ``recall_k`` records; a read, so transport failures are retried (see ``chroma_retries``)."""
 
         def search() -> dict[str, Any]:
             collection = self._collection_for(len(embedding))
-            n_results = self._n_results(collection.count())
-            return collection.query(
-                query_embeddings=[embedding], n_results=n_results, where=self._where, include=_INCLUDE
-            )
+            result = self._query(collection, embedding)
+            if len(result["ids"][0]) < self.recall_k:
+                self._explain_short(len(result["ids"][0]), collection.count())
+            return result
 
         return store.with_retries(search, self.settings)
 
@@ -216,11 +226,12 @@ class ChromaRecallRetriever(BaseRetriever):
             await asyncio.to_thread(store.with_retries, lambda: self._collection_for(len(embedding)), self.settings)
 
         async def search() -> dict[str, Any]:
-            collection = await store.open_async_collection(self.settings)
-            n_results = self._n_results(await store.bounded(collection.count(), self.settings))
-            query = collection.query(
-                query_embeddings=[embedding], n_results=n_results, where=self._where, include=_INCLUDE
-            )
-            return await store.bounded(query, self.settings)
+            if self._async_collection is None:
+                self._async_collection = await store.open_async_collection(self.settings)
+            collection = self._async_collection
+            result = await store.bounded(self._query(collection, embedding), self.settings)
+            if len(result["ids"][0]) < self.recall_k:
+                self._explain_short(len(result["ids"][0]), await store.bounded(collection.count(), self.settings))
+            return result
 
         return await store.awith_retries(search, self.settings)
