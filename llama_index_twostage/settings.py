@@ -91,6 +91,12 @@ class RetrieverSettings(BaseSettings):
         0.2, ge=0, description="Wait before the first retry, in seconds; doubles on each further retry."
     )
     distance_space: DistanceSpace = Field("cosine", description="Distance space of newly created collections.")
+    hnsw_ef_search: int | None = Field(
+        None,
+        gt=0,
+        description="HNSW search breadth of the collection (unset: Chroma's 100). Keep it well above recall_k on "
+        "large collections: the approximate index otherwise loses candidates before any reranker sees them.",
+    )
 
     # Models.
     embed_model: str = Field("sentence-transformers/all-MiniLM-L6-v2", description="Bi-encoder for stage 1.")

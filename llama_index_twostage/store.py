@@ -302,13 +302,23 @@ def create_or_open_collection(settings: RetrieverSettings, contract: CollectionC
             return client.create_collection(
                 settings.collection,
                 metadata=contract.to_metadata(),
-                configuration={"hnsw": {"space": contract.space}},
+                configuration={"hnsw": {"space": contract.space, **_search_breadth(settings)}},
                 embedding_function=None,
             )
         except InternalError:  # created concurrently by another writer: open it below
             collection = open_collection(settings)
     verify_collection(collection, contract.embed_model, contract.dimension)
+    if _search_breadth(settings) and (collection.configuration or {}).get("hnsw", {}).get("ef_search") != (
+        settings.hnsw_ef_search
+    ):
+        # Recorded in the collection; a process that already loaded its index keeps the old breadth until reopened,
+        # which is why a new collection gets its breadth at creation.
+        collection.modify(configuration={"hnsw": _search_breadth(settings)})
     return collection
+
+
+def _search_breadth(settings: RetrieverSettings) -> dict[str, int]:
+    return {} if settings.hnsw_ef_search is None else {"ef_search": settings.hnsw_ef_search}
 
 
 def open_collection(settings: RetrieverSettings) -> Collection:

@@ -51,14 +51,9 @@ def evaluation_settings(dataset: RetrievalDataset, settings: RetrieverSettings) 
             "collection": collection_name(dataset.name, settings.embed_model),
             "chunk_size": WHOLE_DOCUMENT_CHUNK,
             "chunk_overlap": 0,
+            "hnsw_ef_search": EVAL_EF_SEARCH,
         }
     )
-
-
-def _search_exhaustively(settings: RetrieverSettings) -> None:
-    """Widen the evaluation collection's HNSW search to :data:`EVAL_EF_SEARCH` (kept in the collection)."""
-    with store.server_errors(settings):
-        store.open_collection(settings).modify(configuration={"hnsw": {"ef_search": EVAL_EF_SEARCH}})
 
 
 def _in_stage1_order(nodes: list[NodeWithScore]) -> list[NodeWithScore]:
@@ -118,7 +113,6 @@ def evaluate(
         dataset = dataset.limit(limit)
     eval_settings = evaluation_settings(dataset, settings)
     ingested = ingest_documents(list(dataset.corpus.values()), eval_settings)
-    _search_exhaustively(eval_settings)
     retriever = ChromaRecallRetriever(eval_settings, recall_k=points[-1])
     reranker = reranker or _loaded_reranker(settings)
     traces = [

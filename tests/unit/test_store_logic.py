@@ -140,3 +140,23 @@ def test_verify_uses_the_recorded_contract(client):
 )
 def test_describe_store(settings, expected):
     assert describe_store(settings) == expected
+
+
+def test_hnsw_ef_search_is_set_at_creation_and_updated_on_reopen() -> None:
+    # At creation, so the very process that ingests already searches with it (a later modify reaches an index only
+    # once it is reopened); on reopen with another value, recorded in the collection.
+    from llama_index_twostage.settings import RetrieverSettings
+    from llama_index_twostage.store import CollectionContract, create_or_open_collection
+
+    name = f"ef-{uuid.uuid4().hex[:8]}"
+    contract = CollectionContract("all-MiniLM-L6-v2", 3)
+    created = create_or_open_collection(
+        RetrieverSettings(collection=name, chroma_mode="memory", hnsw_ef_search=500), contract
+    )
+    assert created.configuration["hnsw"]["ef_search"] == 500
+    reopened = create_or_open_collection(
+        RetrieverSettings(collection=name, chroma_mode="memory", hnsw_ef_search=700), contract
+    )
+    assert reopened.configuration["hnsw"]["ef_search"] == 700
+    default = create_or_open_collection(RetrieverSettings(collection=f"{name}-d", chroma_mode="memory"), contract)
+    assert default.configuration["hnsw"]["ef_search"] == 100  # Chroma's own default when the setting is unset
