@@ -165,15 +165,15 @@ class ChromaRecallRetriever(BaseRetriever):
 
     def _guard_recall(self, similarities: list[float]) -> bool:
         """The opt-in runtime guard: warn when this query's candidate list looks cut inside a plateau."""
-        guard = self.settings
-        if not (guard.recall_guard and recall_starved(similarities, self.recall_k, guard.recall_guard_gap)):
+        settings = self.settings
+        if not (settings.recall_guard and recall_starved(similarities, self.recall_k, settings.recall_guard_gap)):
             return False
         logger.warning(
             "query looks recall-starved: the cosine at rank %d (%.3f) is within %.3f of the top (%.3f); relevant "
             "documents may lie beyond recall_k: raise recall_k or check with `twostage eval --sweep`",
             self.recall_k,
             similarities[self.recall_k - 1],
-            self.settings.recall_guard_gap,
+            settings.recall_guard_gap,
             similarities[0],
         )
         return True
