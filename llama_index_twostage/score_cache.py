@@ -1,10 +1,13 @@
-"""A process-wide, size-bounded cache of cross-encoder scores, so no (query, text) pair is scored twice.
+"""Process-wide, size-bounded caches of cross-encoder work, so no (query, text) pair is scored twice.
 
 A cross-encoder pass costs tens of milliseconds per pair on a CPU, while a cache lookup costs microseconds. Repeated
-queries, a ``recall_k`` sweep and a cascade that revisits its shortlist all ask for pairs already scored; this cache
-answers them. A key is (scorer, query, content hash): the scorer part names model, backend, window and activation,
-so scores from different models or precisions never mix, and hashing the text keeps keys small and makes an edited
-node miss even when its id is unchanged.
+queries, a ``recall_k`` sweep and a cascade that revisits its shortlist all ask for pairs already scored; the score
+cache answers them. A key is (scorer, query, content hash): the scorer part names model, backend, window and
+activation, so scores from different models or precisions never mix, and hashing the text keeps keys small and makes
+an edited node miss even when its id is unchanged.
+
+The token-count cache serves the truncation report: a pair's length is the query's tokens plus the text's plus the
+tokenizer's special tokens, so each candidate text is tokenized for counting once per process, not once per query.
 """
 
 from __future__ import annotations
@@ -14,10 +17,17 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from llama_index_twostage.models import shared_model
 
 PairKey = tuple[Hashable, str, str]
+TextKey = tuple[Hashable, str]
+TOKEN_COUNT_CACHE_SIZE = 200_000  # about 100 bytes an entry: 20 MB at most
+
+Key = TypeVar("Key", bound=Hashable)
+Value = TypeVar("Value")
+Input = TypeVar("Input")
 
 
 def content_hash(text: str) -> str:
@@ -32,7 +42,7 @@ def pair_key(scorer: Hashable, query: str, text: str) -> PairKey:
 
 @dataclass(frozen=True)
 class CacheStats:
-    """Counters for observing the cache (``hits`` + ``misses`` = pairs looked up)."""
+    """Counters for observing a cache (``hits`` + ``misses`` = keys looked up)."""
 
     hits: int
     misses: int
@@ -40,56 +50,83 @@ class CacheStats:
     max_size: int
 
 
-class ScoreCache:
-    """A thread-safe LRU map from :data:`PairKey` to score, holding at most ``max_size`` entries."""
+class LruCache(Generic[Key, Value]):
+    """A thread-safe LRU map holding at most ``max_size`` entries."""
 
     def __init__(self, max_size: int) -> None:
         if max_size <= 0:
             raise ValueError(f"max_size must be positive, got {max_size}")
         self.max_size = max_size
-        self._scores: OrderedDict[PairKey, float] = OrderedDict()
+        self._values: OrderedDict[Key, Value] = OrderedDict()
         self._lock = threading.Lock()
         self._hits = 0
         self._misses = 0
 
-    def get_many(self, keys: Sequence[PairKey]) -> list[float | None]:
-        """The cached score of each key (None where absent); hits become most recently used."""
-        found: list[float | None] = []
+    def get_many(self, keys: Sequence[Key]) -> list[Value | None]:
+        """The cached value of each key (None where absent); hits become most recently used."""
+        found: list[Value | None] = []
         with self._lock:
             for key in keys:
-                score = self._scores.get(key)
-                if score is not None:
-                    self._scores.move_to_end(key)
-                found.append(score)
-            hits = sum(score is not None for score in found)
+                value = self._values.get(key)
+                if value is not None:
+                    self._values.move_to_end(key)
+                found.append(value)
+            hits = sum(value is not None for value in found)
             self._hits += hits
             self._misses += len(keys) - hits
         return found
 
-    def put_many(self, items: Sequence[tuple[PairKey, float]]) -> None:
-        """Store scores, evicting the least recently used entries beyond ``max_size``."""
+    def put_many(self, items: Sequence[tuple[Key, Value]]) -> None:
+        """Store values, evicting the least recently used entries beyond ``max_size``."""
         with self._lock:
-            for key, score in items:
-                self._scores[key] = score
-                self._scores.move_to_end(key)
-            while len(self._scores) > self.max_size:
-                self._scores.popitem(last=False)
+            for key, value in items:
+                self._values[key] = value
+                self._values.move_to_end(key)
+            while len(self._values) > self.max_size:
+                self._values.popitem(last=False)
 
     def stats(self) -> CacheStats:
         with self._lock:
-            return CacheStats(self._hits, self._misses, len(self._scores), self.max_size)
+            return CacheStats(self._hits, self._misses, len(self._values), self.max_size)
 
     def clear(self) -> None:
         with self._lock:
-            self._scores.clear()
+            self._values.clear()
             self._hits = self._misses = 0
 
 
-def shared_score_cache(max_size: int) -> ScoreCache | None:
-    """The process-wide cache of this size (every reranker asking for it shares it); None when ``max_size`` is 0."""
+def shared_score_cache(max_size: int) -> LruCache[PairKey, float] | None:
+    """The process-wide score cache of this size (shared by every reranker asking for it); None for size 0."""
     if max_size == 0:
         return None
-    return shared_model(("score-cache", max_size), lambda: ScoreCache(max_size))
+    return shared_model(("score-cache", max_size), lambda: LruCache[PairKey, float](max_size))
+
+
+def shared_token_count_cache() -> LruCache[TextKey, int]:
+    """The process-wide cache of candidate texts' token counts, per tokenizer."""
+    return shared_model(("token-count-cache",), lambda: LruCache[TextKey, int](TOKEN_COUNT_CACHE_SIZE))
+
+
+def compute_through(
+    cache: LruCache[Key, Value] | None,
+    keys: Sequence[Key],
+    inputs: Sequence[Input],
+    compute: Callable[[list[Input]], list[Value]],
+) -> tuple[list[Value], int]:
+    """The value of each key: cached ones looked up, the rest computed from their inputs in one call and stored.
+
+    Returns the values in key order and how many came from the cache. Equal keys in one call are computed once. Two
+    threads missing the same key at the same moment may both compute it (``compute`` runs outside the lock so lookups
+    never wait on a forward pass); both store the same value.
+    """
+    if cache is None:
+        return (compute(list(inputs)) if inputs else []), 0
+    found = cache.get_many(keys)
+    missing = {key: item for key, item, hit in zip(keys, inputs, found) if hit is None}
+    fresh = dict(zip(missing, compute(list(missing.values())))) if missing else {}
+    cache.put_many(list(fresh.items()))
+    values = [fresh[key] if hit is None else hit for key, hit in zip(keys, found)]
+    return values, len(keys) - sum(hit is None for hit in found)
 
 
 @dataclass(frozen=True)
@@ -101,23 +138,18 @@ class ScoredPairs:
 
 
 def score_through(
-    cache: ScoreCache | None,
+    cache: LruCache[PairKey, float] | None,
     scorer: Hashable,
     query: str,
     texts: Sequence[str],
     score: Callable[[list[str]], list[float]],
 ) -> ScoredPairs:
-    """Scores of ``texts`` for ``query``: cached ones looked up, the rest scored in one ``score`` call and stored.
-
-    Equal texts in one call are scored once. Two threads missing the same pair at the same moment may both score
-    it (the model runs outside the lock so lookups never wait on a forward pass); both store the same value.
-    """
-    if cache is None:
-        return ScoredPairs(score(list(texts)) if texts else [], 0)
+    """Scores of ``texts`` for ``query`` by ``scorer``, each pair scored at most once per process (while cached)."""
     keys = [pair_key(scorer, query, text) for text in texts]
-    found = cache.get_many(keys)
-    missing = {key: text for key, text, hit in zip(keys, texts, found) if hit is None}
-    fresh = dict(zip(missing, score(list(missing.values())))) if missing else {}
-    cache.put_many(list(fresh.items()))
-    scores = [fresh[key] if hit is None else hit for key, hit in zip(keys, found)]
-    return ScoredPairs(scores, len(texts) - sum(hit is None for hit in found))
+    return ScoredPairs(*compute_through(cache, keys, texts, score))
+
+
+def token_counts(tokenizer_key: Hashable, texts: Sequence[str], count: Callable[[list[str]], list[int]]) -> list[int]:
+    """Token counts of ``texts`` (without special tokens), each text counted once per process (while cached)."""
+    keys = [(tokenizer_key, content_hash(text)) for text in texts]
+    return compute_through(shared_token_count_cache(), keys, texts, count)[0]

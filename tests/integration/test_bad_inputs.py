@@ -251,3 +251,35 @@ def test_unloadable_cross_encoder_is_named(settings_for, tmp_path):
     with pytest.raises(ModelLoadError) as excinfo:
         reranker.postprocess_nodes(nodes, query_str="query")
     assert "rerank_model" in str(excinfo.value) and str(broken) in str(excinfo.value)
+
+
+@pytest.mark.parametrize("window", [128, 256, 512])
+def test_truncation_count_equals_tokenizing_each_pair(ingested, scifact, window):
+    """Counting from cached per-text token counts gives exactly what tokenizing every (query, text) pair gives."""
+    texts = [f"{document.text} {document.metadata.get('title', '')}" for document in scifact.corpus.values()][:60]
+    query = next(iter(scifact.queries.values()))
+    reranker = CrossEncoderRerank.from_settings(ingested.settings, max_length=window)
+    model = reranker.cross_encoder
+    pairs = model.tokenizer([query] * len(texts), texts, truncation=False, verbose=False)["input_ids"]
+    expected = sum(len(ids) > model.max_seq_length for ids in pairs)
+    if window < 512:
+        assert 0 < expected < len(texts)  # the window cuts through the candidates: both sides of the boundary
+    assert reranker.count_truncated(query, texts) == expected
+    assert reranker.count_truncated(query, texts) == expected  # the second time from the cache
+
+
+def test_repeated_texts_are_not_tokenized_again_for_counting(ingested, scifact, monkeypatch):
+    texts = [document.text for document in scifact.corpus.values()][:20]
+    reranker = CrossEncoderRerank.from_settings(ingested.settings)
+    tokenizer = reranker.cross_encoder.tokenizer
+    reranker.count_truncated("first query", texts)
+    calls: list[int] = []
+    original = type(tokenizer).__call__
+
+    def counting(self, text, *args, **kwargs):
+        calls.append(len(text) if isinstance(text, list) else 1)
+        return original(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(type(tokenizer), "__call__", counting)
+    reranker.count_truncated("another query about the same candidates", texts)
+    assert calls == [1]  # only the new query

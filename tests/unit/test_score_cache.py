@@ -10,7 +10,7 @@ from llama_index.core.schema import NodeWithScore, TextNode
 
 from llama_index_twostage.nodes import stage_info
 from llama_index_twostage.rerank import CrossEncoderRerank, PairScorer
-from llama_index_twostage.score_cache import ScoreCache, content_hash, pair_key, score_through, shared_score_cache
+from llama_index_twostage.score_cache import LruCache, content_hash, pair_key, score_through, shared_score_cache
 
 
 class CountingScore:
@@ -25,7 +25,7 @@ class CountingScore:
 
 
 def test_lru_evicts_the_least_recently_used_beyond_max_size():
-    cache = ScoreCache(2)
+    cache = LruCache(2)
     a, b, c = (pair_key("m", "q", text) for text in "abc")
     cache.put_many([(a, 1.0), (b, 2.0)])
     assert cache.get_many([a]) == [1.0]  # a is now the most recently used
@@ -35,7 +35,7 @@ def test_lru_evicts_the_least_recently_used_beyond_max_size():
 
 
 def test_stats_count_hits_and_misses():
-    cache = ScoreCache(10)
+    cache = LruCache(10)
     key = pair_key("m", "q", "t")
     cache.get_many([key])
     cache.put_many([(key, 0.5)])
@@ -46,7 +46,7 @@ def test_stats_count_hits_and_misses():
 
 def test_max_size_must_be_positive_and_zero_disables_the_shared_cache():
     with pytest.raises(ValueError):
-        ScoreCache(0)
+        LruCache(0)
     assert shared_score_cache(0) is None
     assert shared_score_cache(7) is shared_score_cache(7)
 
@@ -71,7 +71,7 @@ def test_scorer_key_separates_model_backend_window_and_activation():
 
 
 def test_score_through_scores_only_misses_once_each_and_keeps_order():
-    cache, model = ScoreCache(100), CountingScore()
+    cache, model = LruCache(100), CountingScore()
     first = score_through(cache, "m", "q", ["aa", "b", "aa"], model)
     assert first.scores == [2.0, 1.0, 2.0] and first.cached == 0
     assert model.seen == ["aa", "b"]  # equal texts in one call are scored once
@@ -89,7 +89,7 @@ def test_score_through_without_cache_scores_everything():
 
 
 def test_concurrent_use_keeps_the_bound_and_the_counts():
-    cache = ScoreCache(50)
+    cache = LruCache(50)
     lookups_per_thread, threads = 200, 8
 
     def work(worker: int) -> None:
