@@ -84,7 +84,7 @@ def candidates(
 
 
 def rerankers(args: argparse.Namespace) -> dict[str, Rerank]:
-    """The stock reranker, ours per backend, and the cascades (int8 and a 128-token window prune for torch)."""
+    """The stock reranker, ours per backend, and the cascades (int8 or a 128-token window prunes for the full pass)."""
     stock = SentenceTransformerRerank(top_n=TOP_K, model=args.rerank_model)
     common = {"model": args.rerank_model, "top_k": TOP_K, "max_length": STOCK_MAX_LENGTH}
     common |= {"model_cache_dir": args.model_cache_dir, "score_cache_size": 0}
@@ -95,6 +95,9 @@ def rerankers(args: argparse.Namespace) -> dict[str, Rerank]:
         )
         ours[f"ours torch <- torch@128 top {args.cascade_k}"] = CrossEncoderRerank(
             cascade_k=args.cascade_k, cascade_max_length=128, **common
+        )
+        ours[f"ours torch-bf16 <- torch-bf16@128 top {args.cascade_k} (recommended)"] = CrossEncoderRerank(
+            backend="torch-bf16", cascade_k=args.cascade_k, cascade_max_length=128, **common
         )
     run: dict[str, Rerank] = {
         "stock SentenceTransformerRerank": lambda nodes, q: stock.postprocess_nodes(nodes, query_str=q)

@@ -235,6 +235,17 @@ class Writer:
             store.with_retries(partial(self.collection.delete, ids=list(batch)), self.settings)
 
 
+def by_length(nodes: Sequence[BaseNode]) -> list[tuple[BaseNode, str]]:
+    """Nodes with the text the bi-encoder reads, longest first.
+
+    LlamaIndex hands the model ``embed_batch_size`` texts at a time, and a batch costs what its longest text costs;
+    ordered by length, each batch holds texts of about one length and pads little (what
+    ``SentenceTransformer.encode`` does when it is given all texts at once). Order within an upsert is free.
+    """
+    with_text = [(node, model_text(node) or "") for node in nodes]
+    return sorted(with_text, key=lambda pair: -len(pair[1]))
+
+
 def _embed_and_write(writer: Writer, nodes: list[BaseNode], embed_model: BaseEmbedding) -> None:
     """Embed batch after batch while a writer thread upserts the previous one, so Chroma I/O hides behind encoding."""
     settings = writer.settings
@@ -243,14 +254,15 @@ def _embed_and_write(writer: Writer, nodes: list[BaseNode], embed_model: BaseEmb
         tqdm(total=len(nodes), desc="embedding", unit="chunk", disable=not settings.show_progress) as progress,
     ):
         pending: Future[None] | None = None
-        for batch in _batches(nodes, writer.batch_size):
+        for unordered in _batches(nodes, writer.batch_size):
+            batch = by_length(unordered)
             embeddings: list[list[float]] = []
-            for texts in _batches([model_text(node) or "" for node in batch], settings.embed_batch_size):
+            for texts in _batches([text for _, text in batch], settings.embed_batch_size):
                 embeddings.extend(embed_model.get_text_embedding_batch(list(texts)))
                 progress.update(len(texts))
             if pending is not None:
                 pending.result()
-            pending = pool.submit(writer.upsert, batch, embeddings)
+            pending = pool.submit(writer.upsert, [node for node, _ in batch], embeddings)
         if pending is not None:
             pending.result()
 

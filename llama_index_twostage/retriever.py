@@ -7,6 +7,7 @@ rank and cosine similarity for the later stages and for evaluation.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -49,13 +50,24 @@ def recall_starved(similarities: list[float], recall_k: int, gap: float) -> bool
 
 
 def _node_from_record(node_id: str, document: str | None, metadata: dict[str, Any] | None) -> TextNode:
-    """Rebuild a node from a Chroma record in LlamaIndex's layout, or wrap a plain record written by other code."""
+    """Rebuild a node from a Chroma record in LlamaIndex's layout, or wrap a plain record written by other code.
+
+    Text nodes, a hundred per query, are built in one validated construction with their id and text; other node
+    types go through LlamaIndex's own ``metadata_dict_to_node``.
+    """
     metadata = metadata or {}
-    if "_node_content" in metadata:
+    if "_node_content" not in metadata:
+        return TextNode(id_=node_id, text=document or "", metadata=metadata)
+    if metadata.get("_node_type", TextNode.class_name()) != TextNode.class_name():
         node = metadata_dict_to_node(metadata, text=document)
         node.id_ = node_id
         return node
-    return TextNode(id_=node_id, text=document or "", metadata=metadata)
+    fields = json.loads(metadata["_node_content"])
+    fields.pop("class_name", None)
+    fields["id_"] = node_id
+    if document is not None:
+        fields["text"] = document
+    return TextNode(**fields)
 
 
 class ChromaRecallRetriever(BaseRetriever):

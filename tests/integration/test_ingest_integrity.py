@@ -180,3 +180,17 @@ def test_cli_verify_exit_codes(cheap_settings, tmp_path, monkeypatch, embed_mode
     assert broken.exit_code == 1 and "1 chunks without a source document id: stray" in broken.stdout
     missing = runner.invoke(app, ["verify", "--collection", "never-ingested"], catch_exceptions=False)
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
+
+
+def test_texts_are_embedded_longest_first_and_each_vector_stays_with_its_chunk(cheap_settings, hash_embedding):
+    """Ingestion orders each upsert batch by length (less padding); the ordering must never mix up vectors."""
+    documents = [Document(id_=f"d{n}", text=" ".join(f"word{i}" for i in range(n))) for n in (3, 40, 1, 17, 25, 8)]
+    settings = cheap_settings(collection="by-length", chunk_size=512, chunk_overlap=0, upsert_batch_size=4)
+    ingest_documents(documents, settings, embed_model=hash_embedding)
+    first_batch, second_batch = hash_embedding.embedded[:4], hash_embedding.embedded[4:]
+    assert [len(text) for text in first_batch] == sorted(map(len, first_batch), reverse=True)
+    assert [len(text) for text in second_batch] == sorted(map(len, second_batch), reverse=True)
+    stored = store.open_collection(settings).get(include=["documents", "embeddings"])
+    assert len(stored["ids"]) == len(documents)
+    for document, embedding in zip(stored["documents"], stored["embeddings"]):
+        assert list(embedding) == pytest.approx(hash_embedding.get_text_embedding(document), abs=1e-6)

@@ -1,0 +1,70 @@
+"""Stage 1 rebuilds nodes from Chroma records exactly as LlamaIndex would, and annotates them without copying."""
+
+from __future__ import annotations
+
+import pytest
+from llama_index.core.schema import IndexNode, MetadataMode, NodeRelationship, RelatedNodeInfo, TextNode
+from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
+
+from llama_index_twostage.nodes import STAGE_KEY, annotate_new
+from llama_index_twostage.retriever import _node_from_record
+
+
+def stored(node: TextNode) -> tuple[str, str, dict]:
+    """The (id, document, metadata) triple of a Chroma record written in LlamaIndex's layout."""
+    return node.node_id, node.get_content(metadata_mode=MetadataMode.NONE), node_to_metadata_dict(node)
+
+
+def rich_text_node() -> TextNode:
+    return TextNode(
+        id_="chunk-1",
+        text="Folic acid lowered homocysteine by a quarter.",
+        metadata={"title": "Trial", "year": 2004, "score": 0.5},
+        excluded_llm_metadata_keys=["year"],
+        excluded_embed_metadata_keys=["score"],
+        relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id="doc-7", metadata={"title": "Trial"})},
+        start_char_idx=10,
+        end_char_idx=55,
+        metadata_template="{key}= {value}",
+        text_template="META {metadata_str}\n\n{content}",
+    )
+
+
+def test_text_records_rebuild_the_same_node_as_llamaindex():
+    node_id, document, metadata = stored(rich_text_node())
+    expected = metadata_dict_to_node(metadata, text=document)
+    expected.id_ = node_id
+    rebuilt = _node_from_record(node_id, document, metadata)
+    assert type(rebuilt) is TextNode
+    assert rebuilt.model_dump() == expected.model_dump()
+    assert rebuilt.ref_doc_id == "doc-7"
+    assert rebuilt.get_content(MetadataMode.EMBED) == expected.get_content(MetadataMode.EMBED)
+
+
+def test_the_record_id_and_document_win_over_the_serialized_ones():
+    _, document, metadata = stored(rich_text_node())
+    rebuilt = _node_from_record("id-in-chroma", "text in chroma", metadata)
+    assert (rebuilt.node_id, rebuilt.text) == ("id-in-chroma", "text in chroma")
+
+
+def test_other_node_types_go_through_llamaindex():
+    index_node = IndexNode(id_="idx", text="points elsewhere", index_id="other-index")
+    node_id, document, metadata = stored(index_node)
+    rebuilt = _node_from_record(node_id, document, metadata)
+    assert isinstance(rebuilt, IndexNode) and rebuilt.index_id == "other-index"
+
+
+@pytest.mark.parametrize("metadata", [None, {}, {"source": "plain"}])
+def test_records_written_by_other_code_become_plain_text_nodes(metadata):
+    rebuilt = _node_from_record("r1", "raw text", metadata)
+    assert (rebuilt.node_id, rebuilt.text, rebuilt.metadata) == ("r1", "raw text", metadata or {})
+
+
+def test_annotate_new_writes_hidden_stage_info_in_place():
+    node = rich_text_node()
+    same = annotate_new(node, stage1_rank=3, stage1_score=0.71)
+    assert same is node
+    assert node.metadata[STAGE_KEY] == {"stage1_rank": 3, "stage1_score": 0.71}
+    assert node.excluded_llm_metadata_keys == ["year", STAGE_KEY]
+    assert node.excluded_embed_metadata_keys == ["score", STAGE_KEY]
+    assert STAGE_KEY not in node.get_content(MetadataMode.LLM)
