@@ -46,6 +46,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scales", default="10000,100000", help="stored vectors per scale run (comma-separated)")
     parser.add_argument("--noise", type=float, default=0.05, help="std of the noise added to synthetic copies")
     parser.add_argument("--ef-search", default="100,1000", help="HNSW search breadths of the scale runs")
+    parser.add_argument("--max-neighbors", type=int, default=None, help="HNSW links per vector (unset: Chroma's)")
+    parser.add_argument("--ef-construction", type=int, default=None, help="HNSW build breadth (unset: Chroma's)")
     parser.add_argument("--sections", default="ingestion,latency,scale", help="which parts to run (comma-separated)")
     return parser.parse_args()
 
@@ -108,16 +110,16 @@ def synthetic(vectors: np.ndarray, size: int, noise: float, rng: np.random.Gener
     return stacked / np.linalg.norm(stacked, axis=1, keepdims=True)
 
 
-def build_store(vectors: np.ndarray, path: Path) -> float:
+def build_store(vectors: np.ndarray, path: Path, build: dict[str, int]) -> float:
     """A persistent collection of ``vectors`` (ids are row numbers); returns the build time in seconds."""
     client = chromadb.PersistentClient(str(path))
-    collection = client.create_collection("scale", configuration={"hnsw": {"space": "cosine"}})
+    collection = client.create_collection("scale", configuration={"hnsw": {"space": "cosine", **build}})
     batch = client.get_max_batch_size()
-    with Stopwatch() as build:
+    with Stopwatch() as watch:
         for start in range(0, len(vectors), batch):
             chunk = vectors[start : start + batch]
             collection.add(ids=[str(start + i) for i in range(len(chunk))], embeddings=chunk)
-    return build.ms / 1000
+    return watch.ms / 1000
 
 
 def reopened(path: Path, ef_search: int) -> Collection:
@@ -128,11 +130,14 @@ def reopened(path: Path, ef_search: int) -> Collection:
     return chromadb.PersistentClient(str(path)).get_collection("scale")
 
 
-def scale_rows(vectors: np.ndarray, query_vectors: np.ndarray, recall_k: int, breadths: list[int]) -> list[str]:
+def scale_rows(
+    vectors: np.ndarray, query_vectors: np.ndarray, recall_k: int, breadths: list[int], build: dict[str, int]
+) -> list[str]:
     """One table row per search breadth: p50/p95 ms and mean recall@recall_k against exact search."""
     exact = [set(np.argpartition(-(vectors @ vector), recall_k)[:recall_k].tolist()) for vector in query_vectors]
     path = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    build_s = build_store(vectors, path)
+    build_s = build_store(vectors, path, build)
+    built = f"{build.get('max_neighbors', 'default')} / {build.get('ef_construction', 'default')}"
     rows = []
     for ef_search in breadths:
         collection = reopened(path, ef_search)
@@ -143,8 +148,8 @@ def scale_rows(vectors: np.ndarray, query_vectors: np.ndarray, recall_k: int, br
             times.append(watch.ms)
             recalls.append(len(truth & {int(i) for i in found["ids"][0]}) / recall_k)
         rows.append(
-            f"| {len(vectors):,} | {ef_search} | {statistics.median(times):.1f} | {percentile(times, 95):.1f} | "
-            f"{statistics.mean(recalls):.3f} | {build_s:.0f} |"
+            f"| {len(vectors):,} | {built} | {ef_search} | {statistics.median(times):.1f} | "
+            f"{percentile(times, 95):.1f} | {statistics.mean(recalls):.3f} | {build_s:.0f} |"
         )
         print(rows[-1], flush=True)
     SharedSystemClient.clear_system_cache()
@@ -178,11 +183,14 @@ def main() -> None:
         query_vectors = encoder.encode(queries, normalize_embeddings=True)
         rng = np.random.default_rng(0)
         print(f"scale (real SciFact embeddings + noisy unit-normalised copies, noise std {args.noise}):")
-        print("| stored vectors | ef_search | raw Chroma p50 ms | p95 ms | recall@k vs exact | build s |")
-        print("|---|---|---|---|---|---|")
+        print("| stored vectors | M / ef_construction | ef_search | p50 ms | p95 ms | recall@k vs exact | build s |")
+        print("|---|---|---|---|---|---|---|")
         breadths = [int(value) for value in args.ef_search.split(",") if value]
+        build = {"max_neighbors": args.max_neighbors, "ef_construction": args.ef_construction}
+        build = {key: value for key, value in build.items() if value is not None}
         for size in (int(value) for value in args.scales.split(",") if value):
-            scale_rows(synthetic(real, max(size, len(real)), args.noise, rng), query_vectors, args.recall_k, breadths)
+            vectors = synthetic(real, max(size, len(real)), args.noise, rng)
+            scale_rows(vectors, query_vectors, args.recall_k, breadths, build)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,18 @@ class RetrieverSettings(BaseSettings):
         description="HNSW search breadth of the collection (unset: Chroma's 100). Keep it well above recall_k on "
         "large collections: the approximate index otherwise loses candidates before any reranker sees them.",
     )
+    hnsw_ef_construction: int | None = Field(
+        None,
+        gt=0,
+        description="HNSW build breadth of newly created collections (unset: Chroma's 100). A wider build makes a "
+        "better graph: slower ingestion, higher recall at the same ef_search. Fixed once the collection exists.",
+    )
+    hnsw_max_neighbors: int | None = Field(
+        None,
+        ge=2,
+        description="HNSW links per vector (M) of newly created collections (unset: Chroma's 16). More links: more "
+        "memory and slower ingestion, higher recall on large collections. Fixed once the collection exists.",
+    )
 
     # Models.
     embed_model: str = Field("sentence-transformers/all-MiniLM-L6-v2", description="Bi-encoder for stage 1.")

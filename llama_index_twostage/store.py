@@ -302,23 +302,49 @@ def create_or_open_collection(settings: RetrieverSettings, contract: CollectionC
             return client.create_collection(
                 settings.collection,
                 metadata=contract.to_metadata(),
-                configuration={"hnsw": {"space": contract.space, **_search_breadth(settings)}},
+                configuration={"hnsw": {"space": contract.space, **hnsw_configuration(settings)}},
                 embedding_function=None,
             )
         except InternalError:  # created concurrently by another writer: open it below
             collection = open_collection(settings)
     verify_collection(collection, contract.embed_model, contract.dimension)
-    if _search_breadth(settings) and (collection.configuration or {}).get("hnsw", {}).get("ef_search") != (
-        settings.hnsw_ef_search
-    ):
-        # Recorded in the collection; a process that already loaded its index keeps the old breadth until reopened,
-        # which is why a new collection gets its breadth at creation.
-        collection.modify(configuration={"hnsw": _search_breadth(settings)})
+    _update_hnsw(collection, settings)
     return collection
 
 
-def _search_breadth(settings: RetrieverSettings) -> dict[str, int]:
-    return {} if settings.hnsw_ef_search is None else {"ef_search": settings.hnsw_ef_search}
+_HNSW_SETTINGS = {
+    "ef_search": "hnsw_ef_search",
+    "ef_construction": "hnsw_ef_construction",
+    "max_neighbors": "hnsw_max_neighbors",
+}
+_BUILD_ONLY = ("ef_construction", "max_neighbors")  # Chroma fixes these when it creates the index
+
+
+def hnsw_configuration(settings: RetrieverSettings) -> dict[str, int]:
+    """The HNSW parameters the settings give (Chroma's defaults stand for the unset ones)."""
+    values = {key: getattr(settings, name) for key, name in _HNSW_SETTINGS.items()}
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _update_hnsw(collection: Collection, settings: RetrieverSettings) -> None:
+    """Record a new ``ef_search`` on an existing collection; say so when build parameters differ (they cannot)."""
+    current = (collection.configuration or {}).get("hnsw", {})
+    wanted = hnsw_configuration(settings)
+    if "ef_search" in wanted and current.get("ef_search") != wanted["ef_search"]:
+        # Recorded in the collection; a process that already loaded its index keeps the old breadth until reopened,
+        # which is why a new collection gets its breadth at creation.
+        collection.modify(configuration={"hnsw": {"ef_search": wanted["ef_search"]}})
+    for key in _BUILD_ONLY:
+        if key in wanted and current.get(key) != wanted[key]:
+            logger.warning(
+                "collection %r was built with %s=%s; %s=%s applies only to new collections: ingest into a new "
+                "collection to rebuild the index with it",
+                collection.name,
+                key,
+                current.get(key),
+                _HNSW_SETTINGS[key],
+                wanted[key],
+            )
 
 
 def open_collection(settings: RetrieverSettings) -> Collection:

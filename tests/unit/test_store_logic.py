@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import numpy as np
@@ -160,3 +161,31 @@ def test_hnsw_ef_search_is_set_at_creation_and_updated_on_reopen() -> None:
     assert reopened.configuration["hnsw"]["ef_search"] == 700
     default = create_or_open_collection(RetrieverSettings(collection=f"{name}-d", chroma_mode="memory"), contract)
     assert default.configuration["hnsw"]["ef_search"] == 100  # Chroma's own default when the setting is unset
+
+
+def test_hnsw_build_parameters_apply_at_creation_and_a_differing_reopen_is_said(caplog) -> None:
+    from llama_index_twostage.store import CollectionContract, create_or_open_collection
+
+    name = f"build-{uuid.uuid4().hex[:8]}"
+    contract = CollectionContract("all-MiniLM-L6-v2", 3)
+    wide = {"hnsw_ef_construction": 400, "hnsw_max_neighbors": 32}
+    created = create_or_open_collection(RetrieverSettings(collection=name, chroma_mode="memory", **wide), contract)
+    assert (created.configuration["hnsw"]["ef_construction"], created.configuration["hnsw"]["max_neighbors"]) == (
+        400,
+        32,
+    )
+    with caplog.at_level(logging.WARNING, logger="llama_index_twostage.store"):
+        create_or_open_collection(RetrieverSettings(collection=name, chroma_mode="memory", **wide), contract)
+    assert not caplog.records  # the same build: nothing to say
+    with caplog.at_level(logging.WARNING, logger="llama_index_twostage.store"):
+        reopened = create_or_open_collection(
+            RetrieverSettings(collection=name, chroma_mode="memory", hnsw_max_neighbors=48), contract
+        )
+    assert reopened.configuration["hnsw"]["max_neighbors"] == 32  # Chroma cannot rebuild an index in place
+    assert any("max_neighbors=32; hnsw_max_neighbors=48 applies only to new" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("field", ["hnsw_ef_construction", "hnsw_max_neighbors"])
+def test_hnsw_build_parameters_are_validated(field) -> None:
+    with pytest.raises(ValueError, match=field):
+        RetrieverSettings(**{field: 1 if field == "hnsw_max_neighbors" else 0})
