@@ -7,6 +7,10 @@ background load hits them alike; each answers one warm-up query first (model loa
 run with the score cache off, so every pair is really scored; a last pass shows what the cache saves on repeats.
 
     python benchmarks/bench_rerank.py --limit 5 --recall-k 100
+    python benchmarks/bench_rerank.py --device cuda --backends torch,torch-fp16 --batch-sizes 32,128,512 --cascade-k 0
+
+The second form is the GPU comparison: fp32 against fp16, each at every batch size, to find where pairs/s stops
+growing (the saturating batch size).
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backends", default="torch,torch-bf16,onnx,onnx-int8", help="comma-separated")
     parser.add_argument("--cascade-k", type=int, default=30, help="shortlist of the cascade rows (0: no cascade)")
     parser.add_argument("--model-cache-dir", type=Path, default=Path(".twostage/models"))
+    parser.add_argument("--device", default=None, help="torch device of every reranker (default: automatic)")
+    parser.add_argument("--batch-sizes", default="32", help="pairs per forward pass; several make a row each")
     return parser.parse_args()
 
 
@@ -85,10 +91,17 @@ def candidates(
 
 def rerankers(args: argparse.Namespace) -> dict[str, Rerank]:
     """The stock reranker, ours per backend, and the cascades (int8 or a 128-token window prunes for the full pass)."""
-    stock = SentenceTransformerRerank(top_n=TOP_K, model=args.rerank_model)
-    common = {"model": args.rerank_model, "top_k": TOP_K, "max_length": STOCK_MAX_LENGTH}
+    stock = SentenceTransformerRerank(top_n=TOP_K, model=args.rerank_model, device=args.device)
+    common = {"model": args.rerank_model, "top_k": TOP_K, "max_length": STOCK_MAX_LENGTH, "device": args.device}
     common |= {"model_cache_dir": args.model_cache_dir, "score_cache_size": 0}
-    ours = {f"ours {backend}": CrossEncoderRerank(backend=backend, **common) for backend in args.backends.split(",")}
+    sizes = [int(size) for size in args.batch_sizes.split(",")]
+    ours = {
+        f"ours {backend}" + (f" batch {size}" if len(sizes) > 1 else ""): CrossEncoderRerank(
+            backend=backend, batch_size=size, **common
+        )
+        for backend in args.backends.split(",")
+        for size in sizes
+    }
     if args.cascade_k:
         ours[f"ours torch <- onnx-int8 top {args.cascade_k}"] = CrossEncoderRerank(
             cascade_k=args.cascade_k, cascade_backend="onnx-int8", **common
@@ -141,6 +154,7 @@ def cache_pass(args: argparse.Namespace, found: dict[str, list[NodeWithScore]], 
         max_length=STOCK_MAX_LENGTH,
         backend=backend,
         model_cache_dir=args.model_cache_dir,
+        device=args.device,
     )
     for query_id, query in queries.items():
         reranker.postprocess_nodes(found[query_id], query_str=query)
