@@ -7,7 +7,6 @@ rank and cosine similarity for the later stages and for evaluation.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,7 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from llama_index.core.vector_stores.types import MetadataFilters
 from llama_index.core.vector_stores.utils import metadata_dict_to_node
+from pydantic_core import from_json
 
 from llama_index_twostage import store
 from llama_index_twostage.errors import CollectionNotFoundError
@@ -52,8 +52,8 @@ def recall_starved(similarities: list[float], recall_k: int, gap: float) -> bool
 def _node_from_record(node_id: str, document: str | None, metadata: dict[str, Any] | None) -> TextNode:
     """Rebuild a node from a Chroma record in LlamaIndex's layout, or wrap a plain record written by other code.
 
-    Text nodes, a hundred per query, are built in one validated construction with their id and text; other node
-    types go through LlamaIndex's own ``metadata_dict_to_node``.
+    Text nodes, a hundred per query, are parsed by pydantic's JSON parser and built in one validated construction
+    with their id and text; other node types go through LlamaIndex's own ``metadata_dict_to_node``.
     """
     metadata = metadata or {}
     if "_node_content" not in metadata:
@@ -62,7 +62,7 @@ def _node_from_record(node_id: str, document: str | None, metadata: dict[str, An
         node = metadata_dict_to_node(metadata, text=document)
         node.id_ = node_id
         return node
-    fields = json.loads(metadata["_node_content"])
+    fields = from_json(metadata["_node_content"])
     fields.pop("class_name", None)
     fields["id_"] = node_id
     if document is not None:
