@@ -30,7 +30,7 @@ from llama_index.core.schema import NodeWithScore
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 from llama_index.vector_stores.chroma import ChromaVectorStore
 
-from llama_index_twostage import RetrieverSettings, build_two_stage_retriever, ingest_documents, store
+from llama_index_twostage import ChromaStore, ModelPool, RetrieverSettings, TwoStagePipeline
 from llama_index_twostage.evaluation import RetrievalDataset, evaluate_run, load_beir
 from llama_index_twostage.evaluation.runner import WHOLE_DOCUMENT_CHUNK
 from llama_index_twostage.timing import Stopwatch
@@ -67,17 +67,20 @@ def corpus_subset(dataset: RetrievalDataset, size: int) -> list[Document]:
 
 
 def ours(documents: list[Document], settings: RetrieverSettings) -> dict[str, Pipeline]:
-    """One pipeline per configuration in ``OURS``, all over the one collection ingested here."""
-    ingest_documents(documents, settings)
+    """One pipeline per configuration in ``OURS``, all over the one collection ingested here, sharing models."""
+    models = ModelPool()
+    TwoStagePipeline(settings, models=models).ingest(documents)
     return {
-        name: build_two_stage_retriever(settings.model_copy(update={**overrides, "score_cache_size": 0})).retrieve
+        name: TwoStagePipeline(settings.model_copy(update={**overrides, "score_cache_size": 0}), models=models)
+        .two_stage_retriever()
+        .retrieve
         for name, overrides in OURS.items()
     }
 
 
 def stock(documents: list[Document], settings: RetrieverSettings) -> Pipeline:
     """LlamaIndex as its documentation wires it, on the same embedded Chroma store."""
-    collection = store.get_client(settings).get_or_create_collection(f"{settings.collection}-stock")
+    collection = ChromaStore.from_settings(settings).client.get_or_create_collection(f"{settings.collection}-stock")
     vector_store = ChromaVectorStore(chroma_collection=collection)
     embed_model = HuggingFaceEmbedding(model_name=settings.embed_model)
     if collection.count():

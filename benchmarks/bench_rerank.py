@@ -28,9 +28,9 @@ from llama_index.core.postprocessor import SentenceTransformerRerank
 from llama_index.core.schema import Document, NodeWithScore, TextNode
 from sentence_transformers import SentenceTransformer
 
+from llama_index_twostage import CrossEncoderRerank, CrossEncoderScorer, ModelPool, ScoreCache
 from llama_index_twostage.evaluation import evaluate_run, load_beir
 from llama_index_twostage.nodes import stage_info
-from llama_index_twostage.rerank import CrossEncoderRerank
 from llama_index_twostage.timing import Stopwatch
 
 TOP_K = 10  # nDCG@10 reads a full list
@@ -92,26 +92,38 @@ def candidates(
 def rerankers(args: argparse.Namespace) -> dict[str, Rerank]:
     """The stock reranker, ours per backend, and the cascades (int8 or a 128-token window prunes for the full pass)."""
     stock = SentenceTransformerRerank(top_n=TOP_K, model=args.rerank_model, device=args.device)
-    common = {"model": args.rerank_model, "top_k": TOP_K, "max_length": STOCK_MAX_LENGTH, "device": args.device}
-    common |= {"model_cache_dir": args.model_cache_dir, "score_cache_size": 0}
+    pool = ModelPool()
+
+    def scorer(backend: str = "torch", max_length: int = STOCK_MAX_LENGTH, batch_size: int = 32) -> CrossEncoderScorer:
+        return CrossEncoderScorer.load(
+            args.rerank_model,
+            backend=backend,  # type: ignore[arg-type]
+            max_length=max_length,
+            device=args.device,
+            batch_size=batch_size,
+            cache_dir=args.model_cache_dir,
+            pool=pool,
+        )
+
     sizes = [int(size) for size in args.batch_sizes.split(",")]
     ours = {
         f"ours {backend}" + (f" batch {size}" if len(sizes) > 1 else ""): CrossEncoderRerank(
-            backend=backend, batch_size=size, **common
+            scorer(backend, batch_size=size), top_k=TOP_K
         )
         for backend in args.backends.split(",")
         for size in sizes
     }
     if args.cascade_k:
-        ours[f"ours torch <- onnx-int8 top {args.cascade_k}"] = CrossEncoderRerank(
-            cascade_k=args.cascade_k, cascade_backend="onnx-int8", **common
-        )
-        ours[f"ours torch <- torch@128 top {args.cascade_k}"] = CrossEncoderRerank(
-            cascade_k=args.cascade_k, cascade_max_length=128, **common
-        )
-        ours[f"ours torch-bf16 <- torch-bf16@128 top {args.cascade_k} (recommended)"] = CrossEncoderRerank(
-            backend="torch-bf16", cascade_k=args.cascade_k, cascade_max_length=128, **common
-        )
+        cascades = {
+            f"ours torch <- onnx-int8 top {args.cascade_k}": (scorer(), scorer("onnx-int8")),
+            f"ours torch <- torch@128 top {args.cascade_k}": (scorer(), scorer(max_length=128)),
+            f"ours torch-bf16 <- torch-bf16@128 top {args.cascade_k} (recommended)": (
+                scorer("torch-bf16"),
+                scorer("torch-bf16", max_length=128),
+            ),
+        }
+        for name, (full, cheap) in cascades.items():
+            ours[name] = CrossEncoderRerank(full, top_k=TOP_K, cascade_scorer=cheap, cascade_k=args.cascade_k)
     run: dict[str, Rerank] = {
         "stock SentenceTransformerRerank": lambda nodes, q: stock.postprocess_nodes(nodes, query_str=q)
     }
@@ -148,14 +160,14 @@ def measure(
 def cache_pass(args: argparse.Namespace, found: dict[str, list[NodeWithScore]], queries: dict[str, str]) -> str:
     """Queries asked twice through a cached reranker: how many pairs the repeat scores, and its p50."""
     backend = args.backends.split(",")[-1]
-    reranker = CrossEncoderRerank(
-        model=args.rerank_model,
-        top_k=TOP_K,
+    scorer = CrossEncoderScorer.load(
+        args.rerank_model,
+        backend=backend,  # type: ignore[arg-type]
         max_length=STOCK_MAX_LENGTH,
-        backend=backend,
-        model_cache_dir=args.model_cache_dir,
         device=args.device,
+        cache_dir=args.model_cache_dir,
     )
+    reranker = CrossEncoderRerank(scorer, top_k=TOP_K, score_cache=ScoreCache(50_000))
     for query_id, query in queries.items():
         reranker.postprocess_nodes(found[query_id], query_str=query)
     ms, cached, pairs = [], 0, 0

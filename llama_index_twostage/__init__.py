@@ -2,8 +2,10 @@
 
 Data flows one way::
 
-    RetrieverSettings -> ingest_documents -> Chroma -> ChromaRecallRetriever (stage 1, recall_k)
-                      -> CrossEncoderRerank (stage 2, top_k) -> RetrieverQueryEngine / TwoStageRetriever
+    documents -> ingest -> ChromaStore -> ChromaRecallRetriever (stage 1, recall_k)
+              -> CrossEncoderRerank (stage 2, top_k) -> RetrieverQueryEngine / TwoStageRetriever
+
+``TwoStagePipeline`` builds and owns that graph from one ``RetrieverSettings``.
 """
 
 from llama_index_twostage.errors import (
@@ -17,23 +19,34 @@ from llama_index_twostage.errors import (
     ModelLoadError,
     TwoStageError,
 )
-from llama_index_twostage.ingest import IngestReport, ingest_documents
+from llama_index_twostage.ingest import Chunking, IngestReport, ingest_into
+from llama_index_twostage.models import ModelPool
 from llama_index_twostage.nodes import STAGE_KEY, stage_info
 from llama_index_twostage.pipeline import (
+    TwoStagePipeline,
     TwoStageRetriever,
     build_query_engine,
     build_reranker,
     build_retriever,
     build_two_stage_retriever,
+    ingest_documents,
+    verify_collection_integrity,
 )
-from llama_index_twostage.rerank import CrossEncoderRerank
-from llama_index_twostage.retriever import ChromaRecallRetriever
 from llama_index_twostage.settings import RetrieverSettings
-from llama_index_twostage.verify import VerifyReport, verify_collection_integrity
+from llama_index_twostage.stage1 import ChromaRecallRetriever
+from llama_index_twostage.stage2 import CrossEncoderRerank, CrossEncoderScorer, PairScorer, ScoreCache
+from llama_index_twostage.store import ChromaStore, VerifyReport
 
 __all__ = [
     "STAGE_KEY",
     "ChromaRecallRetriever",
+    "ChromaStore",
+    "Chunking",
+    "CrossEncoderScorer",
+    "ModelPool",
+    "PairScorer",
+    "ScoreCache",
+    "TwoStagePipeline",
     "ChromaUnavailableError",
     "CollectionMismatchError",
     "CollectionNotFoundError",
@@ -53,6 +66,7 @@ __all__ = [
     "build_retriever",
     "build_two_stage_retriever",
     "ingest_documents",
+    "ingest_into",
     "stage_info",
     "verify_collection_integrity",
 ]

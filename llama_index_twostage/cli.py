@@ -16,13 +16,11 @@ import typer
 from llama_index.core import Document, SimpleDirectoryReader
 from pydantic import ValidationError
 
-from llama_index_twostage import store
 from llama_index_twostage.errors import TwoStageError
-from llama_index_twostage.ingest import ingest_documents
 from llama_index_twostage.nodes import stage_info
-from llama_index_twostage.pipeline import build_two_stage_retriever
+from llama_index_twostage.pipeline import TwoStagePipeline
 from llama_index_twostage.settings import RetrieverSettings
-from llama_index_twostage.verify import verify_collection_integrity
+from llama_index_twostage.store import CollectionContract, distance_space
 
 app = typer.Typer(help="Two-stage retrieval for LlamaIndex: Chroma recall, cross-encoder precision.")
 
@@ -121,7 +119,8 @@ def ingest(
     limit: Annotated[Optional[int], typer.Option(help="Ingest only the first N documents.")] = None,
 ) -> None:
     """Chunk, embed and store documents (re-runs add nothing twice)."""
-    report = ingest_documents(load_documents(path, limit), settings)
+    with TwoStagePipeline(settings) as pipeline:
+        report = pipeline.ingest(load_documents(path, limit))
     typer.echo(
         f"{report.documents} documents -> {report.chunks} chunks: {report.added} added, "
         f"{report.already_stored} already stored; collection {report.collection!r} now holds "
@@ -137,7 +136,9 @@ def ingest(
 @with_settings(*STORE_FLAGS, *MODEL_FLAGS)
 def query(settings: RetrieverSettings, text: Annotated[str, typer.Argument(help="The query.")]) -> None:
     """Two-stage search: the final top_k with stage-1 rank -> final rank, both scores and timings."""
-    typer.echo(format_results(build_two_stage_retriever(settings).retrieve(text)))
+    with TwoStagePipeline(settings) as pipeline:
+        pipeline.store.with_retries(pipeline.store.open_collection)  # a missing collection fails before models load
+        typer.echo(format_results(pipeline.two_stage_retriever().retrieve(text)))
 
 
 def format_results(results: list[Any]) -> str:
@@ -163,13 +164,14 @@ def format_results(results: list[Any]) -> str:
 @with_settings(*STORE_FLAGS)
 def info(settings: RetrieverSettings) -> None:
     """The collection: where it lives, how many nodes, which model wrote it, dimension and distance space."""
-    target = store.open_collection(settings)
-    contract = store.CollectionContract.of(target)
-    typer.echo(f"collection:      {target.name} in {store.describe_store(settings)}")
-    typer.echo(f"nodes:           {target.count()}")
-    typer.echo(f"embedding model: {contract.embed_model if contract else 'not recorded'}")
-    typer.echo(f"dimension:       {contract.dimension if contract else 'not recorded'}")
-    typer.echo(f"distance space:  {store.distance_space(target)}")
+    with TwoStagePipeline(settings) as pipeline:
+        target = pipeline.store.with_retries(pipeline.store.open_collection)
+        contract = CollectionContract.of(target)
+        typer.echo(f"collection:      {target.name} in {pipeline.store.describe()}")
+        typer.echo(f"nodes:           {target.count()}")
+        typer.echo(f"embedding model: {contract.embed_model if contract else 'not recorded'}")
+        typer.echo(f"dimension:       {contract.dimension if contract else 'not recorded'}")
+        typer.echo(f"distance space:  {distance_space(target)}")
     typer.echo(f"rerank model:    {settings.rerank_model} (recall_k={settings.recall_k}, top_k={settings.top_k})")
 
 
@@ -178,7 +180,8 @@ def info(settings: RetrieverSettings) -> None:
 def verify(settings: RetrieverSettings) -> None:
     """Check every stored node: embedding of the recorded dimension, the recorded model, no stale or sourceless
     chunks. Exit code 1 when problems are found."""
-    report = verify_collection_integrity(settings)
+    with TwoStagePipeline(settings) as pipeline:
+        report = pipeline.verify()
     typer.echo("\n".join(report.describe()))
     if not report.ok:
         raise typer.Exit(code=1)

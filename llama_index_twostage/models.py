@@ -1,8 +1,9 @@
-"""Loading the bi-encoder and the cross-encoder: once per process, lazily, thread-safely, with errors that say why.
+"""The models' owner: a ``ModelPool`` loads each model once, on first request, thread-safely, with errors that say why.
 
-Models are the heavy state of the pipeline. Every retriever and reranker built from equal settings shares one
-instance through :func:`shared_model`, so a web service that builds a query engine per request still loads each
-model once.
+Models are the heavy state of the pipeline. A pool is held by whoever builds components (the factory in
+:mod:`llama_index_twostage.pipeline`): every retriever, reranker and ingestion it builds with equal model options
+gets the same instance, so a service that builds a query engine per request still loads each model once. Sharing
+is explicit: pass the same pool to share, a new one not to.
 """
 
 from __future__ import annotations
@@ -10,25 +11,16 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Hashable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from llama_index_twostage import backends
 from llama_index_twostage.errors import ModelLoadError
-from llama_index_twostage.settings import RerankBackend, RetrieverSettings
 
 if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
-    from sentence_transformers import CrossEncoder
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-DEFAULT_MODEL_CACHE: Path = RetrieverSettings.model_fields["model_cache_dir"].default
-
-_models: dict[Hashable, Any] = {}
-_locks: dict[Hashable, threading.Lock] = {}
-_registry_lock = threading.Lock()
 
 # Messages of errors raised when the hub cannot be reached, across huggingface_hub, httpx and requests versions.
 _OFFLINE_MARKERS = (
@@ -43,16 +35,38 @@ _OFFLINE_MARKERS = (
 )
 
 
-def shared_model(key: Hashable, load: Callable[[], T]) -> T:
-    """Return the model cached under ``key``, loading it on first use; concurrent callers wait for one load."""
-    with _registry_lock:
-        if key in _models:
-            return _models[key]
-        lock = _locks.setdefault(key, threading.Lock())
-    with lock:
-        if key not in _models:
-            _models[key] = load()
-        return _models[key]
+class ModelPool:
+    """Loaded models by key; each loaded once, concurrent first requests waiting for the one load."""
+
+    def __init__(self) -> None:
+        self._models: dict[Hashable, Any] = {}
+        self._locks: dict[Hashable, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, load: Callable[[], T]) -> T:
+        """The model held under ``key``, loading it with ``load`` on first request."""
+        with self._lock:
+            if key in self._models:
+                return self._models[key]  # type: ignore[no-any-return]
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._models:
+                self._models[key] = load()
+            return self._models[key]  # type: ignore[no-any-return]
+
+    def embedding(self, model: str, *, device: str | None, batch_size: int, trust_remote_code: bool) -> BaseEmbedding:
+        """The stage-1 bi-encoder (see :func:`load_embedding`), loaded once per pool."""
+        key = ("embedding", model, device, batch_size, trust_remote_code)
+        return self.get(key, lambda: load_embedding(model, device, batch_size, trust_remote_code))
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def close(self) -> None:
+        """Drop every model (their memory goes once no component holds them)."""
+        with self._lock:
+            self._models.clear()
+            self._locks.clear()
 
 
 def _hub_was_unreachable(error: BaseException) -> bool:
@@ -79,8 +93,8 @@ def load_or_explain(field: str, name: str, load: Callable[[], T]) -> T:
         raise ModelLoadError(f"could not load {field} {name!r}: {type(error).__name__}: {error}.{hint}") from error
 
 
-def load_embedding(model: str, *, device: str | None, batch_size: int, trust_remote_code: bool) -> BaseEmbedding:
-    """The stage-1 bi-encoder as a LlamaIndex ``HuggingFaceEmbedding`` (normalised vectors), shared per process."""
+def load_embedding(model: str, device: str | None, batch_size: int, trust_remote_code: bool) -> BaseEmbedding:
+    """The stage-1 bi-encoder as a LlamaIndex ``HuggingFaceEmbedding`` (normalised vectors)."""
 
     def load() -> BaseEmbedding:
         from llama_index.embeddings.huggingface import HuggingFaceEmbedding
@@ -94,46 +108,14 @@ def load_embedding(model: str, *, device: str | None, batch_size: int, trust_rem
             normalize=True,
         )
 
-    key = ("embedding", model, device, batch_size, trust_remote_code)
-    return shared_model(key, lambda: load_or_explain("embed_model", model, load))
-
-
-def load_cross_encoder(
-    model: str,
-    *,
-    device: str | None,
-    max_length: int | None,
-    trust_remote_code: bool,
-    backend: RerankBackend = "torch",
-    cache_dir: Path | None = None,
-) -> CrossEncoder:
-    """The stage-2 sentence-transformers ``CrossEncoder`` on ``backend``, shared per process.
-
-    ONNX backends export to ``cache_dir`` once (see :mod:`llama_index_twostage.backends`); a missing optional
-    package fails here, before any loading, with the extra that installs it.
-    """
-
-    def load() -> CrossEncoder:
-        from sentence_transformers import CrossEncoder
-
-        if backends.is_onnx(backend):
-            backends.require_onnx(backend)
-        logger.info("loading cross-encoder %s (%s backend)", model, backend)
-        cross_encoder = CrossEncoder(
-            model,
-            device="cpu" if backends.is_onnx(backend) else device,
-            max_length=max_length,
-            trust_remote_code=trust_remote_code,
-            model_kwargs=backends.torch_model_kwargs(backend),
-        )
-        if backends.is_onnx(backend):
-            backends.use_onnx(cross_encoder, model, backend, cache_dir or DEFAULT_MODEL_CACHE, device)
-        return cross_encoder
-
-    key = ("cross-encoder", model, device, max_length, trust_remote_code, backend, cache_dir)
-    return shared_model(key, lambda: load_or_explain("rerank_model", model, load))
+    return load_or_explain("embed_model", model, load)
 
 
 def sentence_transformer_of(embed_model: BaseEmbedding) -> Any | None:
     """The SentenceTransformer behind a ``HuggingFaceEmbedding`` (for its tokenizer and window), else None."""
     return getattr(embed_model, "_model", None) if type(embed_model).__name__ == "HuggingFaceEmbedding" else None
+
+
+def embedding_model_name(embed_model: BaseEmbedding) -> str:
+    """The name a collection's contract records for this embedding."""
+    return str(getattr(embed_model, "model_name", None) or type(embed_model).__name__)

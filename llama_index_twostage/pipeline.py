@@ -1,36 +1,41 @@
-"""The factory: the only place that wires stage 1, stage 2 and LlamaIndex's query engine together."""
+"""The factory: reads ``RetrieverSettings``, builds each heavy object once and hands it to the components that use it.
+
+Object graph of one :class:`TwoStagePipeline`::
+
+    TwoStagePipeline (owner: close() releases what it created)
+      ├── store: ChromaStore ─────────────── sync + async Chroma clients, collection contract, retries, timeouts
+      ├── models: ModelPool ──────────────── each bi-encoder / cross-encoder loaded once
+      ├── score_cache: ScoreCache ─────────── shared by every reranker it builds
+      ├── retriever()   -> ChromaRecallRetriever(store, embed_model, recall_k, filters)      stage 1
+      ├── reranker()    -> CrossEncoderRerank(CrossEncoderScorer, cascade scorer, score_cache) stage 2
+      ├── two_stage_retriever() / query_engine(llm)                                          both stages
+      └── ingest(documents), verify()
+
+Stage 1 and stage 2 know nothing of each other; only this module wires them. The module-level ``build_*`` and
+``ingest_documents`` functions are the two-line conveniences: each builds a pipeline for the call.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.query_engine import RetrieverQueryEngine
-from llama_index.core.schema import NodeWithScore, QueryBundle
+from llama_index.core.schema import Document, NodeWithScore, QueryBundle
 
-from llama_index_twostage.rerank import CrossEncoderRerank
-from llama_index_twostage.retriever import ChromaRecallRetriever
+from llama_index_twostage.ingest import Chunking, IngestReport, ingest_into
+from llama_index_twostage.models import ModelPool
 from llama_index_twostage.settings import RetrieverSettings
+from llama_index_twostage.stage1 import ChromaRecallRetriever
+from llama_index_twostage.stage2 import CrossEncoderRerank, ScoreCache
+from llama_index_twostage.store import ChromaStore, VerifyReport, verify_store
 
 if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
     from llama_index.core.llms import LLM
     from llama_index.core.vector_stores.types import MetadataFilters
-
-
-def build_retriever(
-    settings: RetrieverSettings,
-    *,
-    embed_model: BaseEmbedding | None = None,
-    filters: MetadataFilters | None = None,
-) -> ChromaRecallRetriever:
-    """Stage 1 alone: the ``recall_k`` nearest nodes by cosine similarity."""
-    return ChromaRecallRetriever(settings, embed_model=embed_model, filters=filters)
-
-
-def build_reranker(settings: RetrieverSettings, **overrides: Any) -> CrossEncoderRerank:
-    """Stage 2 alone, as a LlamaIndex node postprocessor usable in any query engine."""
-    return CrossEncoderRerank.from_settings(settings, **overrides)
 
 
 class TwoStageRetriever(BaseRetriever):
@@ -45,16 +50,6 @@ class TwoStageRetriever(BaseRetriever):
         self.recall = recall
         self.rerank = rerank
 
-    @classmethod
-    def from_settings(
-        cls,
-        settings: RetrieverSettings,
-        *,
-        embed_model: BaseEmbedding | None = None,
-        filters: MetadataFilters | None = None,
-    ) -> TwoStageRetriever:
-        return cls(build_retriever(settings, embed_model=embed_model, filters=filters), build_reranker(settings))
-
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return self.rerank.postprocess_nodes(self.recall.retrieve(query_bundle), query_bundle)
 
@@ -63,14 +58,128 @@ class TwoStageRetriever(BaseRetriever):
         return await self.rerank.apostprocess_nodes(candidates, query_bundle)
 
 
+class TwoStagePipeline:
+    """Everything one ``RetrieverSettings`` describes, built once and owned here; a context manager.
+
+    Build one per process (or per configuration) and ask it for retrievers, rerankers and query engines: they share
+    its store, models and score cache. ``close()`` releases the Chroma clients and drops the models it loaded.
+
+    Args:
+        settings: the configuration.
+        embed_model: a LlamaIndex embedding to use instead of loading ``settings.embed_model``.
+        models: a pool to share models with other pipelines (it is not closed by this one).
+        store: a store to use instead of the settings' (it is not closed by this one).
+    """
+
+    def __init__(
+        self,
+        settings: RetrieverSettings,
+        *,
+        embed_model: BaseEmbedding | None = None,
+        models: ModelPool | None = None,
+        store: ChromaStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self._owns_models = models is None
+        self._owns_store = store is None
+        self.models = models if models is not None else ModelPool()
+        self.store = store if store is not None else ChromaStore.from_settings(settings)
+        self.score_cache = ScoreCache(settings.score_cache_size) if settings.score_cache_size else None
+        self._embed_model = embed_model
+
+    @property
+    def embed_model(self) -> BaseEmbedding:
+        """The bi-encoder, loaded on first use."""
+        if self._embed_model is None:
+            settings = self.settings
+            self._embed_model = self.models.embedding(
+                settings.embed_model,
+                device=settings.device,
+                batch_size=settings.embed_batch_size,
+                trust_remote_code=settings.trust_remote_code,
+            )
+        return self._embed_model
+
+    def retriever(
+        self, *, filters: MetadataFilters | None = None, recall_k: int | None = None
+    ) -> ChromaRecallRetriever:
+        """Stage 1: the ``recall_k`` nearest nodes by cosine similarity."""
+        return ChromaRecallRetriever(
+            self.store,
+            self.embed_model,
+            recall_k=recall_k or self.settings.recall_k,
+            filters=filters,
+            recall_guard_gap=self.settings.recall_guard_gap if self.settings.recall_guard else None,
+        )
+
+    def reranker(self) -> CrossEncoderRerank:
+        """Stage 2, as a LlamaIndex node postprocessor usable in any query engine."""
+        return CrossEncoderRerank.from_settings(self.settings, pool=self.models, score_cache=self.score_cache)
+
+    def two_stage_retriever(self, *, filters: MetadataFilters | None = None) -> TwoStageRetriever:
+        """Both stages behind the ``BaseRetriever`` interface."""
+        return TwoStageRetriever(self.retriever(filters=filters), self.reranker())
+
+    def query_engine(
+        self, llm: LLM | None = None, *, filters: MetadataFilters | None = None, **engine_kwargs: Any
+    ) -> RetrieverQueryEngine:
+        """A ``RetrieverQueryEngine``: stage 1 as retriever, stage 2 as the last node postprocessor."""
+        postprocessors = [*engine_kwargs.pop("node_postprocessors", []), self.reranker()]
+        return RetrieverQueryEngine.from_args(
+            self.retriever(filters=filters), llm=llm, node_postprocessors=postprocessors, **engine_kwargs
+        )
+
+    def ingest(self, documents: Sequence[Document]) -> IngestReport:
+        """Chunk, embed and store ``documents`` (see :func:`~llama_index_twostage.ingest.ingest_into`)."""
+        settings = self.settings
+        return ingest_into(
+            self.store,
+            self.embed_model,
+            documents,
+            chunking=Chunking(settings.chunk_size, settings.chunk_overlap),
+            upsert_batch_size=settings.upsert_batch_size,
+            show_progress=settings.show_progress,
+        )
+
+    def verify(self) -> VerifyReport:
+        """Check every stored record (see :func:`~llama_index_twostage.store.verify_store`)."""
+        return verify_store(
+            self.store, embed_model=self.settings.embed_model, page_size=self.settings.upsert_batch_size
+        )
+
+    def close(self) -> None:
+        """Release the store's clients and the loaded models, where this pipeline created them."""
+        if self._owns_store:
+            self.store.close()
+        if self._owns_models:
+            self.models.close()
+
+    def __enter__(self) -> TwoStagePipeline:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def build_retriever(
+    settings: RetrieverSettings, *, embed_model: BaseEmbedding | None = None, filters: MetadataFilters | None = None
+) -> ChromaRecallRetriever:
+    """Stage 1 alone (its store stays open as long as the retriever is used)."""
+    return TwoStagePipeline(settings, embed_model=embed_model).retriever(filters=filters)
+
+
+def build_reranker(settings: RetrieverSettings) -> CrossEncoderRerank:
+    """Stage 2 alone, as a LlamaIndex node postprocessor."""
+    return TwoStagePipeline(settings).reranker()
+
+
 def build_two_stage_retriever(
-    settings: RetrieverSettings,
-    *,
-    embed_model: BaseEmbedding | None = None,
-    filters: MetadataFilters | None = None,
+    settings: RetrieverSettings, *, embed_model: BaseEmbedding | None = None, filters: MetadataFilters | None = None
 ) -> TwoStageRetriever:
     """Both stages behind the ``BaseRetriever`` interface."""
-    return TwoStageRetriever.from_settings(settings, embed_model=embed_model, filters=filters)
+    return TwoStagePipeline(settings, embed_model=embed_model).two_stage_retriever(filters=filters)
 
 
 def build_query_engine(
@@ -86,19 +195,36 @@ def build_query_engine(
     ``llm`` defaults to LlamaIndex's ``Settings.llm``; pass ``response_mode="no_text"`` for retrieval only.
     Extra keyword arguments go to ``RetrieverQueryEngine.from_args`` (``response_mode``, ``streaming``, ...).
     """
-    postprocessors = [*engine_kwargs.pop("node_postprocessors", []), build_reranker(settings)]
-    return RetrieverQueryEngine.from_args(
-        build_retriever(settings, embed_model=embed_model, filters=filters),
-        llm=llm,
-        node_postprocessors=postprocessors,
-        **engine_kwargs,
-    )
+    pipeline = TwoStagePipeline(settings, embed_model=embed_model)
+    return pipeline.query_engine(llm, filters=filters, **engine_kwargs)
+
+
+def ingest_documents(
+    documents: Sequence[Document], settings: RetrieverSettings, *, embed_model: BaseEmbedding | None = None
+) -> IngestReport:
+    """Chunk, embed and store ``documents`` in the settings' collection; safe to re-run and to resume.
+
+    ``documents`` keep their ``id_`` as source id (``SimpleDirectoryReader(..., filename_as_id=True)`` keeps it
+    stable); a document re-ingested with other content replaces its earlier chunks. ``embed_model`` replaces the
+    settings' bi-encoder. The store is closed when the call returns.
+    """
+    with TwoStagePipeline(settings, embed_model=embed_model) as pipeline:
+        return pipeline.ingest(documents)
+
+
+def verify_collection_integrity(settings: RetrieverSettings) -> VerifyReport:
+    """Read every record of the settings' collection and report what is inconsistent (``twostage verify``)."""
+    with TwoStagePipeline(settings) as pipeline:
+        return pipeline.verify()
 
 
 __all__ = [
+    "TwoStagePipeline",
     "TwoStageRetriever",
     "build_query_engine",
     "build_reranker",
     "build_retriever",
     "build_two_stage_retriever",
+    "ingest_documents",
+    "verify_collection_integrity",
 ]

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -51,6 +53,24 @@ def _validate_collection_name(name: str) -> str:
 def looks_like_local_path(model: str) -> bool:
     """Hub ids are ``name`` or ``org/name``; anything else path-shaped is meant as a local directory."""
     return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
+
+
+class _TokenMasked(PydanticBaseSettingsSource):
+    """A settings source whose ``chroma_token`` is already a ``SecretStr``: pydantic's ``errors()`` echo the raw input
+    of every source, which would otherwise show the token."""
+
+    def __init__(self, source: PydanticBaseSettingsSource) -> None:
+        super().__init__(source.settings_cls)
+        self.source = source
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.source.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        values = self.source()
+        if isinstance(values.get("chroma_token"), str):
+            values = {**values, "chroma_token": SecretStr(values["chroma_token"])}
+        return values
 
 
 class RetrieverSettings(BaseSettings):
@@ -228,14 +248,6 @@ class RetrieverSettings(BaseSettings):
         return data
 
     @classmethod
-    def _settings_build_values(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Wrap the token as soon as kwargs, env and TOML are merged: pydantic echoes that raw input in errors()."""
-        values: dict[str, Any] = super()._settings_build_values(*args, **kwargs)
-        if isinstance(values.get("chroma_token"), str):
-            values["chroma_token"] = SecretStr(values["chroma_token"])
-        return values
-
-    @classmethod
     def settings_customise_sources(
         cls,
         settings_cls: type[BaseSettings],
@@ -244,16 +256,22 @@ class RetrieverSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+        """Keyword arguments, then ``TWOSTAGE_*`` variables; no dotenv or secrets files (TOML: :meth:`from_toml`)."""
+        return _TokenMasked(init_settings), _TokenMasked(env_settings)
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> RetrieverSettings:
-        """Settings from a TOML file of top-level keys; keyword arguments and ``TWOSTAGE_*`` env vars win."""
+        """Settings from a TOML file of top-level keys; keyword arguments and ``TWOSTAGE_*`` env vars win.
+
+        The file's values go in as keyword arguments, less those the environment sets, so the precedence holds and
+        the result is a plain ``RetrieverSettings``, equal to the same settings built by keyword.
+        """
         toml_file = Path(path).expanduser()
         if not toml_file.is_file():
             raise ConfigurationError(f"settings file {str(toml_file)!r} does not exist")
-        bound = type(cls.__name__, (cls,), {"model_config": {**cls.model_config, "toml_file": toml_file}})
-        return bound(**overrides)
+        from_file = TomlConfigSettingsSource(cls, toml_file=toml_file)()
+        from_env = EnvSettingsSource(cls)()
+        return cls(**{**{key: value for key, value in from_file.items() if key not in from_env}, **overrides})
 
     @property
     def server_address(self) -> str:

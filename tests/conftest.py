@@ -15,8 +15,10 @@ import pytest
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from pydantic import PrivateAttr
 
-from llama_index_twostage.local_server import LocalChromaServer
+from llama_index_twostage.models import ModelPool
+from llama_index_twostage.pipeline import TwoStagePipeline
 from llama_index_twostage.settings import RetrieverSettings
+from llama_index_twostage.testing import LocalChromaServer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -90,21 +92,43 @@ def settings_for(
     return make
 
 
+@pytest.fixture(scope="session")
+def models() -> Iterator[ModelPool]:
+    """One pool for the session: each real model is loaded once, shared explicitly by every pipeline built here."""
+    pool = ModelPool()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="session")
+def pipeline_for(models: ModelPool) -> Iterator[Callable[..., TwoStagePipeline]]:
+    """``pipeline_for(settings, **kwargs)``: a ``TwoStagePipeline`` on the session's models, closed at the end."""
+    built: list[TwoStagePipeline] = []
+
+    def make(settings: RetrieverSettings, **kwargs: Any) -> TwoStagePipeline:
+        built.append(TwoStagePipeline(settings, models=models, **kwargs))
+        return built[-1]
+
+    yield make
+    for pipeline in built:
+        pipeline.close()
+
+
 @dataclass(frozen=True)
 class Ingested:
     settings: RetrieverSettings
     report: Any
     dataset: Any
+    pipeline: TwoStagePipeline
 
 
 @pytest.fixture(scope="session")
-def ingested(settings_for, scifact) -> Ingested:
+def ingested(settings_for, scifact, pipeline_for) -> Ingested:
     """The SciFact subset embedded once into an embedded (on-disk) collection, shared read-only by many tests."""
-    from llama_index_twostage.ingest import ingest_documents
-
     settings = settings_for("embedded", "scifact-subset")
-    report = ingest_documents(list(scifact.corpus.values()), settings)
-    return Ingested(settings, report, scifact)
+    pipeline = pipeline_for(settings)
+    report = pipeline.ingest(list(scifact.corpus.values()))
+    return Ingested(settings, report, scifact, pipeline)
 
 
 def _started(server: LocalChromaServer) -> LocalChromaServer:
@@ -219,3 +243,26 @@ def _assert_same_ranking(got_ids: list[str], expected_ids: list[str], scores: di
     # Near-tie swaps aside, the two lists hold the same ids (a boundary near-tie may differ: check scores).
     for node_id in set(got_ids) ^ set(expected_ids):
         assert abs(scores[node_id] - scores[expected_ids[-1]]) < tol, node_id
+
+
+class RecordingScorer:
+    """A ``PairScorer`` double: scores each text with ``score_text`` and records every batch it is asked for.
+
+    For reranker logic that does not depend on a model (cascade, cache, ranking rules, evaluation plumbing).
+    """
+
+    def __init__(self, score_text: Callable[[str], float] = len, *, name: str = "test/scorer", window=None) -> None:
+        self.name = name
+        self.cache_key = ("recording", name)
+        self.window = window
+        self.score_text = score_text
+        self.calls: list[list[str]] = []
+
+    def score(self, query: str, texts: list[str]) -> list[float]:
+        self.calls.append(list(texts))
+        return [float(self.score_text(text)) for text in texts]
+
+    @property
+    def pairs(self) -> list[str]:
+        """Every text scored, in order."""
+        return [text for call in self.calls for text in call]

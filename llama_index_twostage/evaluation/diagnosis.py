@@ -2,9 +2,9 @@
 
 A relevant document is a ``hit`` when it ends in the final ``top_k``, ``lost_before_reranking`` when stage 1 did not
 hand it to the reranker (ranked beyond recall_k, or not retrieved at all), and a ``reranker_miss`` when it was
-delivered but the reranker left it below ``top_k``. A query takes the worst outcome of its relevant documents
-(lost before reranking, then reranker miss, then hit): the first tells you to raise recall_k, the second that no
-recall_k will help.
+delivered but the reranker left it below ``top_k`` (or its cascade or ``score_threshold`` set it aside). A query
+takes the worst outcome of its relevant documents (lost before reranking, then reranker miss, then hit): the first
+tells you to raise recall_k, the second that no recall_k will help.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ OUTCOMES = (HIT, RERANKER_MISS, LOST)
 @dataclass(frozen=True)
 class DocDiagnosis:
     """One relevant document: stage-1 rank (None: beyond the largest recall_k retrieved) and final rank (None: not
-    delivered to the reranker at the evaluated recall_k)."""
+    delivered to the reranker at the evaluated recall_k, or set aside by its cascade or threshold)."""
 
     doc_id: str
     stage1_rank: int | None
@@ -42,9 +42,9 @@ class QueryDiagnosis:
 
 
 def _outcome(stage1_rank: int | None, final_rank: int | None, recall_k: int, top_k: int) -> str:
-    if stage1_rank is None or stage1_rank > recall_k or final_rank is None:
+    if stage1_rank is None or stage1_rank > recall_k:
         return LOST
-    return HIT if final_rank <= top_k else RERANKER_MISS
+    return HIT if final_rank is not None and final_rank <= top_k else RERANKER_MISS
 
 
 def diagnose(trace: QueryTrace, relevance: Mapping[str, int], *, recall_k: int, top_k: int) -> QueryDiagnosis:

@@ -1,10 +1,10 @@
 """``evaluate``: run both stages over a labelled dataset and measure what each contributes.
 
-The corpus goes through the normal :func:`~llama_index_twostage.ingest.ingest_documents`, one node per document (as
-BEIR evaluates), into a collection named after the dataset and the embedding model, so a second run embeds
-nothing; that collection is searched near-exhaustively (:data:`EVAL_EF_SEARCH`). Each query then runs stage 1
-once at the largest swept recall_k and the cross-encoder scores each candidate once (see
-:mod:`llama_index_twostage.evaluation.sweep`).
+The corpus goes through the normal ingestion of a :class:`~llama_index_twostage.pipeline.TwoStagePipeline`, one
+node per document (as BEIR evaluates), into a collection named after the dataset and the embedding model, so a second
+run embeds nothing; that collection is searched near-exhaustively (:data:`EVAL_EF_SEARCH`). Each query then runs
+stage 1 once at the largest swept recall_k, and the pipeline's own reranker ranks it at every sweep point (see
+:mod:`llama_index_twostage.evaluation.sweep`): what is measured is the pipeline as configured, cascade included.
 """
 
 from __future__ import annotations
@@ -15,15 +15,17 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from llama_index_twostage import store
 from llama_index_twostage.evaluation.datasets import RetrievalDataset
 from llama_index_twostage.evaluation.report import EvaluationReport, build_report
-from llama_index_twostage.evaluation.sweep import QueryTrace, score_incrementally, sweep_points
-from llama_index_twostage.ingest import ingest_documents
-from llama_index_twostage.nodes import model_text, stage_info
-from llama_index_twostage.rerank import CrossEncoderRerank
-from llama_index_twostage.retriever import ChromaRecallRetriever
+from llama_index_twostage.evaluation.sweep import QueryTrace, sweep_points
+from llama_index_twostage.models import ModelPool
+from llama_index_twostage.nodes import stage_info
+from llama_index_twostage.pipeline import TwoStagePipeline
 from llama_index_twostage.settings import RetrieverSettings
+from llama_index_twostage.stage1 import ChromaRecallRetriever
+from llama_index_twostage.stage2 import CrossEncoderRerank, ScoreCache
+from llama_index_twostage.store import model_identity
+from llama_index_twostage.timing import Stopwatch
 
 if TYPE_CHECKING:
     from llama_index.core.schema import NodeWithScore
@@ -39,7 +41,7 @@ benchmark-sized corpora, so its figures compare with published ones and measure 
 
 def collection_name(dataset_name: str, embed_model: str) -> str:
     """``eval-<dataset>-<model>`` made to fit Chroma's naming rules (3-512 of [a-zA-Z0-9._-], alphanumeric ends)."""
-    raw = f"eval-{dataset_name}-{store.model_identity(embed_model)}"
+    raw = f"eval-{dataset_name}-{model_identity(embed_model)}"
     name = re.sub(r"\.{2,}", ".", re.sub(r"[^a-zA-Z0-9._-]+", "-", raw))
     return name[:512].rstrip("._-")
 
@@ -60,6 +62,10 @@ def _in_stage1_order(nodes: list[NodeWithScore]) -> list[NodeWithScore]:
     return sorted(nodes, key=lambda scored: stage_info(scored)["stage1_rank"])
 
 
+def _doc_id(scored: NodeWithScore) -> str:
+    return scored.node.ref_doc_id or scored.node.node_id
+
+
 def trace_query(
     query_id: str,
     query: str,
@@ -67,24 +73,31 @@ def trace_query(
     reranker: CrossEncoderRerank,
     points: Sequence[int],
 ) -> QueryTrace:
-    """Stage 1 once at the largest recall_k, then one scoring increment per sweep point."""
+    """Stage 1 once at the largest recall_k, then the reranker's own ranking at each sweep point.
+
+    ``reranker`` should look scores up in a cache that holds the whole sweep (see :func:`evaluate`), so that each
+    point scores only the candidates it adds.
+    """
     nodes = _in_stage1_order(retriever.retrieve(query))
-    texts = [model_text(scored.node) or "" for scored in nodes]
-    scores, stage2_ms = score_incrementally(texts, points, lambda batch: reranker.score(query, batch))
+    rankings: dict[int, list[str]] = {}
+    pairs: dict[int, int] = {}
+    stage2_ms: dict[int, float] = {}
+    elapsed = 0.0
+    for point in points:
+        with Stopwatch() as watch:
+            ranking = reranker.rank(query, nodes[:point])
+        elapsed += watch.ms
+        rankings[point] = [_doc_id(scored) for scored in ranking.nodes]
+        pairs[point] = ranking.info["pairs_scored"]
+        stage2_ms[point] = elapsed
     return QueryTrace(
         query_id=query_id,
-        candidates=[scored.node.ref_doc_id or scored.node.node_id for scored in nodes],
-        scores=scores,
+        candidates=[_doc_id(scored) for scored in nodes],
+        rankings=rankings,
+        pairs_scored=pairs,
         stage1_ms=float(stage_info(nodes[0])["stage1_ms"]) if nodes else 0.0,
         stage2_ms=stage2_ms,
     )
-
-
-def _loaded_reranker(settings: RetrieverSettings) -> CrossEncoderRerank:
-    """The settings' cross-encoder, loaded now so the first query's stage-2 time is scoring, not loading."""
-    reranker = CrossEncoderRerank.from_settings(settings)
-    _ = reranker.cross_encoder
-    return reranker
 
 
 def evaluate(
@@ -95,6 +108,7 @@ def evaluate(
     limit: int | None = None,
     knee_tolerance: float = 0.005,
     reranker: CrossEncoderRerank | None = None,
+    models: ModelPool | None = None,
 ) -> EvaluationReport:
     """Evaluate stage 1 alone and two-stage retrieval on ``dataset``, at ``settings.recall_k`` or at each ``sweep``.
 
@@ -105,27 +119,31 @@ def evaluate(
             them, else the largest.
         limit: evaluate only the first N judged queries (the full corpus is still searched).
         knee_tolerance: nDCG@10 a smaller recall_k may lose against the best and still be recommended.
-        reranker: a ready stage-2 reranker instead of the settings' (tests count its calls through it).
+        reranker: a stage-2 reranker to evaluate instead of the one the settings describe.
+        models: a pool to load models from (to share them with the caller).
     """
     points = sweep_points(sweep, default=settings.recall_k, top_k=settings.top_k)
     operating = settings.recall_k if settings.recall_k in points else points[-1]
     if limit is not None:
         dataset = dataset.limit(limit)
     eval_settings = evaluation_settings(dataset, settings)
-    ingested = ingest_documents(list(dataset.corpus.values()), eval_settings)
-    retriever = ChromaRecallRetriever(eval_settings, recall_k=points[-1])
-    reranker = reranker or _loaded_reranker(settings)
-    traces = [
-        trace_query(query_id, dataset.queries[query_id], retriever, reranker, points)
-        for query_id in tqdm(dataset.queries, desc="evaluating", unit="query", disable=not settings.show_progress)
-    ]
+    with TwoStagePipeline(eval_settings, models=models) as pipeline:
+        ingested = pipeline.ingest(list(dataset.corpus.values()))
+        retriever = pipeline.retriever(recall_k=points[-1])
+        ranker = reranker or pipeline.reranker()
+        # Room for every pair of the evaluation, cascade included: each pair is scored once whatever the user's cache.
+        sweep_ranker = ranker.with_score_cache(ScoreCache(max(1, 2 * points[-1] * len(dataset.queries))))
+        traces = [
+            trace_query(query_id, dataset.queries[query_id], retriever, sweep_ranker, points)
+            for query_id in tqdm(dataset.queries, desc="evaluating", unit="query", disable=not settings.show_progress)
+        ]
     return build_report(
         traces,
         dataset.qrels,
         dataset=dataset.name,
         points=points,
         operating_recall_k=operating,
-        top_k=settings.top_k,
+        top_k=ranker.top_k,
         knee_tolerance=knee_tolerance,
         settings=eval_settings.to_dict(),
         ingest=ingested.to_dict(),

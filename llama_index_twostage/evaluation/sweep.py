@@ -1,50 +1,53 @@
-"""One stage-1 retrieval, many recall_k: how each query's candidates are scored once and ranked at every sweep point.
+"""One stage-1 retrieval, many recall_k: each query is ranked by the reranker itself at every sweep point.
 
-Stage 1 runs once per query at the largest recall_k. The cross-encoder then scores the candidates in stage-1 order,
-one increment per sweep boundary (ranks 1-10, 11-20, 21-50, ...), and each increment is timed. So every
-(query, candidate) pair is scored at most once across the whole sweep, and the stage-2 cost at recall_k=k is the
-measured cumulative time of the increments up to k, not an extrapolation.
+Stage 1 runs once per query at the largest recall_k. At each sweep point (ascending) the first recall_k candidates go
+through :meth:`CrossEncoderRerank.rank <llama_index_twostage.stage2.rerank.CrossEncoderRerank.rank>`, the same
+method a query takes (de-duplication, cascade, ``score_threshold``), with a score cache that holds every pair of the
+evaluation, so each (query, candidate) pair is scored once across the whole sweep. The stage-2 cost at recall_k=k
+is the measured cumulative time of the calls up to k: what was newly scored at each point plus the lookups.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llama_index_twostage.errors import ConfigurationError
-from llama_index_twostage.timing import Stopwatch
-
-ScoreFn = Callable[[list[str]], list[float]]
-"""Cross-encoder scores of one query against the given candidate texts, in order."""
 
 
 @dataclass(frozen=True)
 class QueryTrace:
     """Everything measured for one query; the metrics at every recall_k are derived from it.
 
-    ``candidates`` are doc ids in stage-1 order (rank 1 first), ``scores`` their cross-encoder scores (same order;
-    shorter when stage 1 returned fewer than the largest recall_k), ``stage2_ms`` the cumulative scoring time at
-    each sweep point.
+    ``candidates`` are doc ids in stage-1 order (rank 1 first). Per sweep point: ``rankings`` is what the reranker
+    ranked (best first, before the cut to top_k: fewer than recall_k when the cascade or the threshold set some
+    aside), ``pairs_scored`` the pairs its ranking scorer read, ``stage2_ms`` the cumulative scoring time.
     """
 
     query_id: str
     candidates: list[str]
-    scores: list[float]
+    rankings: dict[int, list[str]]
+    pairs_scored: dict[int, int]
     stage1_ms: float
     stage2_ms: dict[int, float]
 
+    def _point(self, recall_k: int) -> int:
+        if recall_k not in self.rankings:
+            raise ConfigurationError(
+                f"recall_k {recall_k} was not evaluated (sweep points: {sorted(self.rankings)}): add it to the sweep"
+            )
+        return recall_k
+
     def pairs(self, recall_k: int) -> int:
-        """Pairs the cross-encoder reads at this recall_k (fewer when stage 1 returned fewer candidates)."""
-        return min(recall_k, len(self.scores))
+        """Pairs the ranking scorer reads at this recall_k (fewer when stage 1 returned fewer candidates)."""
+        return self.pairs_scored[self._point(recall_k)]
 
     def stage1_ranking(self) -> list[str]:
         return list(self.candidates)
 
     def two_stage_ranking(self, recall_k: int) -> list[str]:
-        """The first ``recall_k`` candidates by descending rerank score; ties keep stage-1 order (sort is stable)."""
-        count = self.pairs(recall_k)
-        order = sorted(range(count), key=lambda index: -self.scores[index])
-        return [self.candidates[index] for index in order]
+        """The reranker's ranking of the first ``recall_k`` candidates."""
+        return list(self.rankings[self._point(recall_k)])
 
 
 def sweep_points(sweep: Sequence[int] | None, *, default: int, top_k: int) -> list[int]:
@@ -64,23 +67,3 @@ def parse_sweep(text: str) -> list[int]:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise ConfigurationError(f"invalid sweep {text!r}: give comma-separated integers such as 10,20,50") from None
-
-
-def score_incrementally(
-    texts: Sequence[str], points: Sequence[int], score: ScoreFn
-) -> tuple[list[float], dict[int, float]]:
-    """Score ``texts`` (stage-1 order) one sweep increment at a time; each text is scored exactly once.
-
-    Returns the scores and, per sweep point, the cumulative milliseconds spent scoring up to it.
-    """
-    scores: list[float] = []
-    cumulative_ms: dict[int, float] = {}
-    elapsed = 0.0
-    for point in points:
-        increment = list(texts[len(scores) : point])
-        if increment:
-            with Stopwatch() as watch:
-                scores.extend(score(increment))
-            elapsed += watch.ms
-        cumulative_ms[point] = elapsed
-    return scores, cumulative_ms

@@ -10,7 +10,6 @@ import pytest
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.schema import ImageNode, NodeWithScore, QueryBundle, TextNode
 
-from llama_index_twostage import store
 from llama_index_twostage.errors import (
     ChromaUnavailableError,
     CollectionMismatchError,
@@ -18,11 +17,9 @@ from llama_index_twostage.errors import (
     EmptyQueryError,
     ModelLoadError,
 )
-from llama_index_twostage.ingest import ingest_documents
 from llama_index_twostage.nodes import stage_info
-from llama_index_twostage.pipeline import TwoStageRetriever
-from llama_index_twostage.rerank import CrossEncoderRerank
-from llama_index_twostage.retriever import ChromaRecallRetriever
+from llama_index_twostage.pipeline import ingest_documents
+from llama_index_twostage.store import CollectionContract
 
 pytestmark = pytest.mark.integration
 
@@ -31,15 +28,15 @@ LONG_TEXT = " ".join(f"protein{i} binds receptor{i} in cell{i}" for i in range(1
 
 @pytest.fixture(scope="module")
 def two_stage(ingested):
-    return TwoStageRetriever.from_settings(ingested.settings)
+    return ingested.pipeline.two_stage_retriever()
 
 
 @pytest.fixture(scope="module")
-def small_collection(settings_for, scifact):
+def small_collection(settings_for, scifact, pipeline_for):
     """Five SciFact documents (a few chunks) in memory."""
-    settings = settings_for("memory", recall_k=30, top_k=3)
-    ingest_documents(list(scifact.corpus.values())[:5], settings)
-    return settings
+    pipeline = pipeline_for(settings_for("memory", recall_k=30, top_k=3))
+    pipeline.ingest(list(scifact.corpus.values())[:5])
+    return pipeline
 
 
 # --- queries ----------------------------------------------------------------------------------------------------
@@ -67,7 +64,7 @@ async def test_empty_query_async(two_stage, query):
 
 def test_query_longer_than_embedding_window_is_reported(ingested, caplog):
     with caplog.at_level(logging.WARNING, logger="llama_index_twostage"):
-        results = ChromaRecallRetriever(ingested.settings, recall_k=5).retrieve(LONG_TEXT)
+        results = ingested.pipeline.retriever(recall_k=5).retrieve(LONG_TEXT)
     assert any("the embedding model reads only the first 256" in r.getMessage() for r in caplog.records)
     assert all(stage_info(r)["query_truncated"] is True for r in results)
 
@@ -78,20 +75,20 @@ def test_long_pairs_are_counted_and_reported(ingested, caplog):
         NodeWithScore(node=TextNode(id_="short", text="Insulin regulates glucose."), score=0.8),
         NodeWithScore(node=TextNode(id_="long2", text=LONG_TEXT + " extra"), score=0.7),
     ]
-    reranker = CrossEncoderRerank.from_settings(ingested.settings, top_k=3)
+    reranker = ingested.pipeline.reranker()  # top_k 5: every candidate comes back
     with caplog.at_level(logging.WARNING, logger="llama_index_twostage"):
         results = reranker.postprocess_nodes(nodes, query_str="what regulates glucose?")
     assert {stage_info(r)["pairs_truncated"] for r in results} == {2}
     assert any("2 of 3 (query, candidate) pairs exceed" in r.getMessage() for r in caplog.records)
 
 
-def test_non_text_candidates_are_skipped_and_reported(ingested, some_queries, caplog):
-    candidates = ChromaRecallRetriever(ingested.settings, recall_k=5).retrieve(some_queries[0])
+def test_non_text_candidates_are_skipped_and_reported(ingested, pipeline_for, some_queries, caplog):
+    candidates = ingested.pipeline.retriever(recall_k=5).retrieve(some_queries[0])
     extras = [
         NodeWithScore(node=TextNode(id_="blank", text="  "), score=0.5),
         NodeWithScore(node=ImageNode(id_="picture", image="aGVsbG8="), score=0.4),
     ]
-    reranker = CrossEncoderRerank.from_settings(ingested.settings, top_k=10)
+    reranker = pipeline_for(ingested.settings.model_copy(update={"top_k": 10})).reranker()
     with caplog.at_level(logging.WARNING, logger="llama_index_twostage"):
         results = reranker.postprocess_nodes([extras[0], *candidates, extras[1]], query_str=some_queries[0])
     assert len(results) == 5
@@ -107,53 +104,55 @@ def test_non_text_candidates_are_skipped_and_reported(ingested, some_queries, ca
 
 def test_recall_k_above_collection_size_returns_all_with_a_warning(small_collection, caplog):
     with caplog.at_level(logging.WARNING, logger="llama_index_twostage"):
-        results = ChromaRecallRetriever(small_collection).retrieve("cells")
-    count = store.open_collection(small_collection).count()
+        results = small_collection.retriever().retrieve("cells")
+    count = small_collection.store.open_collection().count()
     assert 0 < count < 30
     assert len(results) == count
     assert any(
-        f"recall_k=30 but collection {small_collection.collection!r} holds only {count} nodes" in r.getMessage()
+        f"recall_k=30 but collection {small_collection.settings.collection!r} holds only {count} nodes"
+        in r.getMessage()
         for r in caplog.records
     )
 
 
 @pytest.mark.parametrize("mode", ["embedded", "memory"])
-def test_missing_collection_is_named(settings_for, mode):
+def test_missing_collection_is_named(settings_for, pipeline_for, mode):
     settings = settings_for(mode, "no-such-collection")
     with pytest.raises(CollectionNotFoundError) as excinfo:
-        ChromaRecallRetriever(settings).retrieve("anything")
+        pipeline_for(settings).retriever().retrieve("anything")
     assert "'no-such-collection' does not exist" in str(excinfo.value)
     assert "twostage ingest" in str(excinfo.value)
 
 
-def test_empty_collection_is_named(settings_for, embed_model_dir):
+def test_empty_collection_is_named(settings_for, pipeline_for, embed_model_dir):
     settings = settings_for("memory")
-    store.create_or_open_collection(settings, store.CollectionContract(embed_model_dir, 384))
+    pipeline = pipeline_for(settings)
+    pipeline.store.create_or_open_collection(CollectionContract(embed_model_dir, 384))
     with pytest.raises(CollectionNotFoundError) as excinfo:
-        ChromaRecallRetriever(settings).retrieve("anything")
+        pipeline.retriever().retrieve("anything")
     assert f"{settings.collection!r} is empty" in str(excinfo.value)
 
 
-def test_embedding_model_mismatch_names_both(settings_for, scifact, embed_model_dir):
+def test_embedding_model_mismatch_names_both(settings_for, pipeline_for, scifact, embed_model_dir):
     settings = settings_for("memory")
     ingest_documents(list(scifact.corpus.values())[:3], settings, embed_model=MockEmbedding(embed_dim=384))
     with pytest.raises(CollectionMismatchError) as excinfo:
-        ChromaRecallRetriever(settings).retrieve("anything")
+        pipeline_for(settings).retriever().retrieve("anything")
     assert "'unknown'" in str(excinfo.value)  # MockEmbedding's model_name
     assert embed_model_dir in str(excinfo.value)
 
 
-def test_dimension_mismatch_names_both(ingested):
-    reader = ChromaRecallRetriever(ingested.settings, embed_model=MockEmbedding(embed_dim=8))
+def test_dimension_mismatch_names_both(ingested, pipeline_for):
+    reader = pipeline_for(ingested.settings, embed_model=MockEmbedding(embed_dim=8)).retriever()
     with pytest.raises(CollectionMismatchError) as excinfo:
         reader.retrieve("anything")
     assert "all-MiniLM-L6-v2" in str(excinfo.value) and "'unknown'" in str(excinfo.value)
 
 
-def test_dimension_mismatch_with_same_model_name_names_both_dimensions(ingested):
+def test_dimension_mismatch_with_same_model_name_names_both_dimensions(ingested, pipeline_for):
     same_name = MockEmbedding(embed_dim=8, model_name=ingested.settings.embed_model)
     with pytest.raises(CollectionMismatchError) as excinfo:
-        ChromaRecallRetriever(ingested.settings, embed_model=same_name).retrieve("anything")
+        pipeline_for(ingested.settings, embed_model=same_name).retriever().retrieve("anything")
     assert "384-dimensional" in str(excinfo.value) and "produces 8" in str(excinfo.value)
 
 
@@ -197,82 +196,80 @@ def silent_server():
     listener.close()
 
 
-def test_unreachable_server_is_named(settings_for):
+def test_unreachable_server_is_named(settings_for, pipeline_for):
     port = closed_port()
     settings = settings_for("server", chroma_host="127.0.0.1", chroma_port=port, chroma_timeout_s=2)
     with pytest.raises(ChromaUnavailableError) as excinfo:
-        ChromaRecallRetriever(settings).retrieve("anything")
+        pipeline_for(settings).retriever().retrieve("anything")
     assert f"127.0.0.1:{port}" in str(excinfo.value)
     assert "chroma run" in str(excinfo.value)
 
 
-def test_unreachable_server_on_ingest(settings_for, scifact):
+def test_unreachable_server_on_ingest(settings_for, pipeline_for, scifact):
     settings = settings_for("server", chroma_host="127.0.0.1", chroma_port=closed_port(), chroma_timeout_s=2)
     with pytest.raises(ChromaUnavailableError):
-        ingest_documents(list(scifact.corpus.values())[:1], settings)
+        pipeline_for(settings).ingest(list(scifact.corpus.values())[:1])
 
 
 @pytest.mark.timeout(30)
-def test_silent_server_times_out(settings_for, silent_server):
+def test_silent_server_times_out(settings_for, pipeline_for, silent_server):
     settings = settings_for("server", chroma_host="127.0.0.1", chroma_port=silent_server, chroma_timeout_s=1)
     with pytest.raises(ChromaUnavailableError) as excinfo:
-        ChromaRecallRetriever(settings).retrieve("anything")
+        pipeline_for(settings).retriever().retrieve("anything")
     assert f"127.0.0.1:{silent_server}" in str(excinfo.value)
 
 
 @pytest.mark.timeout(30)
-async def test_silent_server_times_out_async(settings_for, silent_server):
+async def test_silent_server_times_out_async(settings_for, pipeline_for, silent_server):
     settings = settings_for("server", chroma_host="127.0.0.1", chroma_port=silent_server, chroma_timeout_s=1)
     with pytest.raises(ChromaUnavailableError):
-        await ChromaRecallRetriever(settings).aretrieve("anything")
+        await pipeline_for(settings).retriever().aretrieve("anything")
 
 
 # --- models -----------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.timeout(120)
-def test_unloadable_embedding_model_is_named(settings_for, tmp_path, ingested):
+def test_unloadable_embedding_model_is_named(settings_for, pipeline_for, tmp_path, ingested):
     broken = tmp_path / "broken-embedder"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     settings = settings_for("embedded", ingested.settings.collection, embed_model=str(broken))
     with pytest.raises(ModelLoadError) as excinfo:
-        ChromaRecallRetriever(settings).retrieve("anything")
+        pipeline_for(settings).retriever().retrieve("anything")
     assert "embed_model" in str(excinfo.value) and str(broken) in str(excinfo.value)
 
 
 @pytest.mark.timeout(120)
-def test_unloadable_cross_encoder_is_named(settings_for, tmp_path):
+def test_unloadable_cross_encoder_is_named(settings_for, pipeline_for, tmp_path):
     broken = tmp_path / "broken-reranker"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
-    reranker = CrossEncoderRerank.from_settings(settings_for("memory", rerank_model=str(broken)))
-    nodes = [NodeWithScore(node=TextNode(text="text"), score=1.0)]
     with pytest.raises(ModelLoadError) as excinfo:
-        reranker.postprocess_nodes(nodes, query_str="query")
+        pipeline_for(settings_for("memory", rerank_model=str(broken))).reranker()  # loaded when built
     assert "rerank_model" in str(excinfo.value) and str(broken) in str(excinfo.value)
 
 
 @pytest.mark.parametrize("window", [128, 256, 512])
-def test_truncation_count_equals_tokenizing_each_pair(ingested, scifact, window):
+def test_truncation_count_equals_tokenizing_each_pair(ingested, pipeline_for, scifact, window):
     """Counting from cached per-text token counts gives exactly what tokenizing every (query, text) pair gives."""
     texts = [f"{document.text} {document.metadata.get('title', '')}" for document in scifact.corpus.values()][:60]
     query = next(iter(scifact.queries.values()))
-    reranker = CrossEncoderRerank.from_settings(ingested.settings, max_length=window)
-    model = reranker.cross_encoder
+    scorer = pipeline_for(ingested.settings.model_copy(update={"max_length": window})).reranker().scorer
+    model = scorer.cross_encoder
     pairs = model.tokenizer([query] * len(texts), texts, truncation=False, verbose=False)["input_ids"]
     expected = sum(len(ids) > model.max_seq_length for ids in pairs)
     if window < 512:
         assert 0 < expected < len(texts)  # the window cuts through the candidates: both sides of the boundary
-    assert reranker.count_truncated(query, texts) == expected
-    assert reranker.count_truncated(query, texts) == expected  # the second time from the cache
+    assert scorer.window.count_truncated(query, texts) == expected
+    assert scorer.window.count_truncated(query, texts) == expected  # the second time from the cache
 
 
 def test_repeated_texts_are_not_tokenized_again_for_counting(ingested, scifact, monkeypatch):
     texts = [document.text for document in scifact.corpus.values()][:20]
-    reranker = CrossEncoderRerank.from_settings(ingested.settings)
-    tokenizer = reranker.cross_encoder.tokenizer
-    reranker.count_truncated("first query", texts)
+    window = ingested.pipeline.reranker().scorer.window
+    tokenizer = window.tokenizer
+    window.count_truncated("first query", texts)
     calls: list[int] = []
     original = type(tokenizer).__call__
 
@@ -281,5 +278,5 @@ def test_repeated_texts_are_not_tokenized_again_for_counting(ingested, scifact, 
         return original(self, text, *args, **kwargs)
 
     monkeypatch.setattr(type(tokenizer), "__call__", counting)
-    reranker.count_truncated("another query about the same candidates", texts)
+    window.count_truncated("another query about the same candidates", texts)
     assert calls == [1]  # only the new query

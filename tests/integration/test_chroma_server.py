@@ -7,12 +7,10 @@ import math
 import pytest
 from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
 
-from llama_index_twostage import store
-from llama_index_twostage.ingest import ingest_documents
 from llama_index_twostage.nodes import model_text, stage_info
 from llama_index_twostage.pipeline import build_two_stage_retriever
-from llama_index_twostage.rerank import CrossEncoderRerank
-from llama_index_twostage.retriever import ChromaRecallRetriever
+from llama_index_twostage.stage2 import CrossEncoderRerank, CrossEncoderScorer
+from llama_index_twostage.store import CollectionContract, model_identity
 
 pytestmark = pytest.mark.integration
 
@@ -26,19 +24,19 @@ def subset_ids(scifact) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def on_server(chroma_server, settings_for, scifact, subset_ids):
+def on_server(chroma_server, settings_for, pipeline_for, scifact, subset_ids):
     host, port = chroma_server
-    settings = settings_for("server", chroma_host=host, chroma_port=port, recall_k=12, top_k=4)
-    report = ingest_documents([scifact.corpus[doc_id] for doc_id in subset_ids], settings)
+    pipeline = pipeline_for(settings_for("server", chroma_host=host, chroma_port=port, recall_k=12, top_k=4))
+    report = pipeline.ingest([scifact.corpus[doc_id] for doc_id in subset_ids])
     assert report.added == report.stored_total > 0
-    return settings
+    return pipeline
 
 
 @pytest.fixture(scope="module")
-def same_docs_embedded(ingested, subset_ids):
+def same_docs_embedded(ingested, pipeline_for, subset_ids):
     """The session's embedded collection restricted to the same documents (same chunk ids, same vectors)."""
     filters = MetadataFilters(filters=[MetadataFilter(key="doc_id", value=subset_ids, operator=FilterOperator.IN)])
-    return ingested.settings.model_copy(update={"recall_k": 12, "top_k": 4}), filters
+    return pipeline_for(ingested.settings.model_copy(update={"recall_k": 12, "top_k": 4})), filters
 
 
 def ids(nodes) -> list[str]:
@@ -46,21 +44,21 @@ def ids(nodes) -> list[str]:
 
 
 def test_server_collection_records_the_contract(on_server):
-    contract = store.CollectionContract.of(store.open_collection(on_server))
+    contract = CollectionContract.of(on_server.store.open_collection())
     assert contract is not None
-    assert store.model_identity(contract.embed_model) == "all-MiniLM-L6-v2"
+    assert model_identity(contract.embed_model) == "all-MiniLM-L6-v2"
     assert (contract.dimension, contract.space) == (384, "cosine")
 
 
 def test_reingesting_on_server_adds_nothing(on_server, scifact, subset_ids):
-    again = ingest_documents([scifact.corpus[doc_id] for doc_id in subset_ids], on_server)
-    assert again.added == 0 and again.stored_total == store.open_collection(on_server).count()
+    again = on_server.ingest([scifact.corpus[doc_id] for doc_id in subset_ids])
+    assert again.added == 0 and again.stored_total == on_server.store.open_collection().count()
 
 
 async def test_stage1_server_sync_async_and_embedded_agree(on_server, same_docs_embedded, some_queries):
-    embedded_settings, filters = same_docs_embedded
-    server = ChromaRecallRetriever(on_server)
-    embedded = ChromaRecallRetriever(embedded_settings, filters=filters)
+    embedded_pipeline, filters = same_docs_embedded
+    server = on_server.retriever()
+    embedded = embedded_pipeline.retriever(filters=filters)
     for query in some_queries:
         reference = embedded.retrieve(query)
         sync = server.retrieve(query)
@@ -72,9 +70,9 @@ async def test_stage1_server_sync_async_and_embedded_agree(on_server, same_docs_
 
 
 async def test_two_stage_on_server_matches_embedded(on_server, same_docs_embedded, some_queries):
-    embedded_settings, filters = same_docs_embedded
-    server = build_two_stage_retriever(on_server)
-    reference = build_two_stage_retriever(embedded_settings, filters=filters).retrieve(some_queries[0])
+    embedded_pipeline, filters = same_docs_embedded
+    server = build_two_stage_retriever(on_server.settings)  # the two-line convenience, from settings alone
+    reference = embedded_pipeline.two_stage_retriever(filters=filters).retrieve(some_queries[0])
     sync = server.retrieve(some_queries[0])
     asynchronous = await server.aretrieve(some_queries[0])
     assert len(sync) == 4
@@ -84,16 +82,20 @@ async def test_two_stage_on_server_matches_embedded(on_server, same_docs_embedde
 
 @pytest.fixture(scope="module")
 def server_candidates(on_server, some_queries):
-    return ChromaRecallRetriever(on_server).retrieve(some_queries[1]), some_queries[1]
+    return on_server.retriever().retrieve(some_queries[1]), some_queries[1]
+
+
+def reranker(pipeline, **update) -> CrossEncoderRerank:
+    """The pipeline's reranker, returning all 12 candidates, with other settings where given."""
+    settings = pipeline.settings.model_copy(update={"top_k": 12, **update})
+    return CrossEncoderRerank.from_settings(settings, pool=pipeline.models)
 
 
 def test_score_threshold_drops_low_scores(on_server, server_candidates):
     candidates, query = server_candidates
-    everything = CrossEncoderRerank.from_settings(on_server, top_k=12).postprocess_nodes(candidates, query_str=query)
+    everything = reranker(on_server).postprocess_nodes(candidates, query_str=query)
     threshold = everything[len(everything) // 2].score  # keeps about half
-    kept = CrossEncoderRerank.from_settings(on_server, top_k=12, score_threshold=threshold).postprocess_nodes(
-        candidates, query_str=query
-    )
+    kept = reranker(on_server, score_threshold=threshold).postprocess_nodes(candidates, query_str=query)
     assert 0 < len(kept) < len(everything)
     assert all(n.score >= threshold for n in kept)
     assert ids(kept) == [n.node.node_id for n in everything if n.score >= threshold]
@@ -103,31 +105,27 @@ def test_score_threshold_drops_low_scores(on_server, server_candidates):
 def test_normalize_does_not_apply_a_second_sigmoid(on_server, server_candidates):
     # The test reranker already outputs sigmoid scores: normalize must leave them alone.
     candidates, query = server_candidates
-    plain = CrossEncoderRerank.from_settings(on_server, top_k=12).postprocess_nodes(candidates, query_str=query)
-    normalized = CrossEncoderRerank.from_settings(on_server, top_k=12, normalize=True).postprocess_nodes(
-        candidates, query_str=query
-    )
+    plain = reranker(on_server).postprocess_nodes(candidates, query_str=query)
+    normalized = reranker(on_server, normalize_scores=True).postprocess_nodes(candidates, query_str=query)
     assert ids(plain) == ids(normalized)
     assert [n.score for n in normalized] == pytest.approx([n.score for n in plain], abs=1e-6)
     assert all(0.0 <= n.score <= 1.0 for n in normalized)
 
 
-def test_normalize_maps_logits_to_probabilities(on_server, server_candidates, rerank_model_dir, monkeypatch):
+def test_normalize_maps_logits_to_probabilities(server_candidates, rerank_model_dir):
     """A logits model (like hub ms-marco cross-encoders), made by loading the same weights without activation."""
     import torch
     from sentence_transformers import CrossEncoder
 
     candidates, query = server_candidates
     logits_model = CrossEncoder(rerank_model_dir, activation_fn=torch.nn.Identity())
-    monkeypatch.setattr("llama_index_twostage.rerank.load_cross_encoder", lambda *args, **kwargs: logits_model)
     sigmoid_model = CrossEncoder(rerank_model_dir)  # the model as published, same window
     texts = {n.node.node_id: model_text(n.node) for n in candidates}
     expected = dict(zip(texts, map(float, sigmoid_model.predict([(query, text) for text in texts.values()]))))
 
     def rerank(normalize: bool):
-        # No score cache: the sigmoid model's scores for these pairs are cached by the other tests.
-        reranker = CrossEncoderRerank.from_settings(on_server, top_k=12, normalize=normalize, score_cache_size=0)
-        return reranker.postprocess_nodes(candidates, query_str=query)
+        scorer = CrossEncoderScorer(logits_model, name=rerank_model_dir, normalize=normalize)
+        return CrossEncoderRerank(scorer, top_k=12).postprocess_nodes(candidates, query_str=query)
 
     logits, probabilities = rerank(False), rerank(True)
     assert ids(logits) == ids(probabilities)

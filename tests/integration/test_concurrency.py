@@ -4,14 +4,13 @@ results of sequential runs, each model loaded once, and the event loop left free
 from __future__ import annotations
 
 import asyncio
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from llama_index.core.llms import MockLLM
 
-from llama_index_twostage.ingest import ingest_documents
-from llama_index_twostage.pipeline import build_query_engine, build_retriever, build_two_stage_retriever
+from llama_index_twostage.models import ModelPool
+from llama_index_twostage.pipeline import TwoStagePipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -29,18 +28,18 @@ def queries(some_queries) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def on_server(chroma_server, settings_for, scifact):
+def on_server(chroma_server, settings_for, pipeline_for, scifact):
     """A small collection on the session's `chroma run` (the relevant documents of the first queries + others)."""
     relevant = [doc_id for qid in list(scifact.qrels)[:4] for doc_id in scifact.qrels[qid]]
     others = [doc_id for doc_id in scifact.corpus if doc_id not in relevant][:12]
     host, port = chroma_server
-    settings = settings_for("server", chroma_host=host, chroma_port=port, recall_k=8, top_k=3)
-    ingest_documents([scifact.corpus[doc_id] for doc_id in relevant + others], settings)
-    return settings
+    pipeline = pipeline_for(settings_for("server", chroma_host=host, chroma_port=port, recall_k=8, top_k=3))
+    pipeline.ingest([scifact.corpus[doc_id] for doc_id in relevant + others])
+    return pipeline
 
 
-def test_threads_get_the_sequential_results(ingested, queries):
-    retriever = build_two_stage_retriever(ingested.settings.model_copy(update={"recall_k": 8, "top_k": 3}))
+def test_threads_get_the_sequential_results(ingested, pipeline_for, queries):
+    retriever = pipeline_for(ingested.settings.model_copy(update={"recall_k": 8, "top_k": 3})).two_stage_retriever()
     expected = {query: ranking(retriever.retrieve(query)) for query in set(queries)}
     with ThreadPoolExecutor(CONCURRENCY) as pool:
         results = list(pool.map(retriever.retrieve, queries))
@@ -48,8 +47,8 @@ def test_threads_get_the_sequential_results(ingested, queries):
 
 
 async def test_concurrent_aretrieve_and_aquery_keep_the_loop_free(on_server, queries):
-    stage1 = build_retriever(on_server)
-    engine = build_query_engine(on_server, llm=MockLLM())
+    stage1 = on_server.retriever()
+    engine = on_server.query_engine(llm=MockLLM())
     expected_stage1 = {query: ranking(stage1.retrieve(query)) for query in set(queries)}
     expected_final = {query: ranking(engine.query(query).source_nodes) for query in set(queries)}
     ticks = 0
@@ -75,7 +74,7 @@ async def test_concurrent_aretrieve_and_aquery_keep_the_loop_free(on_server, que
     assert ticks >= 5, "the event loop was starved while the queries ran"
 
 
-def test_embedding_model_loads_once_under_concurrent_first_use(settings_for, ingested, monkeypatch):
+def test_embedding_model_loads_once_under_concurrent_first_use(ingested, monkeypatch):
     from llama_index.embeddings import huggingface
 
     constructed = []
@@ -86,10 +85,9 @@ def test_embedding_model_loads_once_under_concurrent_first_use(settings_for, ing
         return real(*args, **kwargs)
 
     monkeypatch.setattr(huggingface, "HuggingFaceEmbedding", counting)
-    # A batch size no other test uses: a cache key of its own, so this load is the first.
-    settings = ingested.settings.model_copy(update={"embed_batch_size": 7 + uuid.uuid4().int % 1000})
-    retrievers = [build_retriever(settings) for _ in range(CONCURRENCY)]
+    shared = ModelPool()  # a new pool: nothing loaded yet; every pipeline below shares it
+    pipelines = [TwoStagePipeline(ingested.settings, models=shared) for _ in range(CONCURRENCY)]
     with ThreadPoolExecutor(CONCURRENCY) as pool:
-        models = list(pool.map(lambda retriever: retriever.embed_model, retrievers))
+        models = list(pool.map(lambda pipeline: pipeline.embed_model, pipelines))
     assert len(constructed) == 1
     assert all(model is models[0] for model in models)

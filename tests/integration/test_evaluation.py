@@ -11,13 +11,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from llama_index.core.bridge.pydantic import PrivateAttr
+from conftest import RecordingScorer
 from typer.testing import CliRunner
 
 from llama_index_twostage.cli import app
 from llama_index_twostage.evaluation import evaluate, load_beir
-from llama_index_twostage.rerank import CrossEncoderRerank
+from llama_index_twostage.evaluation.runner import evaluation_settings
+from llama_index_twostage.pipeline import TwoStagePipeline
 from llama_index_twostage.settings import RetrieverSettings
+from llama_index_twostage.stage2 import CrossEncoderRerank, CrossEncoderScorer, PairScorer
 
 pytestmark = pytest.mark.integration
 
@@ -28,21 +30,17 @@ RERANK = SHARED / "models" / "twostage-test-reranker"
 REFERENCE_NDCG = 0.6451  # all-MiniLM-L6-v2, exact search, SciFact test (data README)
 
 
-class ConstantReranker(CrossEncoderRerank):
-    """Scores every pair alike, so the two-stage ranking must be stage 1's (ties keep stage-1 order)."""
+class CountingScorer:
+    """A real scorer, recording every (query, text) pair it scores."""
+
+    def __init__(self, inner: PairScorer) -> None:
+        self.inner = inner
+        self.name, self.cache_key, self.window = inner.name, inner.cache_key, inner.window
+        self.pairs: list[tuple[str, str]] = []
 
     def score(self, query: str, texts: list[str]) -> list[float]:
-        return [0.0] * len(texts)
-
-
-class CountingReranker(CrossEncoderRerank):
-    """The real cross-encoder, recording every (query, text) pair it scores."""
-
-    _pairs: list[tuple[str, str]] = PrivateAttr(default_factory=list)
-
-    def score(self, query: str, texts: list[str]) -> list[float]:
-        self._pairs.extend((query, text) for text in texts)
-        return super().score(query, texts)
+        self.pairs.extend((query, text) for text in texts)
+        return self.inner.score(query, texts)
 
 
 def _settings(persist_dir: Path, **overrides: object) -> RetrieverSettings:
@@ -65,17 +63,19 @@ def test_full_scifact_stage1_matches_reference_and_a_second_run_embeds_nothing(
 ) -> None:
     dataset = load_beir(SCIFACT)
     settings = _settings(tmp_path_factory.mktemp("scifact-store"))
-    first = evaluate(dataset, settings, sweep=[10], reranker=ConstantReranker.from_settings(settings))
+    # Every pair scored alike: the two-stage ranking must be stage 1's (ties keep stage-1 order).
+    constant = CrossEncoderRerank(RecordingScorer(lambda text: 0.0), top_k=5)
+    first = evaluate(dataset, settings, sweep=[10], reranker=constant)
     assert len(first.traces) == 300
     assert first.ingest["added"] == len(dataset.corpus) == 5183
     assert first.stage1["ndcg@10"] == pytest.approx(REFERENCE_NDCG, abs=0.002)
     assert first.two_stage["ndcg@10"] == pytest.approx(first.stage1["ndcg@10"])
 
-    counting = CountingReranker.from_settings(settings)
-    second = evaluate(dataset, settings, sweep=[5, 10], limit=5, reranker=counting)
+    counting = CountingScorer(CrossEncoderScorer.load(str(RERANK), max_length=256))
+    second = evaluate(dataset, settings, sweep=[5, 10], limit=5, reranker=CrossEncoderRerank(counting, top_k=5))
     assert (second.ingest["added"], second.ingest["already_stored"]) == (0, 5183)
-    assert len(counting._pairs) == sum(len(trace.candidates) for trace in second.traces) == 50
-    assert max(Counter(counting._pairs).values()) == 1  # no pair scored twice across the sweep
+    assert len(counting.pairs) == sum(len(trace.candidates) for trace in second.traces) == 50
+    assert max(Counter(counting.pairs).values()) == 1  # no pair scored twice across the sweep
     assert [point.pairs_per_query for point in second.sweep] == [5.0, 10.0]
     assert 0 < second.sweep[0].stage2_p50_ms < second.sweep[1].stage2_p50_ms
 
@@ -117,3 +117,19 @@ def test_cli_eval_writes_the_report_files(tmp_path_factory: pytest.TempPathFacto
     assert report["recommended_recall_k"] in (5, 10) and report["knee_tolerance"] == 0.005
     assert sum(report["diagnosis"]["queries"].values()) == 5
     assert report["settings"]["collection"] == "eval-scifact-mini-all-MiniLM-L6-v2"
+
+
+def test_evaluation_with_the_cascade_returns_what_the_pipeline_returns(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Query by query, the evaluated ranking is the pipeline's own: cascade, threshold and top_k applied."""
+    dataset = load_beir(_write_scifact_subset(tmp_path_factory.mktemp("data") / "scifact-cascade", extra_docs=40))
+    settings = _settings(tmp_path_factory.mktemp("cascade-store"), cascade_k=6, cascade_max_length=64)
+    report = evaluate(dataset, settings, sweep=[10])
+    with TwoStagePipeline(evaluation_settings(dataset, settings)) as pipeline:
+        retriever = pipeline.two_stage_retriever()
+        for trace in report.traces:
+            returned = [scored.node.ref_doc_id for scored in retriever.retrieve(dataset.queries[trace.query_id])]
+            assert trace.two_stage_ranking(10)[:5] == returned
+            assert len(trace.two_stage_ranking(10)) == 6  # the cascade's shortlist, not all 10 candidates
+    assert report.two_stage["pairs_per_query"] == 6.0

@@ -8,14 +8,13 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from llama_index.core import Document
 
-from llama_index_twostage import store
 from llama_index_twostage.errors import ChromaUnavailableError, CollectionNotFoundError
-from llama_index_twostage.ingest import ingest_documents
-from llama_index_twostage.retriever import ChromaRecallRetriever
-from llama_index_twostage.verify import verify_collection_integrity
+from llama_index_twostage.pipeline import ingest_documents, verify_collection_integrity
+from llama_index_twostage.store import ChromaStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -48,6 +47,12 @@ def on_server(server_settings, hash_embedding):
     return settings
 
 
+@pytest.fixture
+def retriever_for(pipeline_for, hash_embedding):
+    """``retriever_for(settings, **kwargs)``: stage 1 on the hash embedding, from a pipeline of its own."""
+    return lambda settings, **kwargs: pipeline_for(settings, embed_model=hash_embedding).retriever(**kwargs)
+
+
 def ids(nodes) -> list[str]:
     return [scored.node.node_id for scored in nodes]
 
@@ -66,8 +71,8 @@ def query_until_failure(retriever, expected: list[str], failed: threading.Event)
     return outcomes
 
 
-def test_server_killed_mid_query_fails_clearly_then_recovers(on_server, restartable_server, hash_embedding):
-    retriever = ChromaRecallRetriever(on_server, embed_model=hash_embedding)
+def test_server_killed_mid_query_fails_clearly_then_recovers(on_server, restartable_server, retriever_for):
+    retriever = retriever_for(on_server)
     expected = ids(retriever.retrieve("bees"))
     failed = threading.Event()
     with ThreadPoolExecutor(4) as pool:
@@ -80,9 +85,9 @@ def test_server_killed_mid_query_fails_clearly_then_recovers(on_server, restarta
 
 
 async def test_server_killed_mid_async_queries_fails_clearly_then_recovers(
-    on_server, restartable_server, hash_embedding
+    retriever_for, on_server, restartable_server, hash_embedding
 ):
-    retriever = ChromaRecallRetriever(on_server, embed_model=hash_embedding)
+    retriever = retriever_for(on_server)
     expected = ids(await retriever.aretrieve("bees"))
 
     async def one_query() -> str:
@@ -102,9 +107,9 @@ async def test_server_killed_mid_async_queries_fails_clearly_then_recovers(
 
 
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
-async def test_hung_server_times_out_then_recovers(on_server, restartable_server, hash_embedding, asynchronous):
+async def test_hung_server_times_out_then_recovers(on_server, restartable_server, retriever_for, asynchronous):
     settings = on_server.model_copy(update={"chroma_timeout_s": 1.0, "chroma_retries": 1})
-    retriever = ChromaRecallRetriever(settings, embed_model=hash_embedding)
+    retriever = retriever_for(settings)
     expected = ids(await retriever.aretrieve("bees") if asynchronous else retriever.retrieve("bees"))
     restartable_server.pause()
     try:
@@ -115,9 +120,9 @@ async def test_hung_server_times_out_then_recovers(on_server, restartable_server
     assert ids(await retriever.aretrieve("bees") if asynchronous else retriever.retrieve("bees")) == expected
 
 
-def test_retries_ride_out_a_short_outage(on_server, restartable_server, hash_embedding):
+def test_retries_ride_out_a_short_outage(on_server, restartable_server, retriever_for):
     settings = on_server.model_copy(update={"chroma_retries": 8, "chroma_retry_backoff_s": 0.2})
-    retriever = ChromaRecallRetriever(settings, embed_model=hash_embedding)
+    retriever = retriever_for(settings)
     expected = ids(retriever.retrieve("bees"))
     restartable_server.kill()
     restarting = threading.Timer(0.5, restartable_server.start)
@@ -128,13 +133,33 @@ def test_retries_ride_out_a_short_outage(on_server, restartable_server, hash_emb
         restarting.join()
 
 
-def test_no_retries_fail_on_the_first_error(on_server, restartable_server, hash_embedding, caplog):
-    retriever = ChromaRecallRetriever(on_server.model_copy(update={"chroma_retries": 0}), embed_model=hash_embedding)
+def test_no_retries_fail_on_the_first_error(on_server, restartable_server, retriever_for, caplog):
+    retriever = retriever_for(on_server.model_copy(update={"chroma_retries": 0}))
     retriever.retrieve("bees")
     restartable_server.kill()
     with pytest.raises(ChromaUnavailableError):
         retriever.retrieve("bees")
     assert "retrying" not in caplog.text
+
+
+@pytest.mark.timeout(30)
+def test_two_stores_on_one_server_keep_their_own_timeouts(on_server, restartable_server, retriever_for):
+    """A second store on the same server with a shorter timeout used to get the first one's client: asked for
+    0.5 s against a hung server, it waited the first one's timeout (here 60 s, past this test's 30 s limit)."""
+    patient = retriever_for(on_server.model_copy(update={"chroma_timeout_s": 60.0, "chroma_retries": 0}))
+    impatient = retriever_for(on_server.model_copy(update={"chroma_timeout_s": 0.5, "chroma_retries": 0}))
+    expected = ids(patient.retrieve("bees"))
+    assert ids(impatient.retrieve("bees")) == expected
+    # chromadb offers no timeout setting; the store bounds its client's session (see bound_request_timeout).
+    assert impatient.store.client._server._session.timeout == httpx.Timeout(0.5)
+    assert patient.store.client._server._session.timeout == httpx.Timeout(60.0)
+    restartable_server.pause()
+    try:
+        with pytest.raises(ChromaUnavailableError, match="within 0.5s"):
+            impatient.retrieve("bees")
+    finally:
+        restartable_server.resume()
+    assert ids(patient.retrieve("bees")) == expected
 
 
 class KillingEmbedding:
@@ -154,7 +179,8 @@ class KillingEmbedding:
 
 
 def stored_ids(settings) -> list[str]:
-    return sorted(store.open_collection(settings).get(include=[])["ids"])
+    with ChromaStore.from_settings(settings) as store:
+        return sorted(store.open_collection().get(include=[])["ids"])
 
 
 def test_server_killed_mid_ingestion_rerun_completes_exactly(restartable_server, server_settings, hash_embedding):
@@ -174,8 +200,8 @@ def test_server_killed_mid_ingestion_rerun_completes_exactly(restartable_server,
 
 
 @pytest.mark.parametrize("shutdown", ["stop", "kill"])
-def test_data_persists_across_restarts(on_server, restartable_server, hash_embedding, shutdown):
-    retriever = ChromaRecallRetriever(on_server, embed_model=hash_embedding)
+def test_data_persists_across_restarts(on_server, restartable_server, retriever_for, shutdown):
+    retriever = retriever_for(on_server)
     before = (stored_ids(on_server), ids(retriever.retrieve("tides")))
     getattr(restartable_server, shutdown)()
     restartable_server.start()
@@ -200,10 +226,10 @@ def test_unwritable_persist_dir_fails_ingestion_clearly(cheap_settings, under_a_
         ingest_documents(documents(2), settings, embed_model=hash_embedding)
 
 
-def test_unusable_persist_dir_fails_queries_clearly(cheap_settings, under_a_file, tmp_path, hash_embedding):
+def test_unusable_persist_dir_fails_queries_clearly(cheap_settings, under_a_file, tmp_path, retriever_for):
     for persist_dir in (under_a_file, tmp_path / "missing"):
         settings = cheap_settings("embedded", persist_dir=persist_dir)
-        retriever = ChromaRecallRetriever(settings, embed_model=hash_embedding)
+        retriever = retriever_for(settings)
         with pytest.raises(CollectionNotFoundError, match="no embedded Chroma store at .*fix persist_dir"):
             retriever.retrieve("bees")
     assert not (tmp_path / "missing").exists()  # reading never creates a store
@@ -222,9 +248,9 @@ def test_corrupt_store_fails_clearly(cheap_settings, tmp_path, hash_embedding):
 SECRET = "tok-4d2e-never-print-me"
 
 
-def test_token_never_logged_or_in_errors(restartable_server, server_settings, hash_embedding, caplog):
+def test_token_never_logged_or_in_errors(retriever_for, restartable_server, server_settings, hash_embedding, caplog):
     settings = server_settings(chroma_token=SECRET)
-    retriever = ChromaRecallRetriever(settings, embed_model=hash_embedding)
+    retriever = retriever_for(settings)
     with caplog.at_level("DEBUG"):
         ingest_documents(documents(3), settings, embed_model=hash_embedding)
         texts = [repr(node) for node in retriever.retrieve("bees")]

@@ -14,7 +14,6 @@ from llama_index.core import Document
 from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters
 from pydantic import ValidationError
 
-from llama_index_twostage import store
 from llama_index_twostage.errors import (
     CollectionNotFoundError,
     DocumentError,
@@ -22,10 +21,9 @@ from llama_index_twostage.errors import (
     InvalidQueryError,
     TwoStageError,
 )
-from llama_index_twostage.ingest import ingest_documents
 from llama_index_twostage.nodes import STAGE_KEY
-from llama_index_twostage.pipeline import build_two_stage_retriever
-from llama_index_twostage.retriever import ChromaRecallRetriever
+from llama_index_twostage.pipeline import TwoStagePipeline, ingest_documents
+from llama_index_twostage.store import ChromaStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -61,19 +59,20 @@ FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(Healt
 
 def stored_count(settings_) -> int:
     try:
-        return store.open_collection(settings_).count()
+        return ChromaStore.from_settings(settings_).open_collection().count()
     except CollectionNotFoundError:
         return 0
 
 
 def by_source(settings_, doc_id: str) -> list[str]:
-    return store.open_collection(settings_).get(where={"ref_doc_id": doc_id}, include=[])["ids"]
+    collection = ChromaStore.from_settings(settings_).open_collection()
+    return collection.get(where={"ref_doc_id": doc_id}, include=[])["ids"]
 
 
 def retrieved_metadata(settings_, embed_model, document: Document) -> dict:
     """The document's metadata as retrieval gives it back, found through a filter on its id."""
     only = MetadataFilters(filters=[MetadataFilter(key="ref_doc_id", value=document.id_)])
-    retriever = ChromaRecallRetriever(settings_, embed_model=embed_model, filters=only, recall_k=1)
+    retriever = TwoStagePipeline(settings_, embed_model=embed_model).retriever(filters=only, recall_k=1)
     (found,) = retriever.retrieve("anything")
     assert found.node.ref_doc_id == document.id_
     return {key: value for key, value in found.node.metadata.items() if key != STAGE_KEY}
@@ -107,13 +106,12 @@ def test_fuzzed_documents_are_stored_whole_or_refused_whole(cheap_settings, hash
 
 
 @pytest.fixture(scope="module")
-def small_collection(cheap_settings):
+def small_collection(cheap_settings, pipeline_for):
     from conftest import HashEmbedding
 
-    target = cheap_settings("memory", recall_k=3, top_k=2)
-    documents = [Document(id_=f"d{i}", text=f"document number {i}") for i in range(5)]
-    ingest_documents(documents, target, embed_model=HashEmbedding())
-    return target
+    pipeline = pipeline_for(cheap_settings("memory", recall_k=3, top_k=2), embed_model=HashEmbedding())
+    pipeline.ingest([Document(id_=f"d{i}", text=f"document number {i}") for i in range(5)])
+    return pipeline
 
 
 def check_query(retriever, query: str, expected_results: int) -> None:
@@ -132,24 +130,25 @@ def check_query(retriever, query: str, expected_results: int) -> None:
 @FUZZ
 @given(query=TEXT)
 @example(query="\ud800 a JSON escape gone wrong")
-def test_fuzzed_queries_retrieve_or_are_refused(small_collection, hash_embedding, query):
-    check_query(ChromaRecallRetriever(small_collection, embed_model=hash_embedding), query, 3)
+def test_fuzzed_queries_retrieve_or_are_refused(small_collection, query):
+    check_query(small_collection.retriever(), query, 3)
 
 
 @settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
 @given(query=TEXT)
 @example(query="\ud800 a JSON escape gone wrong")
 @example(query="\x00\x1b\u200b control characters \ufeff")
-def test_fuzzed_queries_through_the_real_models(ingested, query):
-    check_query(build_two_stage_retriever(ingested.settings.model_copy(update={"recall_k": 5, "top_k": 2})), query, 2)
+def test_fuzzed_queries_through_the_real_models(ingested, pipeline_for, query):
+    settings = ingested.settings.model_copy(update={"recall_k": 5, "top_k": 2})
+    check_query(pipeline_for(settings).two_stage_retriever(), query, 2)
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
 @given(documents=DOCUMENTS)
-def test_fuzzed_documents_through_the_real_model(settings_for, documents):
+def test_fuzzed_documents_through_the_real_model(settings_for, pipeline_for, documents):
     target = settings_for("memory")
     try:
-        ingest_documents(documents, target)
+        pipeline_for(target).ingest(documents)
     except DocumentError:
         return
     for document in documents:

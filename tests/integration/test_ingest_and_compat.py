@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 from llama_index.core import Document, StorageContext, VectorStoreIndex
 
-from llama_index_twostage import store
-from llama_index_twostage.ingest import ingest_documents
 from llama_index_twostage.nodes import stage_info
-from llama_index_twostage.retriever import ChromaRecallRetriever
+from llama_index_twostage.pipeline import ingest_documents
 
 pytestmark = pytest.mark.integration
 
@@ -31,34 +29,35 @@ def fact_documents() -> list[Document]:
 
 
 def test_reingesting_adds_nothing(ingested):
-    count = store.open_collection(ingested.settings).count()
+    count = ingested.pipeline.store.open_collection().count()
     assert ingested.report.added == ingested.report.stored_total == count
+    # Through the two-line convenience, from the settings alone (its own store, its own model).
     again = ingest_documents(list(ingested.dataset.corpus.values()), ingested.settings)
     assert again.added == 0
     assert again.already_stored == ingested.report.added
     assert again.stored_total == count
-    assert store.open_collection(ingested.settings).count() == count
+    assert ingested.pipeline.store.open_collection().count() == count
 
 
-def test_ingestion_resumes_with_only_the_new_documents(settings_for):
-    settings = settings_for("memory")
+def test_ingestion_resumes_with_only_the_new_documents(settings_for, pipeline_for):
+    pipeline = pipeline_for(settings_for("memory"))
     documents = fact_documents()
-    first = ingest_documents(documents[:3], settings)
-    second = ingest_documents(documents, settings)
+    first = pipeline.ingest(documents[:3])
+    second = pipeline.ingest(documents)
     assert (first.added, first.stored_total) == (3, 3)
     assert (second.added, second.already_stored, second.stored_total) == (3, 3, 6)
 
 
-def test_ingestion_does_not_modify_the_documents(settings_for):
+def test_ingestion_does_not_modify_the_documents(settings_for, pipeline_for):
     documents = fact_documents()
     before = [(d.id_, d.text, dict(d.metadata)) for d in documents]
-    ingest_documents(documents, settings_for("memory"))
+    pipeline_for(settings_for("memory")).ingest(documents)
     assert [(d.id_, d.text, dict(d.metadata)) for d in documents] == before
 
 
 def test_retrieved_nodes_keep_ref_doc_id_and_metadata(ingested, some_queries):
     corpus = ingested.dataset.corpus
-    results = ChromaRecallRetriever(ingested.settings, recall_k=10).retrieve(some_queries[0])
+    results = ingested.pipeline.retriever(recall_k=10).retrieve(some_queries[0])
     assert len(results) == 10
     for result in results:
         node = result.node
@@ -69,28 +68,28 @@ def test_retrieved_nodes_keep_ref_doc_id_and_metadata(ingested, some_queries):
 
 
 @pytest.fixture(scope="module")
-def llamaindex_collection(settings_for, embed_model_dir):
+def llamaindex_collection(settings_for, pipeline_for, embed_model_dir):
     """A collection written by LlamaIndex itself: VectorStoreIndex + ChromaVectorStore + HuggingFaceEmbedding."""
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
     from llama_index.vector_stores.chroma import ChromaVectorStore
 
-    settings = settings_for("memory", recall_k=10, top_k=3)
-    collection = store.get_client(settings).create_collection(settings.collection)
+    pipeline = pipeline_for(settings_for("memory", recall_k=10, top_k=3))
+    collection = pipeline.store.client.create_collection(pipeline.settings.collection)
     vector_store = ChromaVectorStore(chroma_collection=collection)
     VectorStoreIndex.from_documents(
         fact_documents(),
         storage_context=StorageContext.from_defaults(vector_store=vector_store),
         embed_model=HuggingFaceEmbedding(model_name=embed_model_dir),
     )
-    return settings, collection
+    return pipeline, collection
 
 
 def test_reads_a_collection_written_by_chroma_vector_store(llamaindex_collection):
-    settings, collection = llamaindex_collection
+    pipeline, collection = llamaindex_collection
     records = collection.get(include=["documents", "embeddings"])
     vectors = dict(zip(records["ids"], np.asarray(records["embeddings"])))
     written = dict(zip(records["ids"], records["documents"]))
-    results = ChromaRecallRetriever(settings).retrieve(FACTS["insulin"])
+    results = pipeline.retriever().retrieve(FACTS["insulin"])
 
     assert len(results) == len(FACTS)  # recall_k 10 > 6 nodes: all of them
     assert {r.node.node_id for r in results} == set(written)
@@ -100,7 +99,7 @@ def test_reads_a_collection_written_by_chroma_vector_store(llamaindex_collection
     assert written[top.node_id] == FACTS["insulin"]
     assert top.metadata["topic"] == "insulin" and top.metadata["year"] == 2002
     # ChromaVectorStore leaves the space at l2; scores must still be cosine similarities.
-    query = np.asarray(ChromaRecallRetriever(settings).embed_model.get_query_embedding(FACTS["insulin"]))
+    query = np.asarray(pipeline.embed_model.get_query_embedding(FACTS["insulin"]))
     for result in results:
         vector = vectors[result.node.node_id]
         cosine = float(vector @ query / (np.linalg.norm(vector) * np.linalg.norm(query)))
@@ -113,23 +112,21 @@ def test_reads_a_collection_written_by_chroma_vector_store(llamaindex_collection
 def test_filters_apply_to_foreign_collections(llamaindex_collection):
     from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
 
-    settings, _ = llamaindex_collection
+    pipeline, _ = llamaindex_collection
     filters = MetadataFilters(filters=[MetadataFilter(key="year", value=2003, operator=FilterOperator.GTE)])
-    results = ChromaRecallRetriever(settings, filters=filters).retrieve("planets and gravity")
+    results = pipeline.retriever(filters=filters).retrieve("planets and gravity")
     assert {r.node.ref_doc_id for r in results} == {"jupiter", "bread", "tides"}
 
 
 def test_chroma_vector_store_reads_what_we_ingested(ingested, some_queries):
     from llama_index.vector_stores.chroma import ChromaVectorStore
 
-    from llama_index_twostage.models import load_embedding
-
-    embed = load_embedding(ingested.settings.embed_model, device=None, batch_size=32, trust_remote_code=False)
+    pipeline = ingested.pipeline
     index = VectorStoreIndex.from_vector_store(
-        ChromaVectorStore(chroma_collection=store.open_collection(ingested.settings)), embed_model=embed
+        ChromaVectorStore(chroma_collection=pipeline.store.open_collection()), embed_model=pipeline.embed_model
     )
     theirs = index.as_retriever(similarity_top_k=5).retrieve(some_queries[0])
-    ours = ChromaRecallRetriever(ingested.settings, recall_k=5).retrieve(some_queries[0])
+    ours = pipeline.retriever(recall_k=5).retrieve(some_queries[0])
     assert [n.node.node_id for n in theirs] == [n.node.node_id for n in ours]
     assert [n.node.get_content() for n in theirs] == [n.node.get_content() for n in ours]
     # Scores are not compared: ChromaVectorStore maps distances to scores by its own convention.

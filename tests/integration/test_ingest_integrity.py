@@ -7,12 +7,11 @@ import pytest
 from llama_index.core import Document
 from typer.testing import CliRunner
 
-from llama_index_twostage import ingest, store
 from llama_index_twostage.cli import app
-from llama_index_twostage.documents import HASH_KEY, STAMP_KEY
 from llama_index_twostage.errors import DocumentError
-from llama_index_twostage.ingest import ingest_documents
-from llama_index_twostage.verify import verify_collection_integrity
+from llama_index_twostage.pipeline import TwoStagePipeline, ingest_documents, verify_collection_integrity
+from llama_index_twostage.store import ChromaStore
+from llama_index_twostage.store.contract import HASH_KEY, STAMP_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -34,9 +33,14 @@ def settings(cheap_settings):
     return cheap_settings(chunk_size=32, chunk_overlap=0)
 
 
+def collection_of(settings):
+    """The settings' collection, read directly through a store of its own (left open for the test to use)."""
+    return ChromaStore.from_settings(settings).open_collection()
+
+
 def chunks_by_source(settings) -> dict[str, dict[str, dict]]:
     """source id -> chunk id -> the chunk's stored metadata."""
-    stored = store.open_collection(settings).get(include=["metadatas"])
+    stored = collection_of(settings).get(include=["metadatas"])
     by_source: dict[str, dict[str, dict]] = {}
     for node_id, metadata in zip(stored["ids"], stored["metadatas"]):
         by_source.setdefault(metadata["ref_doc_id"], {})[node_id] = metadata
@@ -91,17 +95,30 @@ def test_chunking_change_rechunks_every_document(settings, hash_embedding):
     assert verify_collection_integrity(rechunked).ok
 
 
-def test_run_interrupted_before_deleting_stale_chunks_is_completed(settings, hash_embedding, monkeypatch):
+class CrashingStore(ChromaStore):
+    """A real store that dies (KeyboardInterrupt, as a kill would) on its ``crash_after + 1``-th ``operation``."""
+
+    def __init__(self, settings, operation: str, crash_after: int = 0) -> None:
+        super().__init__(settings.collection, mode=settings.chroma_mode)
+        self.operation, self.crash_after, self.calls = operation, crash_after, 0
+
+    def with_retries(self, operation):
+        if getattr(operation, "func", operation).__name__ == self.operation:  # e.g. partial(collection.delete)
+            self.calls += 1
+            if self.calls > self.crash_after:
+                raise KeyboardInterrupt(f"crashed at {self.operation} number {self.calls}")
+        return super().with_retries(operation)
+
+
+def ingest_through(store: ChromaStore, documents, settings, embed_model):
+    return TwoStagePipeline(settings, embed_model=embed_model, store=store).ingest(documents)
+
+
+def test_run_interrupted_before_deleting_stale_chunks_is_completed(settings, hash_embedding):
     ingest_documents(corpus(), settings, embed_model=hash_embedding)
     changed = [article(2, 5, 6), corpus()[1]]
-
-    def crash(self, ids):
-        raise KeyboardInterrupt("crashed between writing new chunks and deleting stale ones")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(ingest.Writer, "delete", crash)
-        with pytest.raises(KeyboardInterrupt):
-            ingest_documents(changed, settings, embed_model=hash_embedding)
+    with pytest.raises(KeyboardInterrupt):  # between writing the new chunks and deleting the stale ones
+        ingest_through(CrashingStore(settings, "delete"), changed, settings, hash_embedding)
     interrupted = verify_collection_integrity(settings)
     assert interrupted.orphans and not interrupted.ok
     assert any("stale chunks" in problem for problem in interrupted.problems)
@@ -111,20 +128,10 @@ def test_run_interrupted_before_deleting_stale_chunks_is_completed(settings, has
     assert verify_collection_integrity(settings).ok
 
 
-def test_run_interrupted_mid_upsert_is_completed(settings, hash_embedding, monkeypatch):
+def test_run_interrupted_mid_upsert_is_completed(settings, hash_embedding):
     small_batches = settings.model_copy(update={"upsert_batch_size": 2})
-    written = []
-
-    def upsert_twice_then_crash(self, nodes, embeddings):
-        if len(written) == 1:
-            raise KeyboardInterrupt("crashed mid-ingestion")
-        written.append(original(self, nodes, embeddings))
-
-    original = ingest.Writer.upsert
-    with monkeypatch.context() as patched:
-        patched.setattr(ingest.Writer, "upsert", upsert_twice_then_crash)
-        with pytest.raises(KeyboardInterrupt):
-            ingest_documents(corpus(), small_batches, embed_model=hash_embedding)
+    with pytest.raises(KeyboardInterrupt):  # after the first batch of two chunks
+        ingest_through(CrashingStore(small_batches, "upsert", crash_after=1), corpus(), small_batches, hash_embedding)
     assert verify_collection_integrity(small_batches).incomplete_sources == ["article"]
     report = ingest_documents(corpus(), small_batches, embed_model=hash_embedding)
     assert report.already_stored == 2 and report.added == report.chunks - 2
@@ -134,7 +141,7 @@ def test_run_interrupted_mid_upsert_is_completed(settings, hash_embedding, monke
 
 def test_verify_names_sourceless_chunks_and_another_model(settings, hash_embedding):
     ingest_documents(corpus(), settings, embed_model=hash_embedding)
-    collection = store.open_collection(settings)
+    collection = collection_of(settings)
     collection.add(ids=["stray"], embeddings=[hash_embedding.get_text_embedding("stray")], documents=["stray"])
     report = verify_collection_integrity(settings)
     assert report.sourceless == ["stray"] and report.nodes == collection.count()
@@ -175,7 +182,7 @@ def test_cli_verify_exit_codes(cheap_settings, tmp_path, monkeypatch, embed_mode
     assert healthy.exit_code == 0 and "ok: no problems found" in healthy.stdout
     assert "2 nodes from 2 documents" in healthy.stdout
     settings = cheap_settings("embedded", "verify-cli", persist_dir=tmp_path / "chroma")
-    store.open_collection(settings).add(ids=["stray"], embeddings=[[0.0] * 383 + [1.0]], documents=["stray"])
+    collection_of(settings).add(ids=["stray"], embeddings=[[0.0] * 383 + [1.0]], documents=["stray"])
     broken = runner.invoke(app, ["verify"], catch_exceptions=False)
     assert broken.exit_code == 1 and "1 chunks without a source document id: stray" in broken.stdout
     missing = runner.invoke(app, ["verify", "--collection", "never-ingested"], catch_exceptions=False)
@@ -190,7 +197,7 @@ def test_texts_are_embedded_longest_first_and_each_vector_stays_with_its_chunk(c
     first_batch, second_batch = hash_embedding.embedded[:4], hash_embedding.embedded[4:]
     assert [len(text) for text in first_batch] == sorted(map(len, first_batch), reverse=True)
     assert [len(text) for text in second_batch] == sorted(map(len, second_batch), reverse=True)
-    stored = store.open_collection(settings).get(include=["documents", "embeddings"])
+    stored = collection_of(settings).get(include=["documents", "embeddings"])
     assert len(stored["ids"]) == len(documents)
     for document, embedding in zip(stored["documents"], stored["embeddings"]):
         assert list(embedding) == pytest.approx(hash_embedding.get_text_embedding(document), abs=1e-6)

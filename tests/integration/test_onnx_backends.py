@@ -6,9 +6,8 @@ import onnx
 import pytest
 from scipy.stats import spearmanr
 
-from llama_index_twostage import backends
-from llama_index_twostage.models import load_cross_encoder
-from llama_index_twostage.rerank import CrossEncoderRerank
+from llama_index_twostage.stage2 import CrossEncoderScorer, backends
+from llama_index_twostage.stage2.scorers import load_cross_encoder
 
 pytestmark = pytest.mark.integration
 
@@ -31,36 +30,42 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory):
     return tmp_path_factory.mktemp("model-cache")
 
 
-def scores(rerank_model_dir: str, cache_dir, backend: str, query: str, texts: list[str]) -> list[float]:
-    reranker = CrossEncoderRerank(
-        model=rerank_model_dir, backend=backend, max_length=MAX_LENGTH, model_cache_dir=cache_dir, score_cache_size=0
-    )
-    return reranker.score(query, texts)
+@pytest.fixture(scope="module")
+def scores(rerank_model_dir, cache_dir, models):
+    """``scores(backend, query, texts)``: the real reranker's scores on ``backend`` (each backend loaded once)."""
+
+    def score(backend: str, query: str, texts: list[str]) -> list[float]:
+        scorer = CrossEncoderScorer.load(
+            rerank_model_dir, backend=backend, max_length=MAX_LENGTH, cache_dir=cache_dir, pool=models
+        )
+        return scorer.score(query, texts)
+
+    return score
 
 
 @pytest.fixture(scope="module")
-def torch_scores(rerank_model_dir, cache_dir, pairs) -> list[float]:
-    return scores(rerank_model_dir, cache_dir, "torch", *pairs)
+def torch_scores(scores, pairs) -> list[float]:
+    return scores("torch", *pairs)
 
 
 def ranking(values: list[float]) -> list[int]:
     return sorted(range(len(values)), key=lambda index: -values[index])
 
 
-def test_onnx_matches_torch(rerank_model_dir, cache_dir, pairs, torch_scores):
-    onnx = scores(rerank_model_dir, cache_dir, "onnx", *pairs)
+def test_onnx_matches_torch(scores, pairs, torch_scores):
+    onnx = scores("onnx", *pairs)
     assert ranking(onnx) == ranking(torch_scores)
     assert max(abs(a - b) for a, b in zip(onnx, torch_scores)) < 1e-3
 
 
-def test_onnx_int8_keeps_the_order(rerank_model_dir, cache_dir, pairs, torch_scores):
-    int8 = scores(rerank_model_dir, cache_dir, "onnx-int8", *pairs)
+def test_onnx_int8_keeps_the_order(scores, pairs, torch_scores):
+    int8 = scores("onnx-int8", *pairs)
     assert spearmanr(int8, torch_scores).statistic > 0.98
     assert ranking(int8)[0] == ranking(torch_scores)[0]
 
 
-def test_int8_keeps_the_width_reducing_matmuls_in_fp32(rerank_model_dir, cache_dir, pairs):
-    scores(rerank_model_dir, cache_dir, "onnx-int8", *pairs)  # exported by now, whatever the test order
+def test_int8_keeps_the_width_reducing_matmuls_in_fp32(scores, rerank_model_dir, cache_dir, pairs):
+    scores("onnx-int8", *pairs)  # exported by now, whatever the test order
     folder = backends.export_dir(cache_dir, rerank_model_dir)
     kept = backends.narrowing_matmuls(folder / "model.onnx")
     assert len(kept) == 6 and all("output/dense" in name for name in kept)  # each MiniLM layer's FFN down-projection
@@ -70,8 +75,8 @@ def test_int8_keeps_the_width_reducing_matmuls_in_fp32(rerank_model_dir, cache_d
     assert {node.name for node in int8_graph.node if node.op_type == "MatMul"} >= set(kept)
 
 
-def test_a_second_load_reuses_the_export(rerank_model_dir, cache_dir, pairs, monkeypatch):
-    scores(rerank_model_dir, cache_dir, "onnx-int8", *pairs)  # exported by now, whatever the test order
+def test_a_second_load_reuses_the_export(scores, rerank_model_dir, cache_dir, pairs, monkeypatch):
+    scores("onnx-int8", *pairs)  # exported by now, whatever the test order
     folder = backends.export_dir(cache_dir, rerank_model_dir)
     before = {path.name: path.stat().st_mtime_ns for path in folder.glob("*.onnx")}
     assert set(before) == {"model.onnx", "model_int8_r2.onnx"}
@@ -81,9 +86,7 @@ def test_a_second_load_reuses_the_export(rerank_model_dir, cache_dir, pairs, mon
 
     monkeypatch.setattr(backends, "_export_fp32", no_export)
     monkeypatch.setattr(backends, "_quantize_int8", no_export)
-    for backend in ("onnx", "onnx-int8"):  # another window is another process-wide model: a fresh load
-        model = load_cross_encoder(
-            rerank_model_dir, device=None, max_length=128, trust_remote_code=False, backend=backend, cache_dir=cache_dir
-        )
+    for backend in ("onnx", "onnx-int8"):  # a fresh load, not through the pool
+        model = load_cross_encoder(rerank_model_dir, None, 128, False, backend, cache_dir)
         assert model[0].model.path.parent == folder
     assert {path.name: path.stat().st_mtime_ns for path in folder.glob("*.onnx")} == before

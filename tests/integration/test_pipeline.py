@@ -9,9 +9,8 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.llms import MockLLM
 
-from llama_index_twostage.nodes import stage_info
-from llama_index_twostage.pipeline import build_query_engine, build_reranker, build_two_stage_retriever
-from llama_index_twostage.retriever import ChromaRecallRetriever
+from llama_index_twostage.nodes import model_text, stage_info
+from llama_index_twostage.pipeline import TwoStagePipeline, build_query_engine, build_two_stage_retriever
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +33,10 @@ def engine(ingested):
 def test_query_engine_query(engine, ingested, some_queries):
     response = engine.query(some_queries[0])
     assert_final(response.source_nodes, ingested.settings.top_k)
-    assert str(response)  # MockLLM echoes the prompt: the synthesizer ran
+    # MockLLM echoes the prompt: the synthesizer ran on the reranked nodes, the query included.
+    answer = str(response)
+    assert some_queries[0] in answer
+    assert all(model_text(node.node).split("\n")[-1][:60] in answer for node in response.source_nodes)
 
 
 async def test_query_engine_aquery(engine, ingested, some_queries):
@@ -75,8 +77,8 @@ def recorder():
 
 
 def test_rerank_events_reach_instrumentation(recorder, ingested, some_queries):
-    candidates = ChromaRecallRetriever(ingested.settings, recall_k=8).retrieve(some_queries[2])
-    results = build_reranker(ingested.settings).postprocess_nodes(candidates, query_str=some_queries[2])
+    candidates = ingested.pipeline.retriever(recall_k=8).retrieve(some_queries[2])
+    results = ingested.pipeline.reranker().postprocess_nodes(candidates, query_str=some_queries[2])
     starts = [e for e in recorder.events if isinstance(e, ReRankStartEvent)]
     ends = [e for e in recorder.events if isinstance(e, ReRankEndEvent)]
     assert len(starts) == len(ends) == 1
@@ -89,8 +91,9 @@ def test_rerank_events_reach_instrumentation(recorder, ingested, some_queries):
 
 def test_reranking_callback_event(ingested, some_queries):
     debug = LlamaDebugHandler()
-    reranker = build_reranker(ingested.settings, callback_manager=CallbackManager([debug]))
-    candidates = ChromaRecallRetriever(ingested.settings, recall_k=8).retrieve(some_queries[3])
+    reranker = ingested.pipeline.reranker()
+    reranker.callback_manager = CallbackManager([debug])
+    candidates = ingested.pipeline.retriever(recall_k=8).retrieve(some_queries[3])
     results = reranker.postprocess_nodes(candidates, query_str=some_queries[3])
     pairs = debug.get_event_pairs(CBEventType.RERANKING)
     assert len(pairs) == 1
@@ -99,3 +102,23 @@ def test_reranking_callback_event(ingested, some_queries):
     assert start.payload[EventPayload.MODEL_NAME] == ingested.settings.rerank_model
     assert start.payload[EventPayload.TOP_K] == ingested.settings.top_k
     assert [n.node.node_id for n in end.payload[EventPayload.NODES]] == [n.node.node_id for n in results]
+
+
+def test_pipeline_shares_its_objects_and_close_releases_the_store(ingested, models, some_queries):
+    with TwoStagePipeline(ingested.settings, models=models) as pipeline:
+        retriever, reranker = pipeline.retriever(), pipeline.reranker()
+        assert retriever.store is pipeline.store and retriever.embed_model is pipeline.embed_model
+        assert reranker.score_cache is pipeline.score_cache is pipeline.reranker().score_cache
+        assert pipeline.embed_model is models.embedding(
+            ingested.settings.embed_model,
+            device=None,
+            batch_size=ingested.settings.embed_batch_size,
+            trust_remote_code=False,
+        )  # the caller's pool: loaded once for both
+        first = pipeline.two_stage_retriever().retrieve(some_queries[0])
+    assert not pipeline.store.is_open  # released
+    assert len(models) > 0  # a pool the pipeline did not create is not closed by it
+    with TwoStagePipeline(ingested.settings, models=models) as again:
+        assert [n.node.node_id for n in again.two_stage_retriever().retrieve(some_queries[0])] == [
+            n.node.node_id for n in first
+        ]

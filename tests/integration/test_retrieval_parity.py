@@ -9,12 +9,8 @@ import numpy as np
 import pytest
 from llama_index.core.schema import QueryBundle
 
-from llama_index_twostage import store
-from llama_index_twostage.models import load_embedding
 from llama_index_twostage.nodes import model_text, stage_info
 from llama_index_twostage.pipeline import TwoStageRetriever
-from llama_index_twostage.rerank import CrossEncoderRerank
-from llama_index_twostage.retriever import ChromaRecallRetriever
 
 pytestmark = pytest.mark.integration
 
@@ -24,13 +20,13 @@ RECALL_K = 15
 @pytest.fixture(scope="module")
 def stored(ingested):
     """Every stored id and embedding, straight from Chroma."""
-    records = store.open_collection(ingested.settings).get(include=["embeddings"])
+    records = ingested.pipeline.store.open_collection().get(include=["embeddings"])
     return records["ids"], np.asarray(records["embeddings"], dtype=np.float64)
 
 
 @pytest.fixture(scope="module")
 def recall(ingested):
-    return ChromaRecallRetriever(ingested.settings, recall_k=RECALL_K)
+    return ingested.pipeline.retriever(recall_k=RECALL_K)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +38,7 @@ def reference_cross_encoder(rerank_model_dir):
 
 def exact_cosine(query: str, ingested, stored) -> dict[str, float]:
     ids, matrix = stored
-    model = load_embedding(ingested.settings.embed_model, device=None, batch_size=32, trust_remote_code=False)
-    q = np.asarray(model.get_query_embedding(query), dtype=np.float64)
+    q = np.asarray(ingested.pipeline.embed_model.get_query_embedding(query), dtype=np.float64)
     cosines = matrix @ q / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(q))
     return dict(zip(ids, cosines.tolist()))
 
@@ -69,8 +64,10 @@ def test_stage1_metadata(recall, some_queries):
     assert "query_truncated" not in infos[0]
 
 
-def test_stage2_equals_cross_encoder_predict(ingested, recall, reference_cross_encoder, some_queries, same_ranking):
-    reranker = CrossEncoderRerank.from_settings(ingested.settings, top_k=RECALL_K)
+def test_stage2_equals_cross_encoder_predict(
+    ingested, pipeline_for, recall, reference_cross_encoder, some_queries, same_ranking
+):
+    reranker = pipeline_for(ingested.settings.model_copy(update={"top_k": RECALL_K})).reranker()
     query = some_queries[1]
     candidates = recall.retrieve(query)
     reranked = reranker.postprocess_nodes(candidates, query_str=query)
@@ -94,7 +91,7 @@ def test_rerank_leaves_the_callers_nodes_unchanged(ingested, recall, some_querie
     query = some_queries[2]
     candidates = recall.retrieve(query)
     before = copy.deepcopy(candidates)
-    reranked = CrossEncoderRerank.from_settings(ingested.settings).postprocess_nodes(candidates, query_str=query)
+    reranked = ingested.pipeline.reranker().postprocess_nodes(candidates, query_str=query)
 
     assert len(reranked) == ingested.settings.top_k
     assert [c.node.node_id for c in candidates] == [b.node.node_id for b in before]
@@ -106,11 +103,15 @@ def test_rerank_leaves_the_callers_nodes_unchanged(ingested, recall, some_querie
         assert "final_rank" not in stage_info(node)
 
 
-def test_stage1_metadata_survives_into_final_results(ingested, recall, some_queries):
+def test_stage1_metadata_survives_into_final_results(ingested, recall, reference_cross_encoder, some_queries):
     query = some_queries[3]
-    stage1 = {r.node.node_id: stage_info(r) for r in recall.retrieve(query)}
-    two_stage = TwoStageRetriever(recall, CrossEncoderRerank.from_settings(ingested.settings))
+    candidates = recall.retrieve(query)
+    stage1 = {r.node.node_id: stage_info(r) for r in candidates}
+    two_stage = TwoStageRetriever(recall, ingested.pipeline.reranker())
     final = two_stage.retrieve(QueryBundle(query))
+    window = reference_cross_encoder.max_length  # the reference tokenizer's own count of pairs cut by the window
+    pair_lengths = [len(reference_cross_encoder.tokenizer(query, model_text(c.node))["input_ids"]) for c in candidates]
+    truncated = sum(length > window for length in pair_lengths)
 
     assert len(final) == ingested.settings.top_k
     for rank, result in enumerate(final, 1):
@@ -121,5 +122,5 @@ def test_stage1_metadata_survives_into_final_results(ingested, recall, some_quer
         assert info["final_rank"] == rank
         assert info["rerank_score"] == result.score
         assert info["pairs_scored"] == RECALL_K
-        assert info["pairs_truncated"] >= 0
+        assert info["pairs_truncated"] == truncated
         assert info["skipped_non_text"] == 0 and info["duplicates_removed"] == 0

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 
 import pytest
+from conftest import RecordingScorer
 from llama_index.core.schema import NodeWithScore, TextNode
 from pydantic import ValidationError
 
-from llama_index_twostage import backends
-from llama_index_twostage.errors import ModelLoadError
-from llama_index_twostage.models import load_cross_encoder
+from llama_index_twostage.errors import ConfigurationError, ModelLoadError
 from llama_index_twostage.nodes import stage_info
-from llama_index_twostage.rerank import CrossEncoderRerank, PairScorer, shortlist
 from llama_index_twostage.settings import RetrieverSettings
+from llama_index_twostage.stage2 import backends
+from llama_index_twostage.stage2.rerank import CrossEncoderRerank, shortlist
+from llama_index_twostage.stage2.scorers import load_cross_encoder
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_missing_onnx_extra_names_the_extra(without_onnxruntime):
 def test_missing_onnx_extra_fails_the_load_before_any_model_is_read(without_onnxruntime, tmp_path):
     with pytest.raises(ModelLoadError) as excinfo:
         load_cross_encoder(
-            f"org/not-downloaded-{uuid.uuid4().hex}",
+            "org/not-downloaded",
             device="cpu",
             max_length=None,
             trust_remote_code=False,
@@ -97,45 +97,48 @@ def test_shortlist_keeps_the_best_in_original_order_and_ties_to_the_earlier():
 
 
 @pytest.fixture
-def model_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str]]]:
-    """Fake scorers: the int8 one scores by text length, the full one by reversed length; calls are recorded."""
-    calls: list[tuple[str, list[str]]] = []
-
-    def predict(self: PairScorer, query: str, texts: list[str]) -> list[float]:
-        calls.append((self.backend, list(texts)))
-        sign = 1.0 if self.backend == "onnx-int8" else -1.0
-        return [sign * len(text) for text in texts]
-
-    monkeypatch.setattr(PairScorer, "predict", predict)
-    monkeypatch.setattr(CrossEncoderRerank, "load", lambda self: None)
-    monkeypatch.setattr(CrossEncoderRerank, "count_truncated", lambda self, query, texts: 0)
-    return calls
+def scorers() -> tuple[RecordingScorer, RecordingScorer]:
+    """A cheap scorer that prefers long texts and a full one that prefers short texts, both recording their calls."""
+    return RecordingScorer(len, name="cheap"), RecordingScorer(lambda text: -len(text), name="full")
 
 
 def candidates(count: int) -> list[NodeWithScore]:
     return [NodeWithScore(node=TextNode(id_=f"n{size}", text="x" * size), score=0.5) for size in range(1, count + 1)]
 
 
-def test_cascade_sends_only_the_cheap_shortlist_to_the_full_model(model_calls):
-    reranker = CrossEncoderRerank(
-        model=f"fake-{uuid.uuid4().hex}", top_k=2, cascade_k=3, cascade_backend="onnx-int8", score_cache_size=0
-    )
+def test_cascade_sends_only_the_cheap_shortlist_to_the_full_model(scorers):
+    cheap, full = scorers
+    reranker = CrossEncoderRerank(full, top_k=2, cascade_scorer=cheap, cascade_k=3)
     results = reranker.postprocess_nodes(candidates(6), query_str="q")
-    assert [(backend, len(texts)) for backend, texts in model_calls] == [("onnx-int8", 6), ("torch", 3)]
-    assert model_calls[1][1] == ["xxxx", "xxxxx", "xxxxxx"]  # the cheap scorer's best three, in stage-1 order
+    assert [len(call) for call in cheap.calls] == [6] and [len(call) for call in full.calls] == [3]
+    assert full.calls[0] == ["xxxx", "xxxxx", "xxxxxx"]  # the cheap scorer's best three, in stage-1 order
     assert [node.node.node_id for node in results] == ["n4", "n5"]  # the full model decides among them
     info = stage_info(results[0])
     assert (info["cascade_pairs_scored"], info["pairs_scored"]) == (6, 3)
 
 
-def test_cascade_is_skipped_when_candidates_fit_the_shortlist(model_calls):
-    reranker = CrossEncoderRerank(model=f"fake-{uuid.uuid4().hex}", top_k=2, cascade_k=5, cascade_backend="onnx-int8")
+def test_cascade_is_skipped_when_candidates_fit_the_shortlist(scorers):
+    cheap, full = scorers
+    reranker = CrossEncoderRerank(full, top_k=2, cascade_scorer=cheap, cascade_k=5)
     results = reranker.postprocess_nodes(candidates(4), query_str="q")
-    assert [backend for backend, _ in model_calls] == ["torch"]
+    assert cheap.calls == [] and len(full.calls) == 1
     assert "cascade_pairs_scored" not in stage_info(results[0])
 
 
-def test_reranker_without_cascade_has_no_cascade_scorer():
-    assert CrossEncoderRerank(model="m").cascade_scorer() is None
-    cheap = CrossEncoderRerank(model="m", max_length=512, cascade_k=10, cascade_max_length=128).cascade_scorer()
-    assert cheap is not None and (cheap.backend, cheap.max_length) == ("torch", 128)
+def test_reranker_checks_the_cascade_rules_itself(scorers):
+    """Built directly, not through the settings: a cascade_k below top_k used to return cascade_k results silently."""
+    cheap, full = scorers
+    with pytest.raises(ConfigurationError, match=r"cascade_k \(2\) < top_k \(5\)"):
+        CrossEncoderRerank(full, top_k=5, cascade_scorer=cheap, cascade_k=2)
+    with pytest.raises(ConfigurationError, match="needs both cascade_scorer and cascade_k"):
+        CrossEncoderRerank(full, top_k=5, cascade_k=10)
+    with pytest.raises(ConfigurationError, match="needs both cascade_scorer and cascade_k"):
+        CrossEncoderRerank(full, top_k=5, cascade_scorer=cheap)
+    with pytest.raises(ConfigurationError, match="equals the reranker's scorer"):
+        CrossEncoderRerank(full, top_k=5, cascade_scorer=RecordingScorer(name="full"), cascade_k=10)
+    with pytest.raises(ConfigurationError, match="not a PairScorer"):
+        CrossEncoderRerank("cross-encoder/ms-marco-MiniLM-L6-v2", top_k=5)  # type: ignore[arg-type]
+
+
+def test_reranker_without_cascade_has_no_cascade_scorer(scorers):
+    assert CrossEncoderRerank(scorers[1]).cascade_scorer is None

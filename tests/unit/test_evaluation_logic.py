@@ -19,12 +19,27 @@ import pytest
 from llama_index_twostage.errors import ConfigurationError
 from llama_index_twostage.evaluation.diagnosis import HIT, LOST, RERANKER_MISS, diagnose, summarize
 from llama_index_twostage.evaluation.report import build_report, format_table, knee, write_report
-from llama_index_twostage.evaluation.sweep import QueryTrace, parse_sweep, score_incrementally, sweep_points
+from llama_index_twostage.evaluation.sweep import QueryTrace, parse_sweep, sweep_points
 
 QRELS = {"a": {"d2": 1}, "b": {"d7": 1, "d9": 1}}
+# The rankings are what the reranker returns for the scores above (best first, ties in stage-1 order).
 TRACES = [
-    QueryTrace("a", ["d1", "d2", "d3", "d4"], [0.1, 0.9, 0.5, 0.2], 10.0, {2: 4.0, 4: 9.0}),
-    QueryTrace("b", ["d5", "d6", "d7", "d8"], [0.8, 0.3, 0.3, 0.9], 20.0, {2: 6.0, 4: 11.0}),
+    QueryTrace(
+        "a",
+        ["d1", "d2", "d3", "d4"],
+        {2: ["d2", "d1"], 4: ["d2", "d3", "d4", "d1"]},
+        {2: 2, 4: 4},
+        10.0,
+        {2: 4.0, 4: 9.0},
+    ),
+    QueryTrace(
+        "b",
+        ["d5", "d6", "d7", "d8"],
+        {2: ["d5", "d6"], 4: ["d8", "d5", "d6", "d7"]},
+        {2: 2, 4: 4},
+        20.0,
+        {2: 6.0, 4: 11.0},
+    ),
 ]
 IDEAL_B = 1 + 1 / math.log2(3)
 
@@ -43,25 +58,19 @@ def _report(tolerance: float = 0.005, operating: int = 4):
     )
 
 
-def test_two_stage_ranking_sorts_by_score_and_keeps_stage1_order_on_ties() -> None:
+def test_trace_gives_what_was_recorded_at_each_point() -> None:
     assert TRACES[1].two_stage_ranking(4) == ["d8", "d5", "d6", "d7"]
     assert TRACES[0].two_stage_ranking(2) == ["d2", "d1"]
-    assert TRACES[0].two_stage_ranking(10) == ["d2", "d3", "d4", "d1"]  # fewer candidates than recall_k
-    assert TRACES[0].pairs(10) == 4
+    assert TRACES[0].stage1_ranking() == ["d1", "d2", "d3", "d4"]
+    assert (TRACES[0].pairs(2), TRACES[0].pairs(4)) == (2, 4)
+    with pytest.raises(ConfigurationError, match=r"recall_k 3 was not evaluated \(sweep points: \[2, 4\]\)"):
+        TRACES[0].two_stage_ranking(3)
 
 
-def test_score_incrementally_scores_each_text_once_per_sweep_increment() -> None:
-    calls: list[list[str]] = []
-
-    def score(batch: list[str]) -> list[float]:
-        calls.append(batch)
-        return [float(len(text)) for text in batch]
-
-    scores, ms = score_incrementally(["a", "bb", "ccc"], [2, 4, 10], score)
-    assert calls == [["a", "bb"], ["ccc"]]  # ranks 1-2, then 3-4 (only one left), nothing for 5-10
-    assert scores == [1.0, 2.0, 3.0]
-    assert list(ms) == [2, 4, 10]
-    assert 0.0 <= ms[2] <= ms[4] == ms[10]
+def test_a_relevant_document_the_cascade_set_aside_is_a_reranker_miss_not_lost() -> None:
+    pruned = QueryTrace("c", ["d1", "d2", "d3"], {3: ["d3", "d1"]}, {3: 2}, 1.0, {3: 1.0})
+    diagnosis = diagnose(pruned, {"d2": 1}, recall_k=3, top_k=1)
+    assert [(doc.stage1_rank, doc.final_rank, doc.outcome) for doc in diagnosis.docs] == [(2, None, RERANKER_MISS)]
 
 
 def test_sweep_points_sort_deduplicate_and_respect_top_k() -> None:

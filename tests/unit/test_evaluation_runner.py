@@ -1,28 +1,18 @@
-"""The per-query loop with a fake stage 1 and a counting reranker: each (query, candidate) pair is scored once."""
+"""The per-query loop with a fake stage 1 and a recording scorer: the reranker's own ranking at every sweep point,
+each (query, candidate) pair scored once."""
 
 from __future__ import annotations
 
 from collections import Counter
 
-from llama_index.core.bridge.pydantic import PrivateAttr
+import pytest
+from conftest import RecordingScorer
 from llama_index.core.schema import NodeRelationship, NodeWithScore, RelatedNodeInfo, TextNode
 
 from llama_index_twostage.evaluation.runner import collection_name, trace_query
 from llama_index_twostage.nodes import annotated
-from llama_index_twostage.rerank import CrossEncoderRerank
 from llama_index_twostage.settings import RetrieverSettings
-
-
-class FakeReranker(CrossEncoderRerank):
-    """Scores a pair by its text's length and records every pair it is asked to score; loads no model."""
-
-    _pairs: list[tuple[str, str]] = PrivateAttr(default_factory=list)
-    _calls: int = PrivateAttr(default=0)
-
-    def score(self, query: str, texts: list[str]) -> list[float]:
-        self._calls += 1
-        self._pairs.extend((query, text) for text in texts)
-        return [float(len(text)) for text in texts]
+from llama_index_twostage.stage2 import CrossEncoderRerank, ScoreCache
 
 
 class FakeRetriever:
@@ -50,25 +40,55 @@ class FakeRetriever:
         return nodes[::-1]
 
 
-def test_trace_query_scores_each_pair_once_across_the_sweep() -> None:
-    reranker = FakeReranker(model="fake")
-    doc_ids = [f"d{rank}" for rank in range(1, 13)]
-    trace = trace_query("q1", "the query", FakeRetriever(doc_ids), reranker, [5, 10, 20])  # type: ignore[arg-type]
-    assert trace.candidates == doc_ids  # stage-1 order, mapped to the source documents
+DOC_IDS = [f"d{rank}" for rank in range(1, 13)]
+
+
+def returned_doc_ids(reranker: CrossEncoderRerank, nodes: list[NodeWithScore]) -> list[str]:
+    return [scored.node.ref_doc_id for scored in reranker.postprocess_nodes(nodes, query_str="the query")]
+
+
+def test_trace_query_ranks_through_the_reranker_scoring_each_pair_once() -> None:
+    scorer = RecordingScorer()
+    reranker = CrossEncoderRerank(scorer, top_k=3, score_cache=ScoreCache(1000))
+    trace = trace_query("q1", "the query", FakeRetriever(DOC_IDS), reranker, [5, 10, 20])  # type: ignore[arg-type]
+    assert trace.candidates == DOC_IDS  # stage-1 order, mapped to the source documents
     assert trace.stage1_ms == 7.5
-    assert reranker._calls == 3  # ranks 1-5, 6-10, then the 2 left of 11-20
-    assert len(reranker._pairs) == 12
-    assert max(Counter(reranker._pairs).values()) == 1
-    assert trace.scores == [float(len(text)) for _, text in reranker._pairs]
+    assert [len(call) for call in scorer.calls] == [5, 5, 2]  # ranks 1-5, 6-10, then the 2 left of 11-20
+    assert max(Counter(scorer.pairs).values()) == 1
     assert [trace.pairs(k) for k in (5, 10, 20)] == [5, 10, 12]
-    assert trace.stage2_ms[10] <= trace.stage2_ms[20]
+    assert trace.stage2_ms[5] <= trace.stage2_ms[10] <= trace.stage2_ms[20]
+    in_stage1_order = FakeRetriever(DOC_IDS).retrieve("the query")[::-1]
+    plain = CrossEncoderRerank(RecordingScorer(), top_k=3)
+    for point in (5, 10, 20):
+        assert trace.two_stage_ranking(point)[:3] == returned_doc_ids(plain, in_stage1_order[:point])
+
+
+@pytest.mark.parametrize("cascade_k", [3, 6])
+def test_trace_query_with_the_cascade_returns_what_the_reranker_returns(cascade_k: int) -> None:
+    def make() -> CrossEncoderRerank:
+        # The cheap scorer prefers long texts, the full one prefers late document ids: they disagree.
+        return CrossEncoderRerank(
+            RecordingScorer(lambda text: int(text.lstrip("x").removeprefix("d")), name="full"),
+            top_k=3,
+            cascade_scorer=RecordingScorer(len, name="cheap"),
+            cascade_k=cascade_k,
+            score_threshold=4,
+        )
+
+    trace = trace_query("q1", "the query", FakeRetriever(DOC_IDS), make(), [5, 12])  # type: ignore[arg-type]
+    in_stage1_order = FakeRetriever(DOC_IDS).retrieve("the query")[::-1]
+    for point in (5, 12):
+        expected = returned_doc_ids(make(), in_stage1_order[:point])
+        assert trace.two_stage_ranking(point)[:3] == expected
+        assert len(trace.two_stage_ranking(point)) <= cascade_k  # the shortlist, not every candidate
+        assert all(int(doc_id[1:]) >= 4 for doc_id in trace.two_stage_ranking(point))  # the threshold applied
 
 
 def test_trace_query_of_an_empty_stage1_result_scores_nothing() -> None:
-    reranker = FakeReranker(model="fake")
-    trace = trace_query("q1", "the query", FakeRetriever([]), reranker, [5])  # type: ignore[arg-type]
-    assert (trace.candidates, trace.scores, trace.stage1_ms, trace.stage2_ms) == ([], [], 0.0, {5: 0.0})
-    assert reranker._calls == 0
+    scorer = RecordingScorer()
+    trace = trace_query("q1", "the query", FakeRetriever([]), CrossEncoderRerank(scorer), [5])  # type: ignore[arg-type]
+    assert (trace.candidates, trace.two_stage_ranking(5), trace.pairs(5), trace.stage1_ms) == ([], [], 0, 0.0)
+    assert scorer.calls == []
 
 
 def test_collection_name_is_keyed_by_dataset_and_model_and_valid_for_chroma() -> None:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
 
 from llama_index_twostage.errors import ConfigurationError
-from llama_index_twostage.filters import to_chroma_where
+from llama_index_twostage.stage1.filters import to_chroma_where
 
 
 def where(*filters, condition=FilterCondition.AND):
@@ -178,14 +178,12 @@ USER_KEYS = st.one_of(
 
 @pytest.fixture(scope="module")
 def probe_collection():
-    from llama_index_twostage.settings import RetrieverSettings
-    from llama_index_twostage.store import get_client
+    from llama_index_twostage.store import ChromaStore
 
-    collection = get_client(RetrieverSettings(chroma_mode="memory")).get_or_create_collection(
-        "filter-fuzz", embedding_function=None
-    )
-    collection.upsert(ids=["x"], embeddings=[[1.0, 0.0]], metadatas=[{"k": 1, "s": "a"}])
-    return collection
+    with ChromaStore(mode="memory") as store:
+        collection = store.client.get_or_create_collection("filter-fuzz", embedding_function=None)
+        collection.upsert(ids=["x"], embeddings=[[1.0, 0.0]], metadatas=[{"k": 1, "s": "a"}])
+        yield collection
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

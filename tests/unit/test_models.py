@@ -8,12 +8,11 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
 
 import pytest
 
 from llama_index_twostage.errors import ModelLoadError
-from llama_index_twostage.models import load_or_explain, shared_model
+from llama_index_twostage.models import ModelPool, load_or_explain
 
 HINT = "The model hub was unreachable"
 
@@ -72,10 +71,9 @@ def test_loading_a_hub_id_offline_gives_the_hint():
     code = textwrap.dedent(
         """
         from llama_index_twostage.errors import ModelLoadError
-        from llama_index_twostage.models import load_cross_encoder
+        from llama_index_twostage.stage2 import CrossEncoderScorer
         try:
-            load_cross_encoder("org-that-is-not/cached-model", device="cpu", max_length=None,
-                               trust_remote_code=False)
+            CrossEncoderScorer.load("org-that-is-not/cached-model", device="cpu")
         except ModelLoadError as error:
             print("MESSAGE:", error)
         """
@@ -88,8 +86,8 @@ def test_loading_a_hub_id_offline_gives_the_hint():
     assert HINT in message
 
 
-def test_shared_model_loads_once_under_concurrency():
-    key = ("test", uuid.uuid4().hex)
+def test_pool_loads_once_under_concurrency():
+    pool, key = ModelPool(), ("test", "model")
     calls = []
     start = threading.Barrier(8)
     results = [None] * 8
@@ -101,7 +99,7 @@ def test_shared_model_loads_once_under_concurrency():
 
     def worker(index):
         start.wait()
-        results[index] = shared_model(key, load)
+        results[index] = pool.get(key, load)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
     for thread in threads:
@@ -112,14 +110,22 @@ def test_shared_model_loads_once_under_concurrency():
     assert results[0] is not None and all(result is results[0] for result in results)
 
 
-def test_shared_model_keys_are_independent():
-    first = shared_model(("test", uuid.uuid4().hex), lambda: "a")
-    second = shared_model(("test", uuid.uuid4().hex), lambda: "b")
-    assert (first, second) == ("a", "b")
+def test_pool_keys_are_independent_and_pools_share_nothing():
+    pool = ModelPool()
+    assert (pool.get(("test", 1), lambda: "a"), pool.get(("test", 2), lambda: "b")) == ("a", "b")
+    assert ModelPool().get(("test", 1), lambda: "other pool") == "other pool"
+    assert pool.get(("test", 1), lambda: "not loaded again") == "a"
 
 
 def test_failed_load_is_not_cached():
-    key = ("test", uuid.uuid4().hex)
+    pool, key = ModelPool(), ("test", "model")
     with pytest.raises(RuntimeError):
-        shared_model(key, failing(RuntimeError("transient")))
-    assert shared_model(key, lambda: "loaded") == "loaded"
+        pool.get(key, failing(RuntimeError("transient")))
+    assert pool.get(key, lambda: "loaded") == "loaded"
+
+
+def test_closed_pool_drops_its_models():
+    pool = ModelPool()
+    pool.get("key", lambda: "first")
+    pool.close()
+    assert len(pool) == 0 and pool.get("key", lambda: "reloaded") == "reloaded"

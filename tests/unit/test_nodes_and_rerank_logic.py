@@ -9,7 +9,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, Te
 
 from llama_index_twostage.errors import EmptyQueryError
 from llama_index_twostage.nodes import STAGE_KEY, annotated, model_text, query_text, stage_info
-from llama_index_twostage.rerank import select_candidates
+from llama_index_twostage.stage2.rerank import select_candidates
 
 
 def scored(node_id: str, text: str = "some text", score: float = 0.5, **metadata) -> NodeWithScore:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
-import uuid
+from types import SimpleNamespace
 
 import pytest
+import torch
+from conftest import RecordingScorer
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from llama_index_twostage.nodes import stage_info
-from llama_index_twostage.rerank import CrossEncoderRerank, PairScorer
-from llama_index_twostage.score_cache import LruCache, content_hash, pair_key, score_through, shared_score_cache
+from llama_index_twostage.stage2 import CrossEncoderRerank, CrossEncoderScorer, ScoreCache
+from llama_index_twostage.stage2.caches import LruCache, content_hash, pair_key, score_through
 
 
 class CountingScore:
@@ -44,11 +46,11 @@ def test_stats_count_hits_and_misses():
     assert (stats.hits, stats.misses, stats.size, stats.max_size) == (2, 1, 1, 10)
 
 
-def test_max_size_must_be_positive_and_zero_disables_the_shared_cache():
+def test_max_size_must_be_positive():
     with pytest.raises(ValueError):
         LruCache(0)
-    assert shared_score_cache(0) is None
-    assert shared_score_cache(7) is shared_score_cache(7)
+    with pytest.raises(ValueError):
+        ScoreCache(-1)
 
 
 def test_key_holds_scorer_query_and_a_content_hash_not_the_text():
@@ -57,17 +59,21 @@ def test_key_holds_scorer_query_and_a_content_hash_not_the_text():
     assert content_hash("a") != content_hash("b")
 
 
+def fake_cross_encoder(window: int) -> SimpleNamespace:
+    """What CrossEncoderScorer reads of a model to name it: its window and activation (no weights needed)."""
+    return SimpleNamespace(tokenizer=None, max_seq_length=window, activation_fn=torch.nn.Identity())
+
+
 def test_scorer_key_separates_model_backend_window_and_activation():
-    base = PairScorer("m", "torch", 256, False, None, False, 32, "cache")  # type: ignore[arg-type]
-    variants = [
-        PairScorer("other", "torch", 256, False, None, False, 32, "cache"),  # type: ignore[arg-type]
-        PairScorer("m", "onnx-int8", 256, False, None, False, 32, "cache"),  # type: ignore[arg-type]
-        PairScorer("m", "torch", 128, False, None, False, 32, "cache"),  # type: ignore[arg-type]
-        PairScorer("m", "torch", 256, True, None, False, 32, "cache"),  # type: ignore[arg-type]
-    ]
-    assert len({base.key, *(variant.key for variant in variants)}) == 5
-    same_scores = PairScorer("m", "torch", 256, False, "cpu", False, 8, "elsewhere")  # type: ignore[arg-type]
-    assert same_scores.key == base.key  # device and batch size do not change a score
+    def scorer(name="m", backend="torch", window=256, normalize=False, batch_size=32):
+        return CrossEncoderScorer(
+            fake_cross_encoder(window), name=name, backend=backend, normalize=normalize, batch_size=batch_size
+        )
+
+    base = scorer()
+    variants = [scorer(name="other"), scorer(backend="onnx-int8"), scorer(window=128), scorer(normalize=True)]
+    assert len({base.cache_key, *(variant.cache_key for variant in variants)}) == 5
+    assert scorer(batch_size=8).cache_key == base.cache_key  # batch size does not change a score
 
 
 def test_score_through_scores_only_misses_once_each_and_keeps_order():
@@ -112,34 +118,31 @@ def nodes(texts: list[str]) -> list[NodeWithScore]:
     return [NodeWithScore(node=TextNode(id_=f"n{index}", text=text), score=0.5) for index, text in enumerate(texts)]
 
 
-@pytest.fixture
-def model_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple, list[str]]]:
-    """Replace the cross-encoder by a fake that scores by text length and records each call (scorer key, texts)."""
-    calls: list[tuple[tuple, list[str]]] = []
-
-    def predict(self: PairScorer, query: str, texts: list[str]) -> list[float]:
-        calls.append((self.key, list(texts)))
-        return [float(len(text)) for text in texts]
-
-    monkeypatch.setattr(PairScorer, "predict", predict)
-    monkeypatch.setattr(CrossEncoderRerank, "load", lambda self: None)
-    monkeypatch.setattr(CrossEncoderRerank, "count_truncated", lambda self, query, texts: 0)
-    return calls
-
-
-def test_a_repeated_query_scores_no_new_pairs(model_calls):
-    reranker = CrossEncoderRerank(model=f"fake-{uuid.uuid4().hex}", top_k=2)
+def test_a_repeated_query_scores_no_new_pairs():
+    scorer = RecordingScorer()
+    reranker = CrossEncoderRerank(scorer, top_k=2, score_cache=ScoreCache(100))
     candidates = nodes(["a", "bbb", "cc", "dddd"])
     first = reranker.postprocess_nodes(candidates, query_str="q")
     second = reranker.postprocess_nodes(candidates, query_str="q")
-    assert [len(texts) for _, texts in model_calls] == [4]  # the second query never reached the model
+    assert [len(texts) for texts in scorer.calls] == [4]  # the second query never reached the model
     assert stage_info(first[0])["pairs_cached"] == 0
     assert stage_info(second[0])["pairs_cached"] == stage_info(second[0])["pairs_scored"] == 4
     assert [node.node.node_id for node in second] == [node.node.node_id for node in first] == ["n3", "n1"]
 
 
-def test_cache_size_zero_scores_every_time(model_calls):
-    reranker = CrossEncoderRerank(model=f"fake-{uuid.uuid4().hex}", top_k=2, score_cache_size=0)
+def test_without_a_cache_every_query_is_scored():
+    scorer = RecordingScorer()
+    reranker = CrossEncoderRerank(scorer, top_k=2)
     for _ in range(2):
         reranker.postprocess_nodes(nodes(["a", "bb"]), query_str="q")
-    assert len(model_calls) == 2
+    assert len(scorer.calls) == 2
+
+
+def test_rerankers_given_one_cache_share_scores_and_others_do_not():
+    shared = ScoreCache(100)
+    scorer = RecordingScorer()
+    CrossEncoderRerank(scorer, score_cache=shared).postprocess_nodes(nodes(["a", "bb"]), query_str="q")
+    CrossEncoderRerank(scorer, score_cache=shared).postprocess_nodes(nodes(["a", "bb"]), query_str="q")
+    assert len(scorer.calls) == 1
+    CrossEncoderRerank(scorer, score_cache=ScoreCache(100)).postprocess_nodes(nodes(["a", "bb"]), query_str="q")
+    assert len(scorer.calls) == 2

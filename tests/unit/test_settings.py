@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 
 import pytest
 from pydantic import ValidationError
@@ -53,6 +54,16 @@ def test_precedence_is_kwargs_then_env_then_toml(tmp_path, monkeypatch):
     assert settings.collection == "from-toml"  # only the file sets it
     assert settings.recall_k == 60  # env beats the file
     assert settings.top_k == 9  # kwargs beat env and file
+
+
+def test_from_toml_equals_the_same_settings_built_by_keyword(tmp_path, monkeypatch):
+    config = tmp_path / "twostage.toml"
+    config.write_text('collection = "from-toml"\nrecall_k = 50\ntop_k = 7\nchroma_host = "h"\n')
+    monkeypatch.setenv("TWOSTAGE_TOP_K", "8")
+    loaded = RetrieverSettings.from_toml(config, recall_k=60)
+    assert type(loaded) is RetrieverSettings
+    assert loaded == RetrieverSettings(collection="from-toml", recall_k=60, chroma_host="h")
+    assert loaded.top_k == 8 and loaded.chroma_mode == "server"
 
 
 def test_from_toml_missing_file_is_configuration_error(tmp_path):
@@ -193,10 +204,11 @@ CHROMA_NAME_CASES = [
 
 @pytest.fixture(scope="module")
 def ephemeral_client():
-    # The library's own process-wide in-memory client: a second EphemeralClient with other settings is refused.
-    from llama_index_twostage.store import get_client
+    # Through the library's own store: a second EphemeralClient with other Chroma settings is refused.
+    from llama_index_twostage.store import ChromaStore
 
-    return get_client(RetrieverSettings(chroma_mode="memory"))
+    with ChromaStore(mode="memory") as store:
+        yield store.client
 
 
 @pytest.mark.parametrize("name", CHROMA_NAME_CASES)
@@ -315,22 +327,22 @@ def test_remote_code_is_not_trusted_by_default(monkeypatch):
     import sentence_transformers
     from llama_index.embeddings import huggingface
 
-    from llama_index_twostage.pipeline import build_reranker, build_retriever
+    from llama_index_twostage.pipeline import TwoStagePipeline
 
     loaded: dict[str, object] = {}
 
     def fake(kind):
         def load(*args, **kwargs):
             loaded[kind] = kwargs.get("trust_remote_code", "not passed")
-            return object()
+            return SimpleNamespace(tokenizer=None, max_seq_length=512)
 
         return load
 
     monkeypatch.setattr(huggingface, "HuggingFaceEmbedding", fake("embedding"))
     monkeypatch.setattr(sentence_transformers, "CrossEncoder", fake("cross-encoder"))
-    unique = uuid.uuid4().hex[:8]  # model names no other test loads: the process-wide cache is cold for them
-    settings = RetrieverSettings(embed_model=f"test/embed-{unique}", rerank_model=f"test/rerank-{unique}")
+    settings = RetrieverSettings(embed_model="test/embed", rerank_model="test/rerank", chroma_mode="memory")
     assert settings.trust_remote_code is False
-    _ = build_retriever(settings).embed_model  # loading is what the fakes record
-    _ = build_reranker(settings).cross_encoder
+    with TwoStagePipeline(settings) as pipeline:  # a fresh pool: nothing is loaded before
+        _ = pipeline.embed_model  # loading is what the fakes record
+        _ = pipeline.reranker()
     assert loaded == {"embedding": False, "cross-encoder": False}

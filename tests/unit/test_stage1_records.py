@@ -7,7 +7,7 @@ from llama_index.core.schema import IndexNode, MetadataMode, NodeRelationship, R
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
 from llama_index_twostage.nodes import STAGE_KEY, annotate_new
-from llama_index_twostage.retriever import _node_from_record
+from llama_index_twostage.stage1.retriever import _node_from_record
 
 
 def stored(node: TextNode) -> tuple[str, str, dict]:

@@ -8,11 +8,12 @@ import uuid
 import numpy as np
 import pytest
 
-from llama_index_twostage.errors import CollectionMismatchError
+from llama_index_twostage.errors import CollectionMismatchError, ConfigurationError
 from llama_index_twostage.settings import RetrieverSettings
 from llama_index_twostage.store import (
+    ChromaStore,
     CollectionContract,
-    describe_store,
+    HnswParameters,
     distance_space,
     distance_to_similarity,
     model_identity,
@@ -22,10 +23,9 @@ from llama_index_twostage.store import (
 
 @pytest.fixture(scope="module")
 def client():
-    # The library's own process-wide in-memory client: a second EphemeralClient with other settings is refused.
-    from llama_index_twostage.store import get_client
-
-    return get_client(RetrieverSettings(chroma_mode="memory"))
+    # Through the library's own store: a second EphemeralClient with other Chroma settings is refused.
+    with ChromaStore(mode="memory") as store:
+        yield store.client
 
 
 @pytest.fixture(scope="module")
@@ -140,46 +140,63 @@ def test_verify_uses_the_recorded_contract(client):
     ],
 )
 def test_describe_store(settings, expected):
-    assert describe_store(settings) == expected
+    assert ChromaStore.from_settings(settings).describe() == expected
+
+
+def test_store_takes_every_setting_it_reads_per_instance():
+    settings = RetrieverSettings(
+        collection="docs", chroma_host="h", chroma_port=9, chroma_timeout_s=0.5, chroma_retries=4, hnsw_ef_search=300
+    )
+    store = ChromaStore.from_settings(settings)
+    assert (store.collection_name, store.host, store.port, store.timeout_s, store.retries) == ("docs", "h", 9, 0.5, 4)
+    assert store.hnsw == HnswParameters(ef_search=300)
+    other = ChromaStore.from_settings(settings.model_copy(update={"chroma_timeout_s": 3.0}))
+    assert (store.timeout_s, other.timeout_s) == (0.5, 3.0)
+
+
+def test_store_checks_its_own_rules():
+    with pytest.raises(ConfigurationError, match="needs a host"):
+        ChromaStore(mode="server")
+    with pytest.raises(ConfigurationError, match="timeout_s must be positive"):
+        ChromaStore(mode="memory", timeout_s=0)
+
+
+def test_closing_an_embedded_store_releases_it_and_it_reopens(tmp_path):
+    store = ChromaStore("docs", persist_dir=tmp_path)
+    store.create_or_open_collection(CollectionContract("m", 3)).add(ids=["a"], embeddings=[[1.0, 0.0, 0.0]])
+    store.close()
+    with ChromaStore("docs", persist_dir=tmp_path) as reopened:
+        assert reopened.open_collection().count() == 1
 
 
 def test_hnsw_ef_search_is_set_at_creation_and_updated_on_reopen() -> None:
     # At creation, so the very process that ingests already searches with it (a later modify reaches an index only
     # once it is reopened); on reopen with another value, recorded in the collection.
-    from llama_index_twostage.settings import RetrieverSettings
-    from llama_index_twostage.store import CollectionContract, create_or_open_collection
-
     name = f"ef-{uuid.uuid4().hex[:8]}"
     contract = CollectionContract("all-MiniLM-L6-v2", 3)
-    created = create_or_open_collection(
-        RetrieverSettings(collection=name, chroma_mode="memory", hnsw_ef_search=500), contract
-    )
+    created = ChromaStore(name, mode="memory", hnsw=HnswParameters(ef_search=500)).create_or_open_collection(contract)
     assert created.configuration["hnsw"]["ef_search"] == 500
-    reopened = create_or_open_collection(
-        RetrieverSettings(collection=name, chroma_mode="memory", hnsw_ef_search=700), contract
-    )
+    reopened = ChromaStore(name, mode="memory", hnsw=HnswParameters(ef_search=700)).create_or_open_collection(contract)
     assert reopened.configuration["hnsw"]["ef_search"] == 700
-    default = create_or_open_collection(RetrieverSettings(collection=f"{name}-d", chroma_mode="memory"), contract)
+    default = ChromaStore(f"{name}-d", mode="memory").create_or_open_collection(contract)
     assert default.configuration["hnsw"]["ef_search"] == 100  # Chroma's own default when the setting is unset
 
 
 def test_hnsw_build_parameters_apply_at_creation_and_a_differing_reopen_is_said(caplog) -> None:
-    from llama_index_twostage.store import CollectionContract, create_or_open_collection
-
     name = f"build-{uuid.uuid4().hex[:8]}"
     contract = CollectionContract("all-MiniLM-L6-v2", 3)
-    wide = {"hnsw_ef_construction": 400, "hnsw_max_neighbors": 32}
-    created = create_or_open_collection(RetrieverSettings(collection=name, chroma_mode="memory", **wide), contract)
+    wide = HnswParameters(ef_construction=400, max_neighbors=32)
+    created = ChromaStore(name, mode="memory", hnsw=wide).create_or_open_collection(contract)
     assert (created.configuration["hnsw"]["ef_construction"], created.configuration["hnsw"]["max_neighbors"]) == (
         400,
         32,
     )
     with caplog.at_level(logging.WARNING, logger="llama_index_twostage.store"):
-        create_or_open_collection(RetrieverSettings(collection=name, chroma_mode="memory", **wide), contract)
+        ChromaStore(name, mode="memory", hnsw=wide).create_or_open_collection(contract)
     assert not caplog.records  # the same build: nothing to say
     with caplog.at_level(logging.WARNING, logger="llama_index_twostage.store"):
-        reopened = create_or_open_collection(
-            RetrieverSettings(collection=name, chroma_mode="memory", hnsw_max_neighbors=48), contract
+        reopened = ChromaStore(name, mode="memory", hnsw=HnswParameters(max_neighbors=48)).create_or_open_collection(
+            contract
         )
     assert reopened.configuration["hnsw"]["max_neighbors"] == 32  # Chroma cannot rebuild an index in place
     assert any("max_neighbors=32; hnsw_max_neighbors=48 applies only to new" in r.getMessage() for r in caplog.records)

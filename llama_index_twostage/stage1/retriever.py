@@ -17,12 +17,13 @@ from llama_index.core.vector_stores.types import MetadataFilters
 from llama_index.core.vector_stores.utils import metadata_dict_to_node
 from pydantic_core import from_json
 
-from llama_index_twostage import store
-from llama_index_twostage.errors import CollectionNotFoundError
-from llama_index_twostage.filters import to_chroma_where
-from llama_index_twostage.models import load_embedding, sentence_transformer_of
+from llama_index_twostage.errors import CollectionNotFoundError, ConfigurationError
+from llama_index_twostage.models import embedding_model_name, sentence_transformer_of
 from llama_index_twostage.nodes import annotate_new, query_text
-from llama_index_twostage.settings import DistanceSpace, RetrieverSettings
+from llama_index_twostage.settings import DistanceSpace
+from llama_index_twostage.stage1.filters import to_chroma_where
+from llama_index_twostage.store.chroma import ChromaStore
+from llama_index_twostage.store.contract import distance_space, distance_to_similarity, verify_collection
 from llama_index_twostage.timing import Stopwatch
 
 if TYPE_CHECKING:
@@ -33,10 +34,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _INCLUDE = ["documents", "metadatas", "distances"]
-
-
-def embedding_model_name(embed_model: BaseEmbedding) -> str:
-    return str(getattr(embed_model, "model_name", None) or type(embed_model).__name__)
 
 
 def recall_starved(similarities: list[float], recall_k: int, gap: float) -> bool:
@@ -76,48 +73,45 @@ class ChromaRecallRetriever(BaseRetriever):
     Each node's ``metadata["twostage"]`` holds ``stage1_rank`` (1-based), ``stage1_score`` and ``stage1_ms``.
 
     Args:
-        settings: the collection, the embedding model and ``recall_k``.
-        embed_model: any LlamaIndex embedding (a hosted API too); by default the settings' model, shared per process.
+        store: the Chroma store to search (its owner closes it).
+        embed_model: any LlamaIndex embedding (a hosted API too); it must be the model that wrote the collection.
+        recall_k: candidates returned.
         filters: LlamaIndex metadata filters applied inside Chroma.
-        recall_k: override of ``settings.recall_k``.
+        recall_guard_gap: when set, warn if the cosine at rank ``recall_k`` is within this of the top one (see
+            :func:`recall_starved`); None turns the guard off.
     """
 
     def __init__(
         self,
-        settings: RetrieverSettings,
+        store: ChromaStore,
+        embed_model: BaseEmbedding,
         *,
-        embed_model: BaseEmbedding | None = None,
+        recall_k: int = 100,
         filters: MetadataFilters | None = None,
-        recall_k: int | None = None,
+        recall_guard_gap: float | None = None,
         callback_manager: CallbackManager | None = None,
     ) -> None:
+        if recall_k <= 0:
+            raise ConfigurationError(f"recall_k must be positive, got {recall_k}")
+        if recall_guard_gap is not None and not recall_guard_gap > 0:
+            raise ConfigurationError(f"recall_guard_gap must be positive, got {recall_guard_gap}")
         super().__init__(callback_manager=callback_manager)
-        self.settings = settings
-        self.recall_k = recall_k or settings.recall_k
+        self.store = store
+        self.embed_model = embed_model
+        self.recall_k = recall_k
         self.filters = filters
+        self.recall_guard_gap = recall_guard_gap
         self._where = to_chroma_where(filters)
-        self._embed_model = embed_model
         self._collection: Collection | None = None
         self._async_collection: AsyncCollection | None = None
         self._space: DistanceSpace = "cosine"
 
-    @property
-    def embed_model(self) -> BaseEmbedding:
-        if self._embed_model is None:
-            self._embed_model = load_embedding(
-                self.settings.embed_model,
-                device=self.settings.device,
-                batch_size=self.settings.embed_batch_size,
-                trust_remote_code=self.settings.trust_remote_code,
-            )
-        return self._embed_model
-
     def _collection_for(self, dimension: int) -> Collection:
         """Open and verify the collection once, on the first query (it may not exist when the retriever is built)."""
         if self._collection is None:
-            collection = store.open_collection(self.settings)
-            store.verify_collection(collection, embedding_model_name(self.embed_model), dimension)
-            self._space = store.distance_space(collection)
+            collection = self.store.open_collection()
+            verify_collection(collection, embedding_model_name(self.embed_model), dimension)
+            self._space = distance_space(collection)
             self._collection = collection
         return self._collection
 
@@ -147,13 +141,13 @@ class ChromaRecallRetriever(BaseRetriever):
         """
         if count == 0:
             raise CollectionNotFoundError(
-                f"collection {self.settings.collection!r} is empty: ingest documents first (`twostage ingest PATH`)"
+                f"collection {self.store.collection_name!r} is empty: ingest documents first (`twostage ingest PATH`)"
             )
         if self._where is None:
             logger.warning(
                 "recall_k=%d but collection %r holds only %d nodes: returning all of them",
                 self.recall_k,
-                self.settings.collection,
+                self.store.collection_name,
                 returned,
             )
 
@@ -173,19 +167,19 @@ class ChromaRecallRetriever(BaseRetriever):
                 self._explain_short(len(result["ids"][0]), collection.count())
             return result
 
-        return store.with_retries(search, self.settings)
+        return self.store.with_retries(search)
 
     def _guard_recall(self, similarities: list[float]) -> bool:
         """The opt-in runtime guard: warn when this query's candidate list looks cut inside a plateau."""
-        settings = self.settings
-        if not (settings.recall_guard and recall_starved(similarities, self.recall_k, settings.recall_guard_gap)):
+        gap = self.recall_guard_gap
+        if gap is None or not recall_starved(similarities, self.recall_k, gap):
             return False
         logger.warning(
             "query looks recall-starved: the cosine at rank %d (%.3f) is within %.3f of the top (%.3f); relevant "
             "documents may lie beyond recall_k: raise recall_k or check with `twostage eval --sweep`",
             self.recall_k,
             similarities[self.recall_k - 1],
-            settings.recall_guard_gap,
+            gap,
             similarities[0],
         )
         return True
@@ -193,7 +187,7 @@ class ChromaRecallRetriever(BaseRetriever):
     def _to_nodes(self, result: dict[str, Any], elapsed_ms: float, query_truncated: bool) -> list[NodeWithScore]:
         ids, documents = result["ids"][0], result["documents"][0]
         metadatas, distances = result["metadatas"][0], result["distances"][0]
-        similarities = [store.distance_to_similarity(float(distance), self._space) for distance in distances]
+        similarities = [distance_to_similarity(float(distance), self._space) for distance in distances]
         starved = self._guard_recall(similarities)
         nodes = []
         for rank, (node_id, document, metadata, similarity) in enumerate(
@@ -210,7 +204,6 @@ class ChromaRecallRetriever(BaseRetriever):
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         text = query_text(query_bundle)
-        _ = self.embed_model  # load before timing: stage1_ms is query time, not model loading
         with Stopwatch() as watch:
             truncated = self._warn_if_truncated(text)
             result = self._search(self._query_embedding(query_bundle, text))
@@ -219,7 +212,6 @@ class ChromaRecallRetriever(BaseRetriever):
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         """Embedding and search run off the event loop (local models block; hosted APIs are awaited)."""
         text = query_text(query_bundle)
-        await asyncio.to_thread(lambda: self.embed_model)  # load before timing, off the event loop
         with Stopwatch() as watch:
             if sentence_transformer_of(self.embed_model) is None and query_bundle.embedding is None:
                 embedding = await self.embed_model.aget_query_embedding(text)
@@ -232,18 +224,19 @@ class ChromaRecallRetriever(BaseRetriever):
 
     async def _asearch(self, embedding: list[float]) -> dict[str, Any]:
         """Server mode uses Chroma's async client; the in-process modes run the same search in a worker thread."""
-        if self.settings.chroma_mode != "server":
+        store = self.store
+        if store.mode != "server":
             return await asyncio.to_thread(self._search, embedding)
         if self._collection is None:  # open and verify the contract once, through the synchronous path
-            await asyncio.to_thread(store.with_retries, lambda: self._collection_for(len(embedding)), self.settings)
+            await asyncio.to_thread(store.with_retries, lambda: self._collection_for(len(embedding)))
 
         async def search() -> dict[str, Any]:
             if self._async_collection is None:
-                self._async_collection = await store.open_async_collection(self.settings)
+                self._async_collection = await store.open_async_collection()
             collection = self._async_collection
-            result = await store.bounded(self._query(collection, embedding), self.settings)
+            result = await store.bounded(self._query(collection, embedding))
             if len(result["ids"][0]) < self.recall_k:
-                self._explain_short(len(result["ids"][0]), await store.bounded(collection.count(), self.settings))
+                self._explain_short(len(result["ids"][0]), await store.bounded(collection.count()))
             return result
 
-        return await store.awith_retries(search, self.settings)
+        return await store.awith_retries(search)

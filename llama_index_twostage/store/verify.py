@@ -1,4 +1,4 @@
-"""``verify_collection_integrity``: does a collection still hold what ingestion promises?
+"""``verify_store``: does a collection still hold what ingestion promises?
 
 Ingestion keeps each source's chunks at one version and writes new chunks before deleting stale ones, so an
 interrupted run can leave, until it is re-run, chunks of an older version (orphans) or a version with chunks
@@ -13,9 +13,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from llama_index_twostage import store
-from llama_index_twostage.documents import CHUNKS_KEY, HASH_KEY, SOURCE_KEY, STAMP_KEY
-from llama_index_twostage.settings import RetrieverSettings
+from llama_index_twostage.store.chroma import ChromaStore
+from llama_index_twostage.store.contract import (
+    CHUNKS_KEY,
+    HASH_KEY,
+    SOURCE_KEY,
+    STAMP_KEY,
+    CollectionContract,
+    model_identity,
+)
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
@@ -81,22 +87,22 @@ class VerifyReport:
         return lines
 
 
-def _contract_problem(collection: Collection, settings: RetrieverSettings) -> str | None:
-    contract = store.CollectionContract.of(collection)
+def _contract_problem(collection: Collection, embed_model: str) -> str | None:
+    contract = CollectionContract.of(collection)
     if contract is None:
         return "the collection records no embedding model or dimension (not created by twostage ingest)"
-    if store.model_identity(contract.embed_model) != store.model_identity(settings.embed_model):
-        return f"written with embedding model {contract.embed_model!r}, but the settings use {settings.embed_model!r}"
+    if model_identity(contract.embed_model) != model_identity(embed_model):
+        return f"written with embedding model {contract.embed_model!r}, but the settings use {embed_model!r}"
     return None
 
 
-def _pages(collection: Collection, settings: RetrieverSettings) -> Iterator[GetResult]:
+def _pages(collection: Collection, store: ChromaStore, page_size: int) -> Iterator[GetResult]:
     """Every record with its embedding and metadata, a page at a time (a whole collection may not fit)."""
-    page_size = min(settings.upsert_batch_size, store.get_client(settings).get_max_batch_size())
+    page_size = min(page_size, store.max_batch_size())
     offset = 0
     while True:
         read = partial(collection.get, include=["embeddings", "metadatas"], limit=page_size, offset=offset)
-        page = store.with_retries(read, settings)
+        page = store.with_retries(read)
         if not page["ids"]:
             return
         yield page
@@ -116,19 +122,21 @@ def _stale_and_incomplete(sources: dict[str, _Version]) -> tuple[list[str], list
     return orphans, incomplete
 
 
-def verify_collection_integrity(settings: RetrieverSettings) -> VerifyReport:
-    """Read every record of the settings' collection and report what is inconsistent (see :class:`VerifyReport`).
+def verify_store(store: ChromaStore, *, embed_model: str, page_size: int = 1000) -> VerifyReport:
+    """Read every record of the store's collection and report what is inconsistent (see :class:`VerifyReport`).
+
+    ``embed_model`` is the model the caller reads the collection with; ``page_size`` records are read per request.
 
     Raises:
         CollectionNotFoundError: the collection does not exist.
         ChromaUnavailableError: the store cannot be reached.
     """
-    collection = store.with_retries(partial(store.open_collection, settings), settings)
-    contract = store.CollectionContract.of(collection)
+    collection = store.with_retries(store.open_collection)
+    contract = CollectionContract.of(collection)
     dimension = contract.dimension if contract else None
     nodes, bad_embeddings, sourceless, unversioned = 0, [], [], 0
     sources: dict[str, _Version] = {}
-    for page in _pages(collection, settings):
+    for page in _pages(collection, store, page_size):
         for node_id, embedding, metadata in zip(page["ids"], page["embeddings"], page["metadatas"]):
             nodes += 1
             dimension = dimension or (len(embedding) if embedding is not None else None)
@@ -145,12 +153,12 @@ def verify_collection_integrity(settings: RetrieverSettings) -> VerifyReport:
                 sources.setdefault(str(source), _Version()).chunks[node_id] = recorded
     orphans, incomplete = _stale_and_incomplete(sources)
     return VerifyReport(
-        collection=settings.collection,
+        collection=store.collection_name,
         nodes=nodes,
         sources=len(sources),
         embed_model=contract.embed_model if contract else None,
         dimension=dimension,
-        contract_problem=_contract_problem(collection, settings),
+        contract_problem=_contract_problem(collection, embed_model),
         bad_embeddings=bad_embeddings,
         orphans=orphans,
         incomplete_sources=incomplete,

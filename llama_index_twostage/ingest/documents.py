@@ -17,12 +17,8 @@ from typing import Any
 from llama_index.core.schema import Document
 
 from llama_index_twostage.errors import DocumentError
-from llama_index_twostage.settings import RetrieverSettings
+from llama_index_twostage.store.contract import CHUNKS_KEY, HASH_KEY, SOURCE_KEY, STAMP_KEY
 
-SOURCE_KEY = "ref_doc_id"  # where LlamaIndex's node_to_metadata_dict records the source document id
-HASH_KEY = "twostage_doc_hash"
-CHUNKS_KEY = "twostage_doc_chunks"
-STAMP_KEY = "twostage_ingested_at"
 _LLAMA_INDEX_ID_KEYS = ("document_id", "doc_id", SOURCE_KEY)
 _RESERVED_KEYS = frozenset({"_node_content", "_node_type", "chroma:document", HASH_KEY, CHUNKS_KEY, STAMP_KEY})
 _INT64 = range(-(2**63), 2**63)
@@ -88,20 +84,20 @@ def validate_document(document: Document) -> None:
             raise DocumentError(f"document {document_id!r}: metadata key {key!r} {problem}")
 
 
-def document_hash(document: Document, settings: RetrieverSettings) -> str:
+def document_hash(document: Document, chunking: tuple[int, int]) -> str:
     """Hash of everything that decides a document's chunks and their embeddings: content, metadata, the
-    exclusions and templates of its text views, and the chunking settings."""
+    exclusions and templates of its text views, and the chunking (chunk size, overlap)."""
     payload = document.model_dump(mode="json", exclude={"embedding"})
-    payload["twostage_chunking"] = [settings.chunk_size, settings.chunk_overlap]
+    payload["twostage_chunking"] = list(chunking)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def collect_sources(documents: Sequence[Document], settings: RetrieverSettings) -> dict[str, Source]:
+def collect_sources(documents: Sequence[Document], chunking: tuple[int, int]) -> dict[str, Source]:
     """Validate and hash each document; the same id twice is fine only for the same content."""
     sources: dict[str, Source] = {}
     for document in documents:
         validate_document(document)
-        source = Source(document, document_hash(document, settings))
+        source = Source(document, document_hash(document, chunking))
         known = sources.setdefault(document.id_, source)
         if known.doc_hash != source.doc_hash:
             raise DocumentError(

@@ -31,13 +31,12 @@ from llama_index.core.schema import BaseNode, Document, MetadataMode
 from llama_index.core.vector_stores.utils import node_to_metadata_dict
 from tqdm.auto import tqdm
 
-from llama_index_twostage import store
-from llama_index_twostage.documents import CHUNKS_KEY, HASH_KEY, SOURCE_KEY, STAMP_KEY, Source, collect_sources
-from llama_index_twostage.errors import DocumentError
-from llama_index_twostage.models import load_embedding, sentence_transformer_of
+from llama_index_twostage.errors import ConfigurationError, DocumentError
+from llama_index_twostage.ingest.documents import Source, collect_sources
+from llama_index_twostage.models import embedding_model_name, sentence_transformer_of
 from llama_index_twostage.nodes import model_text
-from llama_index_twostage.retriever import embedding_model_name
-from llama_index_twostage.settings import RetrieverSettings
+from llama_index_twostage.store.chroma import ChromaStore
+from llama_index_twostage.store.contract import CHUNKS_KEY, HASH_KEY, SOURCE_KEY, STAMP_KEY, CollectionContract
 from llama_index_twostage.timing import Stopwatch
 
 if TYPE_CHECKING:
@@ -49,6 +48,26 @@ logger = logging.getLogger(__name__)
 _SOURCES_PER_LOOKUP = 256
 _NODE_ID_NAMESPACE = uuid.UUID("5f1b3c9e-2d4a-4c1e-9a7b-7e6f0d2c8a41")
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How documents are split: LlamaIndex's ``SentenceSplitter`` with this chunk size and overlap, in tokens."""
+
+    chunk_size: int = 512
+    chunk_overlap: int = 64
+
+    def __post_init__(self) -> None:
+        if self.chunk_size <= 0 or not 0 <= self.chunk_overlap < self.chunk_size:
+            raise ConfigurationError(
+                f"chunking needs chunk_size > 0 and 0 <= chunk_overlap < chunk_size, got {self.chunk_size} and "
+                f"{self.chunk_overlap}"
+            )
+
+    def splitter(self) -> SentenceSplitter:
+        return SentenceSplitter(
+            chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap, include_prev_next_rel=False
+        )
 
 
 @dataclass(frozen=True)
@@ -113,12 +132,6 @@ def chunk_id(source_id: str, node: BaseNode) -> str:
     return str(uuid.uuid5(_NODE_ID_NAMESPACE, content))
 
 
-def _splitter(settings: RetrieverSettings) -> SentenceSplitter:
-    return SentenceSplitter(
-        chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap, include_prev_next_rel=False
-    )
-
-
 def split_document(document: Document, splitter: SentenceSplitter) -> list[BaseNode]:
     """Chunk one document with LlamaIndex's SentenceSplitter; each distinct chunk gets its deterministic id."""
     try:
@@ -145,14 +158,12 @@ def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-def stored_sources(
-    collection: Collection, source_ids: list[str], settings: RetrieverSettings
-) -> dict[str, StoredSource]:
+def stored_sources(collection: Collection, source_ids: list[str], store: ChromaStore) -> dict[str, StoredSource]:
     """The chunks the collection holds for each of these sources, with the version each recorded."""
     held: dict[str, StoredSource] = {}
     for batch in _batches(source_ids, _SOURCES_PER_LOOKUP):
         lookup = partial(collection.get, where={SOURCE_KEY: {"$in": list(batch)}}, include=["metadatas"])
-        result = store.with_retries(lookup, settings)
+        result = store.with_retries(lookup)
         for node_id, metadata in zip(result["ids"], result["metadatas"] or []):
             recorded = (metadata.get(HASH_KEY), metadata.get(CHUNKS_KEY))
             held.setdefault(str(metadata[SOURCE_KEY]), StoredSource()).chunks[node_id] = recorded
@@ -180,9 +191,9 @@ def _plan_changed(plan: Plan, source: Source, held: StoredSource, splitter: Sent
     plan.replaced_documents += bool(held.chunks)
 
 
-def plan_ingestion(sources: dict[str, Source], held: dict[str, StoredSource], settings: RetrieverSettings) -> Plan:
+def plan_ingestion(sources: dict[str, Source], held: dict[str, StoredSource], chunking: Chunking) -> Plan:
     """Decide, per document, whether it is unchanged (skipped) or must be (re)written."""
-    splitter = _splitter(settings)
+    splitter = chunking.splitter()
     plan = Plan()
     for source_id, source in sources.items():
         stored = held.get(source_id, StoredSource())
@@ -200,7 +211,7 @@ class Writer:
     """Idempotent batched writes of one run; each batch is retried on a flapping server (see ``chroma_retries``)."""
 
     collection: Collection
-    settings: RetrieverSettings
+    store: ChromaStore
     versions: dict[str, tuple[str, int]]
     batch_size: int
     stamp: float = field(default_factory=time.time)
@@ -221,18 +232,18 @@ class Writer:
             documents=[node.get_content(MetadataMode.NONE) for node in nodes],
             metadatas=self._metadatas(nodes),
         )
-        store.with_retries(write, self.settings)
+        self.store.with_retries(write)
 
     def relabel(self, nodes: Sequence[BaseNode]) -> None:
         """Record the new version on chunks a changed document kept (metadata only: no re-embedding)."""
         for batch in _batches(nodes, self.batch_size):
             ids = [node.node_id for node in batch]
             update = partial(self.collection.update, ids=ids, metadatas=self._metadatas(batch))
-            store.with_retries(update, self.settings)
+            self.store.with_retries(update)
 
     def delete(self, ids: Sequence[str]) -> None:
         for batch in _batches(ids, self.batch_size):
-            store.with_retries(partial(self.collection.delete, ids=list(batch)), self.settings)
+            self.store.with_retries(partial(self.collection.delete, ids=list(batch)))
 
 
 def by_length(nodes: Sequence[BaseNode]) -> list[tuple[BaseNode, str]]:
@@ -246,18 +257,17 @@ def by_length(nodes: Sequence[BaseNode]) -> list[tuple[BaseNode, str]]:
     return sorted(with_text, key=lambda pair: -len(pair[1]))
 
 
-def _embed_and_write(writer: Writer, nodes: list[BaseNode], embed_model: BaseEmbedding) -> None:
+def _embed_and_write(writer: Writer, nodes: list[BaseNode], embed_model: BaseEmbedding, show_progress: bool) -> None:
     """Embed batch after batch while a writer thread upserts the previous one, so Chroma I/O hides behind encoding."""
-    settings = writer.settings
     with (
         ThreadPoolExecutor(max_workers=1) as pool,
-        tqdm(total=len(nodes), desc="embedding", unit="chunk", disable=not settings.show_progress) as progress,
+        tqdm(total=len(nodes), desc="embedding", unit="chunk", disable=not show_progress) as progress,
     ):
         pending: Future[None] | None = None
         for unordered in _batches(nodes, writer.batch_size):
             batch = by_length(unordered)
             embeddings: list[list[float]] = []
-            for texts in _batches([text for _, text in batch], settings.embed_batch_size):
+            for texts in _batches([text for _, text in batch], embed_model.embed_batch_size):
                 embeddings.extend(embed_model.get_text_embedding_batch(list(texts)))
                 progress.update(len(texts))
             if pending is not None:
@@ -267,54 +277,55 @@ def _embed_and_write(writer: Writer, nodes: list[BaseNode], embed_model: BaseEmb
             pending.result()
 
 
-def _open_for_writing(settings: RetrieverSettings, embed_model: BaseEmbedding) -> tuple[Collection, int]:
+def _open_for_writing(store: ChromaStore, embed_model: BaseEmbedding, batch_size: int) -> tuple[Collection, int]:
     """The collection (created with the model's contract, or checked against it) and the upsert batch size."""
-    contract = store.CollectionContract(
-        embedding_model_name(embed_model), embedding_dimension(embed_model), settings.distance_space
+    contract = CollectionContract(
+        embedding_model_name(embed_model), embedding_dimension(embed_model), store.distance_space
     )
-    collection = store.with_retries(partial(store.create_or_open_collection, settings, contract), settings)
-    max_batch = store.with_retries(store.get_client(settings).get_max_batch_size, settings)
-    return collection, min(settings.upsert_batch_size, max_batch)
+    collection = store.with_retries(partial(store.create_or_open_collection, contract))
+    return collection, min(batch_size, store.max_batch_size())
 
 
-def ingest_documents(
+def ingest_into(
+    store: ChromaStore,
+    embed_model: BaseEmbedding,
     documents: Sequence[Document],
-    settings: RetrieverSettings,
     *,
-    embed_model: BaseEmbedding | None = None,
+    chunking: Chunking | None = None,
+    upsert_batch_size: int = 1000,
+    show_progress: bool = True,
 ) -> IngestReport:
-    """Chunk, embed and store ``documents`` in the settings' collection; safe to re-run and to resume.
+    """Chunk, embed and store ``documents`` in the store's collection; safe to re-run and to resume.
 
     Args:
+        store: where the chunks go; the collection is created on first use with ``embed_model``'s contract.
+        embed_model: any LlamaIndex embedding (texts are sent ``embed_model.embed_batch_size`` at a time).
         documents: LlamaIndex documents; their ``id_`` is the source id (``SimpleDirectoryReader(...,
             filename_as_id=True)`` keeps it stable across runs). A document re-ingested with other content
             replaces its earlier chunks. They are not modified.
-        settings: the collection, embedding model, chunking and batch sizes.
-        embed_model: any LlamaIndex embedding, instead of the settings' ``embed_model``.
+        chunking: chunk size and overlap (part of each document's hash: changing it re-splits every document).
+        upsert_batch_size: records per Chroma write (capped by the client).
 
     Raises:
         DocumentError: a document Chroma cannot store as given (checked for all before anything is written).
         ChromaUnavailableError: the store is unreachable; re-running completes the ingestion.
     """
+    if upsert_batch_size <= 0:
+        raise ConfigurationError(f"upsert_batch_size must be positive, got {upsert_batch_size}")
+    chunking = chunking or Chunking()
     with Stopwatch() as watch:
-        sources = collect_sources(documents, settings)
-        embed_model = embed_model or load_embedding(
-            settings.embed_model,
-            device=settings.device,
-            batch_size=settings.embed_batch_size,
-            trust_remote_code=settings.trust_remote_code,
-        )
-        collection, batch_size = _open_for_writing(settings, embed_model)
-        plan = plan_ingestion(sources, stored_sources(collection, list(sources), settings), settings)
+        sources = collect_sources(documents, (chunking.chunk_size, chunking.chunk_overlap))
+        collection, batch_size = _open_for_writing(store, embed_model, upsert_batch_size)
+        plan = plan_ingestion(sources, stored_sources(collection, list(sources), store), chunking)
         if plan.skipped_empty:
             logger.warning("skipped %d chunks without text", plan.skipped_empty)
-        writer = Writer(collection, settings, plan.versions, batch_size)
-        _embed_and_write(writer, plan.to_embed, embed_model)
+        writer = Writer(collection, store, plan.versions, batch_size)
+        _embed_and_write(writer, plan.to_embed, embed_model, show_progress)
         writer.relabel(plan.to_relabel)
         writer.delete(plan.stale_ids)
-        stored_total = store.with_retries(collection.count, settings)
+        stored_total = store.with_retries(collection.count)
     return IngestReport(
-        collection=settings.collection,
+        collection=store.collection_name,
         documents=len(documents),
         chunks=plan.chunks,
         added=len(plan.to_embed),

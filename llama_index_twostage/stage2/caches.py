@@ -1,4 +1,4 @@
-"""Process-wide, size-bounded caches of cross-encoder work, so no (query, text) pair is scored twice.
+"""Size-bounded, thread-safe caches of cross-encoder work, so no (query, text) pair is scored twice.
 
 A cross-encoder pass costs tens of milliseconds per pair on a CPU, while a cache lookup costs microseconds. Repeated
 queries, a ``recall_k`` sweep and a cascade that revisits its shortlist all ask for pairs already scored; the score
@@ -6,8 +6,9 @@ cache answers them. A key is (scorer, query, content hash): the scorer part name
 activation, so scores from different models or precisions never mix, and hashing the text keeps keys small and makes
 an edited node miss even when its id is unchanged.
 
-The token-count cache serves the truncation report: a pair's length is the query's tokens plus the text's plus the
-tokenizer's special tokens, so each candidate text is tokenized for counting once per process, not once per query.
+Owners: the factory holds one score cache and hands it to its rerankers (so equal scorers share scores);
+each local scorer's token window owns the token-count cache of its tokenizer (see
+:mod:`llama_index_twostage.stage2.scorers`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,8 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from llama_index_twostage.models import shared_model
-
 PairKey = tuple[Hashable, str, str]
 TextKey = tuple[Hashable, str]
-TOKEN_COUNT_CACHE_SIZE = 200_000  # about 100 bytes an entry: 20 MB at most
 
 Key = TypeVar("Key", bound=Hashable)
 Value = TypeVar("Value")
@@ -95,16 +93,8 @@ class LruCache(Generic[Key, Value]):
             self._hits = self._misses = 0
 
 
-def shared_score_cache(max_size: int) -> LruCache[PairKey, float] | None:
-    """The process-wide score cache of this size (shared by every reranker asking for it); None for size 0."""
-    if max_size == 0:
-        return None
-    return shared_model(("score-cache", max_size), lambda: LruCache[PairKey, float](max_size))
-
-
-def shared_token_count_cache() -> LruCache[TextKey, int]:
-    """The process-wide cache of candidate texts' token counts, per tokenizer."""
-    return shared_model(("token-count-cache",), lambda: LruCache[TextKey, int](TOKEN_COUNT_CACHE_SIZE))
+class ScoreCache(LruCache[PairKey, float]):
+    """Cross-encoder scores by (scorer, query, text hash): what a reranker looks up before any forward pass."""
 
 
 def compute_through(
@@ -138,18 +128,12 @@ class ScoredPairs:
 
 
 def score_through(
-    cache: LruCache[PairKey, float] | None,
+    cache: ScoreCache | None,
     scorer: Hashable,
     query: str,
     texts: Sequence[str],
     score: Callable[[list[str]], list[float]],
 ) -> ScoredPairs:
-    """Scores of ``texts`` for ``query`` by ``scorer``, each pair scored at most once per process (while cached)."""
+    """Scores of ``texts`` for ``query`` by ``scorer``, each pair scored at most once while cached."""
     keys = [pair_key(scorer, query, text) for text in texts]
     return ScoredPairs(*compute_through(cache, keys, texts, score))
-
-
-def token_counts(tokenizer_key: Hashable, texts: Sequence[str], count: Callable[[list[str]], list[int]]) -> list[int]:
-    """Token counts of ``texts`` (without special tokens), each text counted once per process (while cached)."""
-    keys = [(tokenizer_key, content_hash(text)) for text in texts]
-    return compute_through(shared_token_count_cache(), keys, texts, count)[0]

@@ -1,0 +1,16 @@
+"""Stage 2, precision: ``CrossEncoderRerank`` and the scorers it ranks with, their backends and caches."""
+
+from llama_index_twostage.stage2.caches import CacheStats, LruCache, ScoreCache
+from llama_index_twostage.stage2.rerank import CrossEncoderRerank, Ranking
+from llama_index_twostage.stage2.scorers import CrossEncoderScorer, PairScorer, TokenWindow
+
+__all__ = [
+    "CacheStats",
+    "CrossEncoderRerank",
+    "CrossEncoderScorer",
+    "LruCache",
+    "PairScorer",
+    "Ranking",
+    "ScoreCache",
+    "TokenWindow",
+]

@@ -1,0 +1,315 @@
+"""Stage 2: ``CrossEncoderRerank``, a LlamaIndex node postprocessor that reads query and candidate together.
+
+It is precise and expensive, so it does each pair once: candidates are de-duplicated, nodes without text are
+skipped (and said so), pairs longer than the scorer's window are counted and reported, never silently cut, and
+scores go through a score cache (:class:`~llama_index_twostage.stage2.caches.ScoreCache`), so a repeated query or
+a ``recall_k`` sweep never scores a pair twice. An optional cascade lets a cheaper scorer (int8, or a shorter
+window) cut the candidates to a ``cascade_k`` shortlist before the full scorer reads them.
+
+:meth:`CrossEncoderRerank.rank` is the one ranking method: the postprocessor and the evaluation both call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import NodeWithScore, QueryBundle
+
+from llama_index_twostage.errors import ConfigurationError
+from llama_index_twostage.models import ModelPool
+from llama_index_twostage.nodes import annotated, model_text, query_text
+from llama_index_twostage.settings import RetrieverSettings
+from llama_index_twostage.stage2.caches import ScoreCache, ScoredPairs, score_through
+from llama_index_twostage.stage2.scorers import CrossEncoderScorer, PairScorer
+from llama_index_twostage.timing import Stopwatch
+
+logger = logging.getLogger(__name__)
+dispatcher = get_dispatcher(__name__)
+
+
+@dataclass
+class Candidates:
+    """The nodes worth scoring, and what was set aside on the way (reported, never silently dropped)."""
+
+    scorable: list[NodeWithScore]
+    texts: list[str]
+    duplicate_ids: list[str]
+    non_text_ids: list[str]
+
+
+def select_candidates(nodes: list[NodeWithScore]) -> Candidates:
+    """Keep the first occurrence of each node id (its best stage-1 rank) and only nodes that have text."""
+    seen: set[str] = set()
+    candidates = Candidates([], [], [], [])
+    for scored in nodes:
+        node_id = scored.node.node_id
+        if node_id in seen:
+            candidates.duplicate_ids.append(node_id)
+            continue
+        seen.add(node_id)
+        text = model_text(scored.node)
+        if text is None:
+            candidates.non_text_ids.append(node_id)
+            continue
+        candidates.scorable.append(scored)
+        candidates.texts.append(text)
+    return candidates
+
+
+def shortlist(scores: list[float], k: int) -> list[int]:
+    """Indices of the ``k`` best scores, in their original (stage-1) order; ties go to the earlier candidate."""
+    best = sorted(range(len(scores)), key=lambda index: -scores[index])[:k]
+    return sorted(best)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The reranker's verdict on one candidate list.
+
+    ``nodes`` and ``scores``: every candidate that survived de-duplication, the cascade and ``score_threshold``,
+    best first (ties keep stage-1 order), not yet cut to ``top_k``. ``info``: what it cost and what was set aside
+    (``pairs_scored``, ``pairs_cached``, ``pairs_truncated``, ``duplicates_removed``, ``skipped_non_text``, and
+    ``cascade_pairs_scored``/``cascade_pairs_cached`` when the cascade pruned).
+    """
+
+    nodes: list[NodeWithScore]
+    scores: list[float]
+    info: dict[str, int]
+    non_text_ids: list[str] = field(default_factory=list)
+
+
+def check_cascade(scorer: PairScorer, cascade_scorer: PairScorer | None, cascade_k: int | None, top_k: int) -> None:
+    """The cascade's rules, checked whichever way a reranker is built."""
+    if (cascade_scorer is None) != (cascade_k is None):
+        raise ConfigurationError(
+            "the cascade needs both cascade_scorer and cascade_k: give both to prune with a cheap scorer, or neither"
+        )
+    if cascade_scorer is None or cascade_k is None:
+        return
+    if cascade_k < top_k:
+        raise ConfigurationError(f"cascade_k ({cascade_k}) < top_k ({top_k}): the shortlist must hold top_k")
+    if cascade_scorer.cache_key == scorer.cache_key:
+        raise ConfigurationError(
+            "the cascade scorer equals the reranker's scorer: use a cheaper one (e.g. backend 'onnx-int8' or a "
+            "shorter max_length)"
+        )
+
+
+class CrossEncoderRerank(BaseNodePostprocessor):
+    """Rerank stage-1 candidates with a :class:`~llama_index_twostage.stage2.scorers.PairScorer`; keep ``top_k``.
+
+    Each returned node is a copy whose ``metadata["twostage"]`` keeps its stage-1 rank and score and adds
+    ``rerank_score``, ``final_rank``, ``stage2_ms`` and the counts of :class:`Ranking` ``.info``.
+
+    Args:
+        scorer: what reads the pairs, e.g. ``CrossEncoderScorer.load("cross-encoder/ms-marco-MiniLM-L6-v2")``.
+        top_k: nodes returned.
+        score_threshold: drop nodes scoring below it (in the scorer's scale).
+        cascade_scorer, cascade_k: optional cheap scorer that reads every candidate; only its best ``cascade_k``
+            reach ``scorer``. ``cascade_k >= top_k`` and a scorer other than ``scorer`` are required.
+        score_cache: where scores are looked up before scoring (None: every pair is scored). Pass one cache to
+            several rerankers to share their scores; the cache key names the scorer, so scores never mix.
+    """
+
+    top_k: int = Field(default=5, gt=0, description="Nodes returned after reranking.")
+    score_threshold: float | None = Field(default=None, description="Drop nodes scoring below this.")
+    cascade_k: int | None = Field(default=None, gt=0, description="Shortlist size of the cascade; None: off.")
+    _scorer: PairScorer = PrivateAttr()
+    _cascade_scorer: PairScorer | None = PrivateAttr(default=None)
+    _score_cache: ScoreCache | None = PrivateAttr(default=None)
+
+    def __init__(
+        self,
+        scorer: PairScorer,
+        *,
+        top_k: int = 5,
+        score_threshold: float | None = None,
+        cascade_scorer: PairScorer | None = None,
+        cascade_k: int | None = None,
+        score_cache: ScoreCache | None = None,
+        callback_manager: CallbackManager | None = None,
+    ) -> None:
+        super().__init__(
+            top_k=top_k,
+            score_threshold=score_threshold,
+            cascade_k=cascade_k,
+            callback_manager=callback_manager or CallbackManager(),
+        )
+        if not isinstance(scorer, PairScorer):
+            raise ConfigurationError(f"scorer {scorer!r} is not a PairScorer (name, cache_key, window, score)")
+        check_cascade(scorer, cascade_scorer, cascade_k, top_k)
+        self._scorer = scorer
+        self._cascade_scorer = cascade_scorer
+        self._score_cache = score_cache
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "CrossEncoderRerank"
+
+    @classmethod
+    def from_settings(
+        cls, settings: RetrieverSettings, *, pool: ModelPool | None = None, score_cache: ScoreCache | None = None
+    ) -> CrossEncoderRerank:
+        """The reranker the settings describe (models loaded through ``pool``; a new score cache unless given)."""
+
+        def scorer(backend: Any, max_length: int | None) -> CrossEncoderScorer:
+            return CrossEncoderScorer.load(
+                settings.rerank_model,
+                backend=backend,
+                max_length=max_length,
+                device=settings.device,
+                normalize=settings.normalize_scores,
+                batch_size=settings.rerank_batch_size,
+                trust_remote_code=settings.trust_remote_code,
+                cache_dir=settings.model_cache_dir,
+                pool=pool,
+            )
+
+        cascade = None
+        if settings.cascade_k is not None:
+            cascade = scorer(
+                settings.cascade_backend or settings.rerank_backend, settings.cascade_max_length or settings.max_length
+            )
+        if score_cache is None and settings.score_cache_size:
+            score_cache = ScoreCache(settings.score_cache_size)
+        return cls(
+            scorer(settings.rerank_backend, settings.max_length),
+            top_k=settings.top_k,
+            score_threshold=settings.score_threshold,
+            cascade_scorer=cascade,
+            cascade_k=settings.cascade_k,
+            score_cache=score_cache,
+        )
+
+    @property
+    def scorer(self) -> PairScorer:
+        return self._scorer
+
+    @property
+    def cascade_scorer(self) -> PairScorer | None:
+        return self._cascade_scorer
+
+    @property
+    def score_cache(self) -> ScoreCache | None:
+        return self._score_cache
+
+    def with_score_cache(self, score_cache: ScoreCache | None) -> CrossEncoderRerank:
+        """The same reranker (scorers and rules) looking scores up in another cache."""
+        return type(self)(
+            self._scorer,
+            top_k=self.top_k,
+            score_threshold=self.score_threshold,
+            cascade_scorer=self._cascade_scorer,
+            cascade_k=self.cascade_k,
+            score_cache=score_cache,
+            callback_manager=self.callback_manager,
+        )
+
+    def score_with(self, scorer: PairScorer, query: str, texts: list[str]) -> ScoredPairs:
+        """Scores of the pairs by ``scorer``, through the score cache."""
+        return score_through(self._score_cache, scorer.cache_key, query, texts, lambda todo: scorer.score(query, todo))
+
+    def score(self, query: str, texts: list[str]) -> list[float]:
+        """The ranking scorer's scores for (query, text) pairs, as Python floats, in the order given."""
+        return self.score_with(self._scorer, query, texts).scores
+
+    def _cascade(self, query: str, candidates: Candidates) -> tuple[Candidates, dict[str, int]]:
+        """The candidates the cheap scorer ranks in its best ``cascade_k`` (all when the cascade is off or moot)."""
+        cheap, keep_k = self._cascade_scorer, self.cascade_k
+        if cheap is None or keep_k is None or len(candidates.texts) <= keep_k:
+            return candidates, {}
+        scored = self.score_with(cheap, query, candidates.texts)
+        keep = shortlist(scored.scores, keep_k)
+        kept = replace(
+            candidates,
+            scorable=[candidates.scorable[index] for index in keep],
+            texts=[candidates.texts[index] for index in keep],
+        )
+        return kept, {"cascade_pairs_scored": len(scored.scores), "cascade_pairs_cached": scored.cached}
+
+    def rank(self, query: str, nodes: list[NodeWithScore]) -> Ranking:
+        """De-duplicate, prune (cascade), score, sort (ties keep stage-1 order) and apply ``score_threshold``."""
+        candidates, cascade_info = self._cascade(query, select_candidates(nodes))
+        window = self._scorer.window
+        truncated = window.count_truncated(query, candidates.texts) if window is not None else 0
+        scored = self.score_with(self._scorer, query, candidates.texts)
+        scores = scored.scores
+        order = sorted(range(len(scores)), key=lambda index: -scores[index])
+        if self.score_threshold is not None:
+            order = [index for index in order if scores[index] >= self.score_threshold]
+        info = {
+            "pairs_scored": len(scores),
+            "pairs_cached": scored.cached,
+            "pairs_truncated": truncated,
+            "duplicates_removed": len(candidates.duplicate_ids),
+            "skipped_non_text": len(candidates.non_text_ids),
+            **cascade_info,
+        }
+        return Ranking(
+            [candidates.scorable[index] for index in order],
+            [scores[index] for index in order],
+            info,
+            candidates.non_text_ids,
+        )
+
+    def _report(self, ranking: Ranking) -> None:
+        if ranking.non_text_ids:
+            logger.warning(
+                "skipped %d candidates without text (ids: %s)",
+                len(ranking.non_text_ids),
+                ", ".join(ranking.non_text_ids[:5]),
+            )
+        truncated = ranking.info["pairs_truncated"]
+        if truncated and self._scorer.window is not None:
+            logger.warning(
+                "%d of %d (query, candidate) pairs exceed the cross-encoder window of %d tokens and were truncated; "
+                "raise max_length (up to the model's limit) or ingest smaller chunks",
+                truncated,
+                ranking.info["pairs_scored"],
+                self._scorer.window.max_tokens,
+            )
+
+    def rerank(self, nodes: list[NodeWithScore], query: str) -> list[NodeWithScore]:
+        """:meth:`rank`, cut to ``top_k``; returns annotated copies (the caller's nodes are never mutated)."""
+        with Stopwatch() as watch:
+            ranking = self.rank(query, nodes)
+        self._report(ranking)
+        info = {"stage2_ms": watch.ms, **ranking.info}
+        return [
+            annotated(scored, score=score, rerank_score=score, final_rank=rank, **info)
+            for rank, (scored, score) in enumerate(zip(ranking.nodes[: self.top_k], ranking.scores), 1)
+        ]
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        if query_bundle is None:
+            raise ValueError("CrossEncoderRerank needs the query: pass query_bundle or query_str")
+        query = query_text(query_bundle)
+        model_name = self._scorer.name
+        dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_k, model_name=model_name))
+        payload = {
+            EventPayload.NODES: nodes,
+            EventPayload.MODEL_NAME: model_name,
+            EventPayload.QUERY_STR: query,
+            EventPayload.TOP_K: self.top_k,
+        }
+        with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
+            reranked = self.rerank(nodes, query)
+            event.on_end(payload={EventPayload.NODES: reranked})
+        dispatcher.event(ReRankEndEvent(nodes=reranked))
+        return reranked
+
+    async def _apostprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        """The forward passes run in a worker thread, so the event loop keeps serving other requests."""
+        return await asyncio.to_thread(self._postprocess_nodes, nodes, query_bundle)

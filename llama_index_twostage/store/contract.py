@@ -1,0 +1,104 @@
+"""The contract a collection keeps with the embedding model that wrote it, and Chroma's distances as similarities.
+
+A collection records, on creation, which embedding model wrote it, the vectors' dimension and the distance space.
+Opening it with another model or dimension fails loudly instead of returning nonsense neighbours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from llama_index_twostage.errors import CollectionMismatchError
+from llama_index_twostage.settings import DistanceSpace
+
+if TYPE_CHECKING:
+    from chromadb.api.models.AsyncCollection import AsyncCollection
+    from chromadb.api.models.Collection import Collection
+
+MODEL_KEY = "twostage:embed_model"
+DIMENSION_KEY = "twostage:dimension"
+
+# What each record written by ingestion carries besides LlamaIndex's own layout (read back by ingestion and verify).
+SOURCE_KEY = "ref_doc_id"  # where LlamaIndex's node_to_metadata_dict records the source document id
+HASH_KEY = "twostage_doc_hash"
+CHUNKS_KEY = "twostage_doc_chunks"
+STAMP_KEY = "twostage_ingested_at"
+
+
+def model_identity(model: str) -> str:
+    """What the contract compares: the model's name without its org or directory.
+
+    A local copy of a hub model (``./models/all-MiniLM-L6-v2``) then matches its hub id
+    (``sentence-transformers/all-MiniLM-L6-v2``); the dimension check guards the rest.
+    """
+    return model.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class CollectionContract:
+    """Which embedding model wrote a collection, the vectors' dimension and the distance space."""
+
+    embed_model: str
+    dimension: int
+    space: DistanceSpace = "cosine"
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {MODEL_KEY: self.embed_model, DIMENSION_KEY: self.dimension}
+
+    @classmethod
+    def of(cls, collection: Collection | AsyncCollection) -> CollectionContract | None:
+        """The contract a collection recorded, or None when another tool (e.g. ChromaVectorStore) created it."""
+        metadata = collection.metadata or {}
+        if MODEL_KEY not in metadata:
+            return None
+        return cls(str(metadata[MODEL_KEY]), int(metadata[DIMENSION_KEY]), distance_space(collection))
+
+    def check(self, expected_model: str, expected_dimension: int, collection_name: str) -> None:
+        """Raise :class:`CollectionMismatchError` naming both sides when the query side differs from the writer."""
+        if model_identity(self.embed_model) != model_identity(expected_model):
+            raise CollectionMismatchError(
+                f"collection {collection_name!r} was written with embedding model {self.embed_model!r}, "
+                f"but the settings use {expected_model!r}: set embed_model to {self.embed_model!r} or ingest "
+                "into a new collection"
+            )
+        if self.dimension != expected_dimension:
+            raise CollectionMismatchError(
+                f"collection {collection_name!r} holds {self.dimension}-dimensional vectors, but "
+                f"{expected_model!r} produces {expected_dimension}: use the model that wrote it or a new collection"
+            )
+
+
+def verify_collection(collection: Collection, embed_model: str, dimension: int) -> None:
+    """Check a collection against the model about to read or write it.
+
+    Collections created by other tools (LlamaIndex's ``ChromaVectorStore``) record no model: their dimension is
+    checked on a stored vector, and the model cannot be.
+    """
+    recorded = CollectionContract.of(collection)
+    if recorded is not None:
+        recorded.check(embed_model, dimension, collection.name)
+        return
+    sample = collection.peek(limit=1).get("embeddings")
+    if sample is not None and len(sample) and len(sample[0]) != dimension:
+        CollectionContract(embed_model, len(sample[0])).check(embed_model, dimension, collection.name)
+
+
+def distance_space(collection: Collection | AsyncCollection) -> DistanceSpace:
+    """The distance space Chroma uses for this collection (``l2`` when it was created without one)."""
+    configuration = collection.configuration or {}
+    index = configuration.get("hnsw") or configuration.get("spann") or {}
+    space = index.get("space") or (collection.metadata or {}).get("hnsw:space") or "l2"
+    return space  # type: ignore[no-any-return]
+
+
+def distance_to_similarity(distance: float, space: DistanceSpace) -> float:
+    """The one place that turns a Chroma distance into a cosine similarity.
+
+    Chroma returns ``1 - cos`` for ``cosine``, ``1 - dot`` for ``ip`` and the *squared* Euclidean distance for
+    ``l2``. For unit vectors (what the bi-encoders here produce) all three give the cosine exactly:
+    ``||a - b||^2 = 2 - 2 cos``.
+    """
+    if space == "l2":
+        return 1.0 - distance / 2.0
+    return 1.0 - distance
