@@ -6,6 +6,7 @@ embedding text, and is always written on a copy: the caller's nodes are never mu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
@@ -44,29 +45,25 @@ def stage_info(scored: NodeWithScore) -> dict[str, Any]:
     return dict(scored.node.metadata.get(STAGE_KEY) or {})
 
 
-def _stage_fields(node: BaseNode, info: dict[str, Any]) -> dict[str, Any]:
-    """The node fields that carry ``info``: its metadata with the merged stage entry, hidden from LLM and embedding."""
-    metadata = dict(node.metadata)
-    metadata[STAGE_KEY] = {**(node.metadata.get(STAGE_KEY) or {}), **info}
-    fields: dict[str, Any] = {"metadata": metadata}
+def stage_fields(fields: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, Any]:
+    """From a node's ``metadata`` and exclusion lists: the metadata with ``info`` merged into its stage entry, and
+    the exclusion lists that hide that entry from the LLM and the embedding (new objects: nothing is mutated)."""
+    metadata = dict(fields.get("metadata") or {})
+    metadata[STAGE_KEY] = {**(metadata.get(STAGE_KEY) or {}), **info}
+    updated: dict[str, Any] = {"metadata": metadata}
     for name in _HIDDEN_FROM:
-        keys = list(getattr(node, name))
+        keys = list(fields.get(name) or [])
         if STAGE_KEY not in keys:
-            fields[name] = [*keys, STAGE_KEY]
-    return fields
+            updated[name] = [*keys, STAGE_KEY]
+    return updated
+
+
+def with_stage_info(node: BaseNode, **info: Any) -> BaseNode:
+    """A copy of ``node`` whose stage metadata holds ``info`` as well."""
+    current = {"metadata": node.metadata, **{name: getattr(node, name) for name in _HIDDEN_FROM}}
+    return node.model_copy(update=stage_fields(current, info))
 
 
 def annotated(scored: NodeWithScore, *, score: float | None = None, **info: Any) -> NodeWithScore:
     """A copy of ``scored`` with ``info`` merged into its stage metadata and, if given, a new score."""
-    node = scored.node.model_copy(update=_stage_fields(scored.node, info))
-    return NodeWithScore(node=node, score=scored.score if score is None else score)
-
-
-def annotate_new(node: BaseNode, **info: Any) -> BaseNode:
-    """``node`` with ``info`` written into its stage metadata in place, for a node the stage has just built.
-
-    No other code holds such a node yet, so the copy :func:`annotated` makes would only cost time on the hot path
-    (a hundred nodes per query in stage 1).
-    """
-    node.__dict__.update(_stage_fields(node, info))
-    return node
+    return NodeWithScore(node=with_stage_info(scored.node, **info), score=scored.score if score is None else score)

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
-from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle, TextNode
 from llama_index.core.vector_stores.types import MetadataFilters
 from llama_index.core.vector_stores.utils import metadata_dict_to_node
 from pydantic_core import from_json
 
 from llama_index_twostage.errors import CollectionNotFoundError, ConfigurationError
 from llama_index_twostage.models import embedding_model_name, sentence_transformer_of
-from llama_index_twostage.nodes import annotate_new, query_text
+from llama_index_twostage.nodes import query_text, stage_fields, with_stage_info
 from llama_index_twostage.settings import DistanceSpace
 from llama_index_twostage.stage1.filters import to_chroma_where
 from llama_index_twostage.store.chroma import ChromaStore
@@ -46,24 +46,29 @@ def recall_starved(similarities: list[float], recall_k: int, gap: float) -> bool
     return len(similarities) >= recall_k > 0 and similarities[0] - similarities[recall_k - 1] <= gap
 
 
-def _node_from_record(node_id: str, document: str | None, metadata: dict[str, Any] | None) -> TextNode:
-    """Rebuild a node from a Chroma record in LlamaIndex's layout, or wrap a plain record written by other code.
+def _node_from_record(
+    node_id: str, document: str | None, metadata: dict[str, Any] | None, info: dict[str, Any] | None = None
+) -> BaseNode:
+    """Rebuild a node from a Chroma record in LlamaIndex's layout (or wrap a plain record written by other code),
+    with ``info`` already in its stage metadata.
 
-    Text nodes, a hundred per query, are parsed by pydantic's JSON parser and built in one validated construction
-    with their id and text; other node types go through LlamaIndex's own ``metadata_dict_to_node``.
+    Text nodes, a hundred per query, are parsed by pydantic's JSON parser and built, stage metadata included, in one
+    validated construction; other node types go through LlamaIndex's own ``metadata_dict_to_node``.
     """
     metadata = metadata or {}
-    if "_node_content" not in metadata:
-        return TextNode(id_=node_id, text=document or "", metadata=metadata)
     if metadata.get("_node_type", TextNode.class_name()) != TextNode.class_name():
-        node = metadata_dict_to_node(metadata, text=document)
-        node.id_ = node_id
-        return node
-    fields = from_json(metadata["_node_content"])
-    fields.pop("class_name", None)
+        node = metadata_dict_to_node(metadata, text=document).model_copy(update={"id_": node_id})
+        return with_stage_info(node, **info) if info else node
+    if "_node_content" in metadata:
+        fields = from_json(metadata["_node_content"])
+        fields.pop("class_name", None)
+        if document is not None:
+            fields["text"] = document
+    else:
+        fields = {"text": document or "", "metadata": metadata}
     fields["id_"] = node_id
-    if document is not None:
-        fields["text"] = document
+    if info:
+        fields.update(stage_fields(fields, info))
     return TextNode(**fields)
 
 
@@ -198,7 +203,7 @@ class ChromaRecallRetriever(BaseRetriever):
                 info["query_truncated"] = True
             if starved:
                 info["recall_starved"] = True
-            node = annotate_new(_node_from_record(node_id, document, metadata), **info)
+            node = _node_from_record(node_id, document, metadata, info)
             nodes.append(NodeWithScore(node=node, score=similarity))
         return nodes
 

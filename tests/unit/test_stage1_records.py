@@ -6,7 +6,7 @@ import pytest
 from llama_index.core.schema import IndexNode, MetadataMode, NodeRelationship, RelatedNodeInfo, TextNode
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
-from llama_index_twostage.nodes import STAGE_KEY, annotate_new
+from llama_index_twostage.nodes import STAGE_KEY
 from llama_index_twostage.stage1.retriever import _node_from_record
 
 
@@ -60,11 +60,25 @@ def test_records_written_by_other_code_become_plain_text_nodes(metadata):
     assert (rebuilt.node_id, rebuilt.text, rebuilt.metadata) == ("r1", "raw text", metadata or {})
 
 
-def test_annotate_new_writes_hidden_stage_info_in_place():
-    node = rich_text_node()
-    same = annotate_new(node, stage1_rank=3, stage1_score=0.71)
-    assert same is node
-    assert node.metadata[STAGE_KEY] == {"stage1_rank": 3, "stage1_score": 0.71}
-    assert node.excluded_llm_metadata_keys == ["year", STAGE_KEY]
-    assert node.excluded_embed_metadata_keys == ["score", STAGE_KEY]
-    assert STAGE_KEY not in node.get_content(MetadataMode.LLM)
+def test_stage_info_is_built_into_the_node_hidden_from_llm_and_embedding():
+    node_id, document, metadata = stored(rich_text_node())
+    before = dict(metadata)
+    rebuilt = _node_from_record(node_id, document, metadata, {"stage1_rank": 3, "stage1_score": 0.71})
+    plain = _node_from_record(node_id, document, metadata)
+    assert rebuilt.metadata == {**plain.metadata, STAGE_KEY: {"stage1_rank": 3, "stage1_score": 0.71}}
+    assert rebuilt.excluded_llm_metadata_keys == ["year", STAGE_KEY]
+    assert rebuilt.excluded_embed_metadata_keys == ["score", STAGE_KEY]
+    assert rebuilt.get_content(MetadataMode.LLM) == plain.get_content(MetadataMode.LLM)
+    assert rebuilt.get_content(MetadataMode.EMBED) == plain.get_content(MetadataMode.EMBED)
+    assert metadata == before  # Chroma's record is left as it came
+
+
+@pytest.mark.parametrize("kind", ["plain", "index"])
+def test_stage_info_reaches_every_kind_of_record(kind):
+    if kind == "plain":
+        node_id, document, metadata = "r1", "raw text", {"source": "plain"}
+    else:
+        node_id, document, metadata = stored(IndexNode(id_="idx", text="points elsewhere", index_id="other-index"))
+    rebuilt = _node_from_record(node_id, document, metadata, {"stage1_rank": 1})
+    assert rebuilt.node_id == node_id and rebuilt.metadata[STAGE_KEY] == {"stage1_rank": 1}
+    assert STAGE_KEY in rebuilt.excluded_llm_metadata_keys and STAGE_KEY not in metadata
