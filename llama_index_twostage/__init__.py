@@ -9,6 +9,7 @@ Data flows one way::
 """
 
 from llama_index_twostage.errors import (
+    ChromaAuthenticationError,
     ChromaUnavailableError,
     CollectionMismatchError,
     CollectionNotFoundError,
@@ -39,6 +40,7 @@ from llama_index_twostage.store import ChromaStore, VerifyReport
 
 __all__ = [
     "STAGE_KEY",
+    "ChromaAuthenticationError",
     "ChromaRecallRetriever",
     "ChromaStore",
     "Chunking",

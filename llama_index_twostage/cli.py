@@ -13,16 +13,38 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from llama_index.core import Document, SimpleDirectoryReader
 from pydantic import ValidationError
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
-from llama_index_twostage.errors import TwoStageError
+from llama_index_twostage.errors import ConfigurationError, DocumentError, TwoStageError
+from llama_index_twostage.ingest.files import FolderDocuments, read_files
 from llama_index_twostage.nodes import stage_info
 from llama_index_twostage.pipeline import TwoStagePipeline
 from llama_index_twostage.settings import RetrieverSettings
 from llama_index_twostage.store import CollectionContract, distance_space
 
-app = typer.Typer(help="Two-stage retrieval for LlamaIndex: Chroma recall, cross-encoder precision.")
+logger = logging.getLogger(__name__)
+
+
+class OneLineUsageErrors(TyperGroup):
+    """A bad flag, a missing argument or an unknown command ends like every other error: one line that starts
+    with the reason, exit code 2 (typer's framed usage box would bury the reason under the usage)."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TyperException as error:  # typer's own click errors (it vendors click); usage errors exit with 2
+            if getattr(error, "exit_code", None) != 2:
+                raise
+            usage = getattr(error, "ctx", None) or ctx
+            typer.secho(f"error: {error.format_message()} (see `{usage.command_path} --help`)", fg="red", err=True)
+            raise typer.Exit(code=2) from None
+
+
+app = typer.Typer(
+    help="Two-stage retrieval for LlamaIndex: Chroma recall, cross-encoder precision.", cls=OneLineUsageErrors
+)
 
 # Settings a command can take as flags; each command names the ones that matter to it.
 SETTINGS_FLAGS: dict[str, tuple[Any, str]] = {
@@ -64,7 +86,7 @@ def with_settings(*flags: str) -> Callable[[Callable[..., None]], Callable[..., 
 
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
         own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "settings"]
-        added = [_flag("config", Optional[Path], "TOML settings file.", exists=True)]
+        added = [_flag("config", Optional[Path], "TOML settings file.")]  # checked by from_toml: one line
         added += [_flag(name, *SETTINGS_FLAGS[name]) for name in flags]
 
         @functools.wraps(command)
@@ -82,18 +104,27 @@ def with_settings(*flags: str) -> Callable[[Callable[..., None]], Callable[..., 
     return decorate
 
 
-def load_documents(path: Path, limit: int | None = None) -> list[Document]:
-    """A BEIR corpus (``corpus.jsonl`` or a folder holding one), else any files SimpleDirectoryReader reads."""
+def load_documents(path: Path, limit: int | None = None) -> FolderDocuments:
+    """A BEIR corpus (``corpus.jsonl`` or a folder holding one), else the text files of a folder (or one file)."""
     from llama_index_twostage.evaluation.datasets import load_beir_corpus
 
+    if limit is not None and limit < 1:
+        raise ConfigurationError(f"--limit must be at least 1, got {limit}: leave it out to ingest every document")
     corpus = path / "corpus.jsonl" if path.is_dir() else path
     if corpus.suffix == ".jsonl" and corpus.is_file():
-        documents = load_beir_corpus(corpus)
-    elif path.is_dir():
-        documents = SimpleDirectoryReader(str(path), recursive=True, filename_as_id=True).load_data()
+        read = FolderDocuments(load_beir_corpus(corpus))
     else:
-        documents = SimpleDirectoryReader(input_files=[str(path)], filename_as_id=True).load_data()
-    return documents[:limit] if limit else documents
+        read = read_files(path)
+    if read.skipped:
+        logger.warning(
+            "skipped %d files: %s",
+            len(read.skipped),
+            "; ".join(f"{name} ({why})" for name, why in read.skipped.items()),
+        )
+    if not read.documents:
+        raise DocumentError(f"no documents to ingest in {str(path)!r}: {len(read.skipped)} files, none of them text")
+    read.documents = read.documents[:limit]
+    return read
 
 
 def _one_line(error: Exception) -> str:
@@ -119,8 +150,9 @@ def ingest(
     limit: Annotated[Optional[int], typer.Option(help="Ingest only the first N documents.")] = None,
 ) -> None:
     """Chunk, embed and store documents (re-runs add nothing twice)."""
+    read = load_documents(path, limit)
     with TwoStagePipeline(settings) as pipeline:
-        report = pipeline.ingest(load_documents(path, limit))
+        report = pipeline.ingest(read.documents)
     typer.echo(
         f"{report.documents} documents -> {report.chunks} chunks: {report.added} added, "
         f"{report.already_stored} already stored; collection {report.collection!r} now holds "
@@ -130,6 +162,11 @@ def ingest(
         f"{report.unchanged_documents} documents unchanged (skipped), {report.replaced_documents} replaced, "
         f"{report.removed_stale} stale chunks removed"
     )
+    if read.skipped or report.empty_documents:
+        typer.echo(
+            f"{len(read.skipped)} files skipped (not text, or empty): {', '.join(read.skipped) or 'none'}; "
+            f"{report.empty_documents} documents without text not stored"
+        )
 
 
 @app.command()
@@ -141,12 +178,21 @@ def query(settings: RetrieverSettings, text: Annotated[str, typer.Argument(help=
         typer.echo(format_results(pipeline.two_stage_retriever().retrieve(text)))
 
 
+def visible(text: str) -> str:
+    """``text`` safe for a terminal: whitespace as spaces, other control and invisible characters as escapes
+    (a stored ``\\x1b[2J`` would otherwise clear the user's screen)."""
+    return "".join(
+        " " if character.isspace() else character if character.isprintable() else ascii(character)[1:-1]
+        for character in text
+    )
+
+
 def format_results(results: list[Any]) -> str:
     """A table of stage-1 rank -> final rank, both scores, and the text's start; timings underneath."""
     lines = [f"{'stage1 -> final':>15}  {'stage1 score':>12}  {'rerank score':>12}  text"]
     for scored in results:
         info = stage_info(scored)
-        snippet = scored.node.get_content().replace("\n", " ")[:70]
+        snippet = visible(scored.node.get_content())[:70]
         lines.append(
             f"{info['stage1_rank']:>6} -> {info['final_rank']:<5}  {info['stage1_score']:>12.4f}  "
             f"{info['rerank_score']:>12.4f}  {snippet}"
@@ -201,6 +247,8 @@ def eval_command(
     """Evaluate stage 1 alone and two-stage retrieval on a labelled dataset; recommend a recall_k."""
     from llama_index_twostage.evaluation import evaluate, format_table, load_dataset, parse_sweep, write_report
 
+    if out.exists() and not out.is_dir():  # before the work, not after it
+        raise ConfigurationError(f"--out {str(out)!r} is a file: give a folder for the report files")
     report = evaluate(
         load_dataset(dataset, split),
         settings,

@@ -35,6 +35,10 @@ class ChromaUnavailableError(TwoStageError, ConnectionError):
     """The Chroma server (or the embedded store on disk) cannot be reached or used."""
 
 
+class ChromaAuthenticationError(TwoStageError, PermissionError):
+    """The Chroma server refused the credentials (a missing or wrong ``chroma_token``); the token is never shown."""
+
+
 class ModelLoadError(TwoStageError, OSError):
     """A bi-encoder or cross-encoder could not be loaded."""
 

@@ -11,6 +11,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -48,6 +49,23 @@ def _validate_collection_name(name: str) -> str:
     if problem:
         raise ValueError(f"invalid Chroma collection name {name!r}: {problem}")
     return name
+
+
+def split_server_url(url: str, given: dict[str, Any]) -> dict[str, Any]:
+    """``http(s)://host[:port]`` -> chroma_host, chroma_port and chroma_ssl; refused where other settings disagree."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise ValueError(
+            f"chroma_host {url!r} is not a server address: give a host name (e.g. 'localhost') or a URL such as "
+            "'http://localhost:8000' without a path"
+        )
+    values: dict[str, Any] = {"chroma_host": parts.hostname, "chroma_ssl": parts.scheme == "https"}
+    if parts.port is not None:
+        values["chroma_port"] = parts.port
+    for key, value in values.items():
+        if key != "chroma_host" and key in given and str(given[key]).lower() != str(value).lower():
+            raise ValueError(f"chroma_host {url!r} says {key}={value}, but {key} is set to {given[key]!r}: give one")
+    return values
 
 
 def looks_like_local_path(model: str) -> bool:
@@ -96,11 +114,15 @@ class RetrieverSettings(BaseSettings):
         "Setting chroma_host alone selects 'server'.",
     )
     persist_dir: Path = Field(Path("./.twostage/chroma"), description="Directory of the embedded Chroma store.")
-    chroma_host: str | None = Field(None, description="Host of a `chroma run` server.")
+    chroma_host: str | None = Field(
+        None, description="Host of a `chroma run` server; a URL (`http://host:port`) is split into host, port and ssl."
+    )
     chroma_port: int = Field(8000, ge=1, le=65535, description="Port of the Chroma server.")
     chroma_ssl: bool = Field(False, description="Use HTTPS to reach the Chroma server.")
     chroma_token: SecretStr | None = Field(None, description="Bearer token for the Chroma server; never printed.")
-    chroma_timeout_s: float = Field(10.0, gt=0, description="Bound on every Chroma server request, in seconds.")
+    chroma_timeout_s: float = Field(
+        10.0, gt=0, allow_inf_nan=False, description="Bound on every Chroma server request, in seconds."
+    )
     chroma_retries: int = Field(
         2,
         ge=0,
@@ -108,7 +130,7 @@ class RetrieverSettings(BaseSettings):
         "retried call is idempotent. 0 fails on the first error.",
     )
     chroma_retry_backoff_s: float = Field(
-        0.2, ge=0, description="Wait before the first retry, in seconds; doubles on each further retry."
+        0.2, ge=0, allow_inf_nan=False, description="Wait before the first retry, in seconds; doubles on each retry."
     )
     distance_space: DistanceSpace = Field("cosine", description="Distance space of newly created collections.")
     hnsw_ef_search: int | None = Field(
@@ -143,11 +165,14 @@ class RetrieverSettings(BaseSettings):
         None, gt=0, description="Token window of the cross-encoder; longer pairs are truncated and reported."
     )
     normalize_scores: bool = Field(False, description="Return reranker scores in 0-1 (sigmoid of logits).")
-    score_threshold: float | None = Field(None, description="Drop reranked nodes scoring below this.")
+    score_threshold: float | None = Field(
+        None, allow_inf_nan=False, description="Drop reranked nodes scoring below this."
+    )
     recall_guard: bool = Field(False, description="Warn when a query looks recall-starved (see recall_guard_gap).")
     recall_guard_gap: float = Field(
         0.05,
         gt=0,
+        allow_inf_nan=False,
         description="The guard fires when the cosine at rank recall_k is within this of the top cosine: the "
         "candidates are still as similar as the best, so relevant ones likely lie beyond recall_k.",
     )
@@ -243,6 +268,8 @@ class RetrieverSettings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _host_selects_server(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("chroma_host"), str) and "://" in data["chroma_host"]:
+            data = {**data, **split_server_url(data["chroma_host"], data)}
         if isinstance(data, dict) and data.get("chroma_host") and "chroma_mode" not in data:
             data = {**data, "chroma_mode": "server"}
         return data
@@ -267,9 +294,14 @@ class RetrieverSettings(BaseSettings):
         the result is a plain ``RetrieverSettings``, equal to the same settings built by keyword.
         """
         toml_file = Path(path).expanduser()
+        if toml_file.is_dir():
+            raise ConfigurationError(f"settings file {str(toml_file)!r} is a folder: give the path of a TOML file")
         if not toml_file.is_file():
             raise ConfigurationError(f"settings file {str(toml_file)!r} does not exist")
-        from_file = TomlConfigSettingsSource(cls, toml_file=toml_file)()
+        try:
+            from_file = TomlConfigSettingsSource(cls, toml_file=toml_file)()
+        except ValueError as error:  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
+            raise ConfigurationError(f"settings file {str(toml_file)!r} is not valid TOML: {error}") from None
         from_env = EnvSettingsSource(cls)()
         return cls(**{**{key: value for key, value in from_file.items() if key not in from_env}, **overrides})
 

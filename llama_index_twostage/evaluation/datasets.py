@@ -49,8 +49,8 @@ class RetrievalDataset:
         """Keep the first n judged queries in id order (numeric when every id is
         a number, so "10" follows "9") for quick, reproducible subset runs.
         The full corpus is kept so the retrieval task stays as hard."""
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
+        if n < 1:
+            raise DatasetError(f"the query limit must be at least 1, got {n}: leave it out to evaluate every query")
         judged = [
             qid
             for qid, judgments in self.qrels.items()
@@ -99,7 +99,7 @@ def load_beir(path: str | Path, split: str = "test") -> RetrievalDataset:
     qrels_path = _require_file(root / "qrels" / f"{split}.tsv")
 
     qrels = _read_qrels_tsv(qrels_path)
-    corpus = {document.id_: document for document in load_beir_corpus(corpus_path)}
+    corpus = _unique_ids(load_beir_corpus(corpus_path), corpus_path)
     queries = {
         qid: str(_field(record, "text", queries_path, lineno))
         for lineno, qid, record in _iter_jsonl_records(queries_path)
@@ -136,6 +136,15 @@ def load_beir_corpus(path: str | Path) -> list[Document]:
     """The documents of a BEIR ``corpus.jsonl`` (title joined to text), in file order."""
     corpus_path = _require_file(Path(path))
     return [_beir_document(doc_id, record) for _, doc_id, record in _iter_jsonl_records(corpus_path)]
+
+
+def _unique_ids(documents: list[Document], path: Path) -> dict[str, Document]:
+    """Documents by id; an id twice is refused (a dict would silently keep the last copy), as ingestion does."""
+    corpus: dict[str, Document] = {}
+    for document in documents:
+        if corpus.setdefault(document.id_, document) is not document:
+            raise DatasetError(f"{path}: the _id {document.id_!r} appears twice: give each document a unique _id")
+    return corpus
 
 
 def _require_file(path: Path) -> Path:
@@ -220,6 +229,13 @@ def _assemble(
     gaps, so warn instead of failing) and keep only queries with text and at
     least one relevant doc, so every query can be scored."""
     missing_docs = sorted({d for judged in qrels.values() for d in judged if d not in corpus})
+    kept_qrels: dict[str, dict[str, int]] = {}
+    for qid, judged in qrels.items():
+        in_corpus = {doc_id: grade for doc_id, grade in judged.items() if doc_id in corpus}
+        if qid in queries and any(grade > 0 for grade in in_corpus.values()):
+            kept_qrels[qid] = in_corpus
+    if not kept_qrels:
+        raise DatasetError(f"{name}: no query can be evaluated: {_why_none(corpus, queries, qrels, missing_docs)}")
     if missing_docs:
         logger.warning(
             "%s: dropping judgments for %d doc ids missing from the corpus, e.g. %s",
@@ -235,10 +251,26 @@ def _assemble(
             len(missing_queries),
             missing_queries[:5],
         )
-    kept_qrels: dict[str, dict[str, int]] = {}
-    for qid, judged in qrels.items():
-        in_corpus = {doc_id: grade for doc_id, grade in judged.items() if doc_id in corpus}
-        if qid in queries and any(grade > 0 for grade in in_corpus.values()):
-            kept_qrels[qid] = in_corpus
     kept_queries = {qid: queries[qid] for qid in kept_qrels}
     return RetrievalDataset(name=name, corpus=corpus, queries=kept_queries, qrels=kept_qrels)
+
+
+def _why_none(
+    corpus: Mapping[str, Document],
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    missing_docs: list[str],
+) -> str:
+    """What left a dataset without an evaluable query, in the user's terms."""
+    if not corpus:
+        return "the corpus is empty"
+    if not qrels:
+        return "the qrels judge no query"
+    if not queries:
+        return f"no judged query has text ({len(qrels)} judged query ids, none in the queries file)"
+    if missing_docs:
+        return (
+            f"the judgments point to {len(missing_docs)} documents missing from the corpus (e.g. {missing_docs[:3]}): "
+            "check that qrels and corpus come from the same dataset"
+        )
+    return "no query has a judgment with a grade above 0"

@@ -84,6 +84,7 @@ class IngestReport:
     added: int
     already_stored: int
     skipped_empty: int
+    empty_documents: int  # documents without text: not stored (a chunk of metadata alone would rank as noise)
     unchanged_documents: int  # skipped by content hash: neither split, embedded nor rewritten
     replaced_documents: int  # held chunks of another version (changed or interrupted) and were brought up to date
     removed_stale: int  # chunks deleted because their source no longer produces them
@@ -121,14 +122,13 @@ class Plan:
 
 
 def chunk_id(source_id: str, node: BaseNode) -> str:
-    """Deterministic id of a chunk: the same source, content and embedded text always map to the same id.
+    """Deterministic id of a chunk from what decides the stored record's content: source, chunk text and the text
+    that is embedded (metadata included, per the document's exclusions and templates).
 
-    The embedded text (metadata included, per the document's exclusions and templates) is part of the id, so a
-    chunk whose embedding would change gets a new id and is embedded again.
+    A chunk whose embedding would change gets a new id and is embedded again; metadata that is not embedded (a
+    file's size or date) is not part of the id, so a changed value is updated in place, without re-embedding.
     """
-    content = json.dumps(
-        [source_id, node.get_content(MetadataMode.NONE), model_text(node), node.metadata], sort_keys=True, default=str
-    )
+    content = json.dumps([source_id, node.get_content(MetadataMode.NONE), model_text(node)])
     return str(uuid.uuid5(_NODE_ID_NAMESPACE, content))
 
 
@@ -314,7 +314,10 @@ def ingest_into(
         raise ConfigurationError(f"upsert_batch_size must be positive, got {upsert_batch_size}")
     chunking = chunking or Chunking()
     with Stopwatch() as watch:
-        sources = collect_sources(documents, (chunking.chunk_size, chunking.chunk_overlap))
+        with_text = [document for document in documents if document.text.strip()]
+        if len(with_text) < len(documents):
+            logger.warning("skipped %d documents without text", len(documents) - len(with_text))
+        sources = collect_sources(with_text, (chunking.chunk_size, chunking.chunk_overlap))
         collection, batch_size = _open_for_writing(store, embed_model, upsert_batch_size)
         plan = plan_ingestion(sources, stored_sources(collection, list(sources), store), chunking)
         if plan.skipped_empty:
@@ -331,6 +334,7 @@ def ingest_into(
         added=len(plan.to_embed),
         already_stored=plan.already_stored,
         skipped_empty=plan.skipped_empty,
+        empty_documents=len(documents) - len(with_text),
         unchanged_documents=plan.unchanged_documents,
         replaced_documents=plan.replaced_documents,
         removed_stale=len(plan.stale_ids),

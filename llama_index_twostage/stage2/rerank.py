@@ -120,7 +120,9 @@ class CrossEncoderRerank(BaseNodePostprocessor):
     """
 
     top_k: int = Field(default=5, gt=0, description="Nodes returned after reranking.")
-    score_threshold: float | None = Field(default=None, description="Drop nodes scoring below this.")
+    score_threshold: float | None = Field(
+        default=None, allow_inf_nan=False, description="Drop nodes scoring below this (a finite number)."
+    )
     cascade_k: int | None = Field(default=None, gt=0, description="Shortlist size of the cascade; None: off.")
     _scorer: PairScorer = PrivateAttr()
     _cascade_scorer: PairScorer | None = PrivateAttr(default=None)

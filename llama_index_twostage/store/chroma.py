@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -21,7 +22,12 @@ from typing import TYPE_CHECKING, TypeVar
 import httpx
 from pydantic import SecretStr
 
-from llama_index_twostage.errors import ChromaUnavailableError, CollectionNotFoundError, ConfigurationError
+from llama_index_twostage.errors import (
+    ChromaAuthenticationError,
+    ChromaUnavailableError,
+    CollectionNotFoundError,
+    ConfigurationError,
+)
 from llama_index_twostage.settings import ChromaMode, DistanceSpace, RetrieverSettings
 from llama_index_twostage.store.contract import CollectionContract, verify_collection
 
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+STORE_FILE = "chroma.sqlite3"  # what every embedded Chroma store holds
 DEFAULT_PERSIST_DIR: Path = RetrieverSettings.model_fields["persist_dir"].default
 
 
@@ -93,8 +100,10 @@ class ChromaStore:
     ) -> None:
         if mode == "server" and not host:
             raise ConfigurationError("a Chroma store in server mode needs a host (and port)")
-        if timeout_s <= 0 or retries < 0 or retry_backoff_s < 0:
-            raise ConfigurationError("timeout_s must be positive, retries and retry_backoff_s not negative")
+        if not (0 < timeout_s < math.inf and 0 <= retry_backoff_s < math.inf) or retries < 0:
+            raise ConfigurationError(
+                "timeout_s must be positive and finite, retry_backoff_s finite and not negative, retries not negative"
+            )
         self.collection_name = collection
         self.mode = mode
         self.persist_dir = Path(persist_dir).expanduser()
@@ -153,12 +162,21 @@ class ChromaStore:
     def _auth_headers(self) -> dict[str, str]:
         return {} if self._token is None else {"Authorization": f"Bearer {self._token.get_secret_value()}"}
 
+    def _refused(self, status: int | str) -> ChromaAuthenticationError:
+        token = "the chroma_token given" if self._token is not None else "no chroma_token"
+        return ChromaAuthenticationError(
+            f"the Chroma server at {self.server_address} refused the request with {token} (authentication failed: "
+            f"{status}): set chroma_token (TWOSTAGE_CHROMA_TOKEN) to a token the server accepts"
+        )
+
     def check_server(self) -> None:
         """Probe the server's heartbeat within ``timeout_s``, so an absent server fails fast and clearly."""
         try:
             response = httpx.get(
                 f"{self.server_url}/api/v2/heartbeat", timeout=self.timeout_s, headers=self._auth_headers()
             )
+            if response.status_code in (401, 403):
+                raise self._refused(f"HTTP {response.status_code}")
             response.raise_for_status()
         except httpx.HTTPError as error:
             raise ChromaUnavailableError(
@@ -264,9 +282,14 @@ class ChromaStore:
 
     @contextmanager
     def server_errors(self) -> Iterator[None]:
-        """Turn transport failures of the server into one clear :class:`ChromaUnavailableError`."""
+        """Turn transport failures of the server into one clear :class:`ChromaUnavailableError`, and refused
+        credentials into a :class:`ChromaAuthenticationError` (not retried: the same token fails the same way)."""
+        from chromadb.errors import AuthorizationError, ChromaAuthError
+
         try:
             yield
+        except (ChromaAuthError, AuthorizationError) as error:
+            raise self._refused(type(error).__name__) from None
         except (httpx.TransportError, asyncio.TimeoutError) as error:
             raise ChromaUnavailableError(
                 f"lost the Chroma server at {self.server_address} ({type(error).__name__}: {error}) within "
@@ -320,12 +343,12 @@ class ChromaStore:
     def open_collection(self) -> Collection:
         """The existing collection, to read; a missing one is an error that names it and what exists.
 
-        Reading never creates an embedded store: a mistyped ``persist_dir`` is named instead of silently becoming a
-        new, empty directory.
+        Reading never creates an embedded store: a mistyped ``persist_dir``, or a folder that holds no store (the
+        current one, say), is named instead of silently gaining a new, empty ``chroma.sqlite3``.
         """
         from chromadb.errors import NotFoundError
 
-        if self.mode == "embedded" and not self.persist_dir.is_dir():
+        if self.mode == "embedded" and not (self.persist_dir / STORE_FILE).is_file():
             raise CollectionNotFoundError(
                 f"collection {self.collection_name!r} does not exist: there is no embedded Chroma store at "
                 f"{str(self.persist_dir)!r}; ingest documents first (`twostage ingest PATH`) or fix persist_dir"

@@ -125,3 +125,119 @@ def test_bad_env_setting_exits_2(runner, cli_env, monkeypatch):
     result = invoke(runner, "info")
     assert result.exit_code == 2
     assert "unknown device 'gpu'" in "\n".join(error_lines(result))
+
+
+# --- every bad input: one line, exit 2, nothing written (issue 15) -------------------------------------------------
+
+
+def test_an_empty_folder_is_one_line_exit_2(runner, cli_env, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = invoke(runner, "ingest", str(empty))
+    assert result.exit_code == 2
+    assert error_lines(result) == [f"error: no documents to ingest: the folder {str(empty)!r} holds no files"]
+
+
+@pytest.mark.parametrize("limit", ["0", "-2"])
+def test_a_limit_below_one_is_refused(runner, cli_env, text_folder, tmp_path, limit):
+    result = invoke(runner, "ingest", str(text_folder), "--limit", limit)
+    assert result.exit_code == 2
+    assert error_lines(result) == [
+        f"error: --limit must be at least 1, got {limit}: leave it out to ingest every document"
+    ]
+    assert not (tmp_path / "chroma").exists()  # nothing written
+
+
+@pytest.mark.parametrize("command", [["info"], ["query", "anything"], ["verify"]])
+def test_read_only_commands_write_nothing_into_a_folder_that_is_no_store(runner, cli_env, tmp_path, command):
+    folder = tmp_path / "not-a-store"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("a user's own files")
+    result = invoke(runner, *command, "--persist-dir", str(folder))
+    assert result.exit_code == 2
+    assert "no embedded Chroma store at" in error_lines(result)[0]
+    assert [path.name for path in folder.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [('collection = "unterminated\n', "is not valid TOML"), (None, "is a folder"), ("missing", "does not exist")],
+)
+def test_a_bad_config_file_is_one_line_exit_2(runner, cli_env, tmp_path, content, reason):
+    config = tmp_path / "settings.toml"
+    if content is None:
+        config = tmp_path
+    elif content != "missing":
+        config.write_text(content)
+    result = invoke(runner, "info", "--config", str(config))
+    assert result.exit_code == 2
+    lines = error_lines(result)
+    assert len(lines) == 1 and reason in lines[0]
+
+
+def test_query_renders_control_characters_visibly(runner, cli_env, tmp_path):
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    calm = "A volcano erupts when magma rises through the crust and escapes as lava and ash. "
+    (folder / "hostile.txt").write_text("Volcano \x1b]0;owned\x07 erupts \x1b[2J lava\u200b ash. " + calm)
+    assert invoke(runner, "ingest", str(folder)).exit_code == 0
+    result = invoke(runner, "query", "volcano lava")
+    assert result.exit_code == 0
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout and "\u200b" not in result.stdout
+    assert "\\x1b]0;owned\\x07 erupts \\x1b[2J lava\\u200b ash." in result.stdout
+
+
+@pytest.fixture
+def tiny_beir(tmp_path):
+    root = tmp_path / "tiny"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "text": "Cats purr."}) + "\n")
+    (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "what purrs"}) + "\n")
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [(["--limit", "0"], "the query limit must be at least 1, got 0"), (["--limit", "-1"], "at least 1, got -1")],
+)
+def test_eval_refuses_a_limit_below_one_before_any_work(runner, cli_env, tiny_beir, tmp_path, extra, reason):
+    result = invoke(runner, "eval", str(tiny_beir), "--out", str(tmp_path / "report"), *extra)
+    assert result.exit_code == 2
+    lines = error_lines(result)
+    assert len(lines) == 1 and reason in lines[0]
+    assert not (tmp_path / "chroma").exists() and not (tmp_path / "report").exists()
+
+
+def test_eval_refuses_an_out_path_that_is_a_file_before_any_work(runner, cli_env, tiny_beir, tmp_path):
+    taken = tmp_path / "report.txt"
+    taken.write_text("not a folder")
+    result = invoke(runner, "eval", str(tiny_beir), "--out", str(taken))
+    assert result.exit_code == 2
+    assert error_lines(result) == [f"error: --out {str(taken)!r} is a file: give a folder for the report files"]
+    assert not (tmp_path / "chroma").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["query", "anything", "--no-such-flag"], "error: No such option: --no-such-flag"),
+        (["ingest"], "error: Missing argument 'PATH'"),
+        (["ingestt", "x"], "error: No such command 'ingestt'"),
+    ],
+)
+def test_usage_errors_are_one_line_that_starts_with_the_reason(runner, cli_env, args, reason):
+    result = invoke(runner, *args)
+    assert result.exit_code == 2
+    lines = error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith(reason), lines
+
+
+def test_eval_of_a_dataset_with_no_evaluable_query_says_why(runner, cli_env, tiny_beir, tmp_path):
+    (tiny_beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tghost\t1\n")
+    result = invoke(runner, "eval", str(tiny_beir), "--out", str(tmp_path / "report"))
+    assert result.exit_code == 2
+    lines = error_lines(result)
+    assert len(lines) == 1
+    assert "tiny: no query can be evaluated: the judgments point to 1 documents missing from the corpus" in lines[0]
+    assert not (tmp_path / "report").exists()

@@ -177,8 +177,9 @@ def test_limit_orders_other_ids_lexicographically() -> None:
     )
 
     assert list(dataset.limit(3).queries) == ["a", "b", "q10"]
-    with pytest.raises(ValueError):
-        dataset.limit(-1)
+    for below_one in (0, -1):
+        with pytest.raises(DatasetError, match=f"the query limit must be at least 1, got {below_one}"):
+            dataset.limit(below_one)
 
 
 def test_load_llamaindex_qa(tmp_path: Path) -> None:
@@ -238,3 +239,24 @@ def test_real_scifact_counts() -> None:
     assert len(dataset.corpus) == 5183
     assert len(dataset.queries) == 300
     assert sum(len(judged) for judged in dataset.qrels.values()) == 339
+
+
+def test_a_duplicate_corpus_id_is_refused(tmp_path: Path) -> None:
+    corpus = [*CORPUS, {"_id": "d2", "text": "Another dog."}]
+    with pytest.raises(DatasetError, match="the _id 'd2' appears twice"):
+        load_beir(_write_beir(tmp_path / "tiny", corpus=corpus))
+
+
+@pytest.mark.parametrize(
+    ("corpus", "queries", "qrels", "why"),
+    [
+        (CORPUS, QUERIES, "query-id\tcorpus-id\tscore\n1\tghost\t1\n2\tphantom\t2\n", "2 documents missing"),
+        ([], QUERIES, QRELS, "the corpus is empty"),
+        (CORPUS, [], QRELS, "no judged query has text"),
+        (CORPUS, QUERIES, "query-id\tcorpus-id\tscore\n1\td1\t0\n", "no query has a judgment with a grade above 0"),
+        (CORPUS, QUERIES, "query-id\tcorpus-id\tscore\n", "the qrels judge no query"),
+    ],
+)
+def test_a_dataset_with_no_evaluable_query_says_why(tmp_path: Path, corpus, queries, qrels, why) -> None:
+    with pytest.raises(DatasetError, match=f"tiny: no query can be evaluated: .*{why}"):
+        load_beir(_write_beir(tmp_path / "tiny", corpus=corpus, queries=queries, qrels=qrels))

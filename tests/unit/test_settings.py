@@ -346,3 +346,60 @@ def test_remote_code_is_not_trusted_by_default(monkeypatch):
         _ = pipeline.embed_model  # loading is what the fakes record
         _ = pipeline.reranker()
     assert loaded == {"embedding": False, "cross-encoder": False}
+
+
+# --- values that make no sense are refused, naming the field (issue 15) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field"),
+    [
+        ("TWOSTAGE_CHROMA_TIMEOUT_S", "inf", "chroma_timeout_s"),
+        ("TWOSTAGE_CHROMA_RETRY_BACKOFF_S", "inf", "chroma_retry_backoff_s"),
+        ("TWOSTAGE_SCORE_THRESHOLD", "nan", "score_threshold"),
+        ("TWOSTAGE_RECALL_GUARD_GAP", "nan", "recall_guard_gap"),
+    ],
+)
+def test_non_finite_values_are_refused_naming_the_field(monkeypatch, variable, value, field):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as excinfo:
+        RetrieverSettings()
+    assert [error["loc"] for error in excinfo.value.errors()] == [(field,)]
+    assert "finite number" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("http://chroma.internal", ("chroma.internal", 8000, False)),
+        ("https://chroma.internal:8443", ("chroma.internal", 8443, True)),
+        ("http://127.0.0.1:9000/", ("127.0.0.1", 9000, False)),
+    ],
+)
+def test_a_server_url_is_split_into_host_port_and_ssl(host, expected):
+    settings = RetrieverSettings(chroma_host=host)
+    assert (settings.chroma_host, settings.chroma_port, settings.chroma_ssl) == expected
+    assert settings.chroma_mode == "server"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"chroma_host": "http://h:9000/api"}, "not a server address"),
+        ({"chroma_host": "ftp://h"}, "not a server address"),
+        ({"chroma_host": "http://h:9000", "chroma_port": 8000}, "chroma_port=9000, but chroma_port is set to 8000"),
+        ({"chroma_host": "https://h", "chroma_ssl": False}, "chroma_ssl=True, but chroma_ssl is set to False"),
+    ],
+)
+def test_a_server_url_that_cannot_be_taken_is_refused_with_the_fix(fields, message):
+    with pytest.raises(ValidationError, match=message):
+        RetrieverSettings(**fields)
+
+
+def test_malformed_toml_and_a_folder_are_one_clear_error(tmp_path):
+    broken = tmp_path / "broken.toml"
+    broken.write_text('collection = "unterminated\n')
+    with pytest.raises(ConfigurationError, match="is not valid TOML"):
+        RetrieverSettings.from_toml(broken)
+    with pytest.raises(ConfigurationError, match="is a folder: give the path of a TOML file"):
+        RetrieverSettings.from_toml(tmp_path)

@@ -206,3 +206,22 @@ def test_hnsw_build_parameters_apply_at_creation_and_a_differing_reopen_is_said(
 def test_hnsw_build_parameters_are_validated(field) -> None:
     with pytest.raises(ValueError, match=field):
         RetrieverSettings(**{field: 1 if field == "hnsw_max_neighbors" else 0})
+
+
+@pytest.mark.parametrize("folder", ["empty", "not-a-store"])
+def test_reading_a_folder_that_holds_no_store_creates_nothing(tmp_path, folder):
+    from llama_index_twostage.errors import CollectionNotFoundError
+
+    target = tmp_path / folder
+    target.mkdir()
+    if folder == "not-a-store":
+        (target / "notes.txt").write_text("a user's own files")
+    before = sorted(path.name for path in target.iterdir())
+    with pytest.raises(CollectionNotFoundError, match="no embedded Chroma store at"):
+        ChromaStore("docs", persist_dir=target).open_collection()
+    assert sorted(path.name for path in target.iterdir()) == before
+
+
+def test_a_store_refuses_infinite_timeouts():
+    with pytest.raises(ConfigurationError, match="finite"):
+        ChromaStore(mode="memory", timeout_s=float("inf"))

@@ -1,0 +1,110 @@
+"""Files -> documents for folder ingestion: decoded as the text they hold, with ids that survive a move.
+
+A folder is read as its user means it: each text file becomes one document, decoded from its byte-order mark, UTF-8
+or, failing that, Windows-1252/Latin-1 (accents kept, never silently dropped); files that are not text (images,
+PDFs, archives, random bytes) and empty files are skipped and named, never stored as garbage. A document's id is
+``<folder name>/<path inside the folder>``, so the same folder ingested through a symlink or from another working
+directory maps to the same documents instead of a second copy.
+"""
+
+from __future__ import annotations
+
+import codecs
+import mimetypes
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from llama_index.core import Document
+
+from llama_index_twostage.errors import DocumentError
+
+# What the reader keeps out of the text the models read (as LlamaIndex's SimpleDirectoryReader does): file
+# facts that change on a mere `touch` or copy must not change what is embedded.
+FILE_FACTS = ["file_name", "file_type", "file_size", "last_modified_date"]
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+# Share of control characters beyond which decoded bytes are not text: random bytes decode (as Latin-1) to about 22%,
+# while text carries at most a few stray escapes.
+_MOST_UNPRINTABLE = 0.10
+
+
+@dataclass
+class FolderDocuments:
+    """The documents read from a folder (or one file), and the files set aside with the reason for each."""
+
+    documents: list[Document] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # document id -> why it was not read
+
+
+def decode_text(data: bytes) -> str | None:
+    """The text ``data`` holds, or None when it is not text (binary data decodes to control characters)."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            return data.decode(encoding)
+    if b"\x00" in data:
+        return None
+    for encoding in ("utf-8", "cp1252", "latin-1"):
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        unprintable = sum(not (character.isprintable() or character.isspace()) for character in text)
+        return text if unprintable <= _MOST_UNPRINTABLE * len(text) else None
+    return None
+
+
+def _document(file: Path, document_id: str) -> Document | str:
+    """The file as a document, or why it cannot be one."""
+    data = file.read_bytes()
+    if not data.strip():
+        return "empty"
+    text = decode_text(data)
+    if text is None:
+        return "not text (binary); convert it to text, or load it with a LlamaIndex reader and ingest_documents"
+    if not text.strip():
+        return "empty"
+    modified = datetime.fromtimestamp(file.stat().st_mtime, tz=timezone.utc).strftime("%Y-%m-%d")
+    metadata = {
+        "file_path": document_id,
+        "file_name": file.name,
+        "file_type": mimetypes.guess_type(file.name)[0] or "text/plain",
+        "file_size": len(data),
+        "last_modified_date": modified,
+    }
+    return Document(
+        id_=document_id,
+        text=text,
+        metadata=metadata,
+        excluded_embed_metadata_keys=list(FILE_FACTS),
+        excluded_llm_metadata_keys=list(FILE_FACTS),
+    )
+
+
+def read_files(path: Path) -> FolderDocuments:
+    """Every visible file under ``path`` (a folder, recursively, or one file), in path order."""
+    if path.is_dir():
+        root, files = path, sorted(file for file in path.rglob("*") if file.is_file() and not _hidden(file, path))
+    else:
+        root, files = path.parent, [path]
+    if not files:
+        raise DocumentError(f"no documents to ingest: the folder {str(path)!r} holds no files")
+    name = root.resolve().name or "root"
+    read = FolderDocuments()
+    for file in files:
+        document_id = f"{name}/{file.relative_to(root).as_posix()}"
+        result = _document(file, document_id)
+        if isinstance(result, str):
+            read.skipped[document_id] = result
+        else:
+            read.documents.append(result)
+    return read
+
+
+def _hidden(file: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in file.relative_to(root).parts)
