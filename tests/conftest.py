@@ -221,6 +221,18 @@ def _no_ambient_twostage_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+@pytest.fixture
+def twostage_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """``twostage_env(persist_dir=..., collection=...)``: ``TWOSTAGE_*`` variables for this test, as a CLI user
+    sets them (no progress bars)."""
+
+    def set_variables(**values: Any) -> None:
+        for name, value in {"show_progress": "false", **values}.items():
+            monkeypatch.setenv(f"TWOSTAGE_{name.upper()}", str(value))
+
+    return set_variables
+
+
 @pytest.fixture(scope="session")
 def some_queries(scifact) -> list[str]:
     """A few SciFact test queries (each has a relevant document in the subset)."""

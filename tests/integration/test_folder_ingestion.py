@@ -98,14 +98,8 @@ def test_text_is_decoded_right_and_what_is_not_text_is_skipped_and_named(mixed_f
     }
 
 
-def test_cli_ingest_names_the_skipped_files_and_stores_only_text(mixed_folder, tmp_path, monkeypatch, embed_model_dir):
-    for name, value in {
-        "PERSIST_DIR": str(tmp_path / "chroma"),
-        "EMBED_MODEL": embed_model_dir,
-        "COLLECTION": "mixed",
-        "SHOW_PROGRESS": "false",
-    }.items():
-        monkeypatch.setenv(f"TWOSTAGE_{name}", value)
+def test_cli_ingest_names_the_skipped_files_and_stores_only_text(mixed_folder, tmp_path, twostage_env, embed_model_dir):
+    twostage_env(persist_dir=tmp_path / "chroma", embed_model=embed_model_dir, collection="mixed")
     result = CliRunner().invoke(app, ["ingest", str(mixed_folder)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "2 documents -> 2 chunks: 2 added" in result.stdout

@@ -164,18 +164,12 @@ def test_documents_sharing_an_id_with_different_content_are_refused(settings, ha
     assert report.stored_total == report.added > 0
 
 
-def test_cli_verify_exit_codes(cheap_settings, tmp_path, monkeypatch, embed_model_dir):
+def test_cli_verify_exit_codes(cheap_settings, tmp_path, twostage_env, embed_model_dir):
     folder = tmp_path / "docs"
     folder.mkdir()
     (folder / "a.txt").write_text(paragraph(1))
     (folder / "b.txt").write_text(paragraph(2))
-    for name, value in {
-        "PERSIST_DIR": str(tmp_path / "chroma"),
-        "EMBED_MODEL": embed_model_dir,
-        "COLLECTION": "verify-cli",
-        "SHOW_PROGRESS": "false",
-    }.items():
-        monkeypatch.setenv(f"TWOSTAGE_{name}", value)
+    twostage_env(persist_dir=tmp_path / "chroma", embed_model=embed_model_dir, collection="verify-cli")
     runner = CliRunner()
     assert runner.invoke(app, ["ingest", str(folder)], catch_exceptions=False).exit_code == 0
     healthy = runner.invoke(app, ["verify"], catch_exceptions=False)
