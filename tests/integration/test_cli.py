@@ -241,3 +241,14 @@ def test_eval_of_a_dataset_with_no_evaluable_query_says_why(runner, cli_env, tin
     assert len(lines) == 1
     assert "tiny: no query can be evaluated: the judgments point to 1 documents missing from the corpus" in lines[0]
     assert not (tmp_path / "report").exists()
+
+
+def test_an_empty_persist_dir_variable_reads_the_current_folder_without_writing(runner, cli_env, tmp_path, monkeypatch):
+    here = tmp_path / "working-directory"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.setenv("TWOSTAGE_PERSIST_DIR", "")
+    result = invoke(runner, "info")
+    assert result.exit_code == 2
+    assert "no embedded Chroma store at '.'" in error_lines(result)[0]
+    assert list(here.iterdir()) == []
