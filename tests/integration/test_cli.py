@@ -222,7 +222,7 @@ def test_eval_refuses_an_out_path_that_is_a_file_before_any_work(runner, cli_env
     ("args", "reason"),
     [
         (["query", "anything", "--no-such-flag"], "error: No such option: --no-such-flag"),
-        (["ingest"], "error: Missing argument 'PATH'"),
+        (["ingest"], "error: Missing argument 'path'"),
         (["ingestt", "x"], "error: No such command 'ingestt'"),
     ],
 )
