@@ -13,7 +13,7 @@ from pathlib import Path
 
 from llama_index.core.schema import NodeWithScore
 
-from llama_index_twostage import RetrieverSettings, build_two_stage_retriever, ingest_documents, stage_info
+from llama_index_twostage import RetrieverSettings, TwoStagePipeline, stage_info
 from llama_index_twostage.cli import format_results
 from llama_index_twostage.evaluation import RetrievalDataset, load_beir
 
@@ -45,17 +45,17 @@ def main() -> None:
 
     dataset = load_beir(args.data).limit(args.queries)
     settings = RetrieverSettings(collection="scifact-demo", recall_k=30, top_k=5)
-    report = ingest_documents(demo_corpus(dataset, args.extra_docs), settings)
-    print(f"ingested {report.documents} documents: {report.added} chunks added, {report.already_stored} already stored")
-
-    two_stage = build_two_stage_retriever(settings)
-    for query_id, query in dataset.queries.items():
-        candidates = two_stage.recall.retrieve(query)
-        final = two_stage.rerank.postprocess_nodes(candidates, query_str=query)
-        print(f"\nquery {query_id}: {query}")
-        print(format_results(final))
-        for doc_id in dataset.qrels[query_id]:
-            print("  " + fate(doc_id, candidates, final, settings.recall_k))
+    with TwoStagePipeline(settings) as pipeline:  # one store and one set of models for ingestion and queries
+        report = pipeline.ingest(demo_corpus(dataset, args.extra_docs))
+        print(f"ingested {report.documents} documents: {report.added} chunks added, {report.already_stored} stored")
+        two_stage = pipeline.two_stage_retriever()
+        for query_id, query in dataset.queries.items():
+            candidates = two_stage.recall.retrieve(query)
+            final = two_stage.rerank.postprocess_nodes(candidates, query_str=query)
+            print(f"\nquery {query_id}: {query}")
+            print(format_results(final))
+            for doc_id in dataset.qrels[query_id]:
+                print("  " + fate(doc_id, candidates, final, settings.recall_k))
 
 
 if __name__ == "__main__":
