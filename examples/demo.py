@@ -47,7 +47,8 @@ def main() -> None:
     settings = RetrieverSettings(collection="scifact-demo", recall_k=30, top_k=5)
     with TwoStagePipeline(settings) as pipeline:  # one store and one set of models for ingestion and queries
         report = pipeline.ingest(demo_corpus(dataset, args.extra_docs))
-        print(f"ingested {report.documents} documents: {report.added} chunks added, {report.already_stored} stored")
+        added, kept = report.added, report.already_stored
+        print(f"ingested {report.documents} documents: {added} chunks added, {kept} already stored")
         two_stage = pipeline.two_stage_retriever()
         for query_id, query in dataset.queries.items():
             candidates = two_stage.recall.retrieve(query)
