@@ -314,10 +314,12 @@ def ingest_into(
         raise ConfigurationError(f"upsert_batch_size must be positive, got {upsert_batch_size}")
     chunking = chunking or Chunking()
     with Stopwatch() as watch:
-        with_text = [document for document in documents if document.text.strip()]
-        if len(with_text) < len(documents):
-            logger.warning("skipped %d documents without text", len(documents) - len(with_text))
-        sources = collect_sources(with_text, (chunking.chunk_size, chunking.chunk_overlap))
+        # Every document is checked (refused whole, before anything is written); those without text are not stored.
+        validated = collect_sources(documents, (chunking.chunk_size, chunking.chunk_overlap))
+        sources = {source_id: source for source_id, source in validated.items() if source.document.text.strip()}
+        empty_documents = sum(not document.text.strip() for document in documents)
+        if empty_documents:
+            logger.warning("skipped %d documents without text", empty_documents)
         collection, batch_size = _open_for_writing(store, embed_model, upsert_batch_size)
         plan = plan_ingestion(sources, stored_sources(collection, list(sources), store), chunking)
         if plan.skipped_empty:
@@ -334,7 +336,7 @@ def ingest_into(
         added=len(plan.to_embed),
         already_stored=plan.already_stored,
         skipped_empty=plan.skipped_empty,
-        empty_documents=len(documents) - len(with_text),
+        empty_documents=empty_documents,
         unchanged_documents=plan.unchanged_documents,
         replaced_documents=plan.replaced_documents,
         removed_stale=len(plan.stale_ids),

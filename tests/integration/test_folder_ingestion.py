@@ -116,3 +116,15 @@ def test_documents_without_text_are_never_stored(cheap_settings, hash_embedding)
     with TwoStagePipeline(cheap_settings(), embed_model=hash_embedding) as pipeline:
         report = pipeline.ingest(documents)
         assert (report.empty_documents, report.added, report.stored_total) == (1, 1, 1)
+
+
+def test_a_document_without_text_is_still_checked_before_anything_is_written(cheap_settings, hash_embedding):
+    from llama_index.core import Document
+
+    from llama_index_twostage.errors import DocumentError
+
+    documents = [Document(id_="real", text="Words."), Document(id_="blank", text=" ", metadata={"$bad": 1})]
+    with TwoStagePipeline(cheap_settings(), embed_model=hash_embedding) as pipeline:
+        with pytest.raises(DocumentError, match="'blank'"):
+            pipeline.ingest(documents)
+        assert hash_embedding.embedded == []  # refused whole: nothing embedded or written
