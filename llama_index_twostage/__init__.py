@@ -18,6 +18,7 @@ from llama_index_twostage.errors import (
     EmptyQueryError,
     InvalidQueryError,
     ModelLoadError,
+    ModelOutputError,
     TwoStageError,
 )
 from llama_index_twostage.ingest import Chunking, IngestReport, ingest_into
@@ -35,7 +36,7 @@ from llama_index_twostage.pipeline import (
 )
 from llama_index_twostage.settings import RetrieverSettings
 from llama_index_twostage.stage1 import ChromaRecallRetriever
-from llama_index_twostage.stage2 import CrossEncoderRerank, CrossEncoderScorer, PairScorer, ScoreCache
+from llama_index_twostage.stage2 import CrossEncoderRerank, CrossEncoderScorer, PairScorer, PairTemplate, ScoreCache
 from llama_index_twostage.store import ChromaStore, VerifyReport
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "CrossEncoderScorer",
     "ModelPool",
     "PairScorer",
+    "PairTemplate",
     "ScoreCache",
     "TwoStagePipeline",
     "ChromaUnavailableError",
@@ -59,6 +61,7 @@ __all__ = [
     "IngestReport",
     "InvalidQueryError",
     "ModelLoadError",
+    "ModelOutputError",
     "RetrieverSettings",
     "TwoStageError",
     "TwoStageRetriever",

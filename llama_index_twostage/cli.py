@@ -22,6 +22,7 @@ from llama_index_twostage.ingest.files import FolderDocuments, read_files
 from llama_index_twostage.nodes import stage_info
 from llama_index_twostage.pipeline import TwoStagePipeline
 from llama_index_twostage.settings import RetrieverSettings
+from llama_index_twostage.stage2 import PairTemplate
 from llama_index_twostage.store import CollectionContract, distance_space
 
 logger = logging.getLogger(__name__)
@@ -219,6 +220,8 @@ def info(settings: RetrieverSettings) -> None:
         typer.echo(f"dimension:       {contract.dimension if contract else 'not recorded'}")
         typer.echo(f"distance space:  {distance_space(target)}")
     typer.echo(f"rerank model:    {settings.rerank_model} (recall_k={settings.recall_k}, top_k={settings.top_k})")
+    typer.echo(f"reranker reads:  {PairTemplate.from_settings(settings).describe()}")
+    typer.echo(f"long documents:  {settings.rerank_long_documents}")
 
 
 @app.command()
@@ -243,14 +246,20 @@ def eval_command(
     limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N judged queries.")] = None,
     knee_tolerance: Annotated[float, typer.Option(help="nDCG@10 the recommended recall_k may lose.")] = 0.005,
     split: Annotated[str, typer.Option(help="BEIR qrels split.")] = "test",
+    title_as_metadata: Annotated[
+        bool, typer.Option(help="BEIR titles as metadata, not text (the reranker reads them per rerank_metadata_keys).")
+    ] = False,
 ) -> None:
-    """Evaluate stage 1 alone and two-stage retrieval on a labelled dataset; recommend a recall_k."""
+    """Evaluate stage 1 alone and two-stage retrieval on a labelled dataset; recommend a recall_k.
+
+    What the reranker reads follows the settings (e.g. TWOSTAGE_RERANK_METADATA_KEYS=title, or --config).
+    """
     from llama_index_twostage.evaluation import evaluate, format_table, load_dataset, parse_sweep, write_report
 
     if out.exists() and not out.is_dir():  # before the work, not after it
         raise ConfigurationError(f"--out {str(out)!r} is a file: give a folder for the report files")
     report = evaluate(
-        load_dataset(dataset, split),
+        load_dataset(dataset, split, title_as_metadata=title_as_metadata),
         settings,
         sweep=parse_sweep(sweep) if sweep else None,
         limit=limit,

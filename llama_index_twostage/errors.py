@@ -45,3 +45,7 @@ class ModelLoadError(TwoStageError, OSError):
 
 class DocumentError(TwoStageError, ValueError):
     """A document cannot be stored as given (its id, text or metadata); the message names it and the field."""
+
+
+class ModelOutputError(TwoStageError, ValueError):
+    """A cross-encoder's outputs cannot be read as one relevance score per pair; the message names model and shape."""

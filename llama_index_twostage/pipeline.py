@@ -7,7 +7,8 @@ Object graph of one :class:`TwoStagePipeline`::
       ├── models: ModelPool ──────────────── each bi-encoder / cross-encoder loaded once
       ├── score_cache: ScoreCache ─────────── shared by every reranker it builds
       ├── retriever()   -> ChromaRecallRetriever(store, embed_model, recall_k, filters)      stage 1
-      ├── reranker()    -> CrossEncoderRerank(CrossEncoderScorer, cascade scorer, score_cache) stage 2
+      ├── reranker()    -> CrossEncoderRerank(CrossEncoderScorer, cascade scorer, score_cache,  stage 2
+      │                                      PairTemplate, long-document mode)
       ├── two_stage_retriever() / query_engine(llm)                                          both stages
       └── ingest(documents), verify()
 

@@ -8,9 +8,12 @@ so every other module can depend on it.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
+import string
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -18,6 +21,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -28,6 +32,7 @@ from llama_index_twostage.errors import ConfigurationError
 ChromaMode = Literal["embedded", "memory", "server"]
 DistanceSpace = Literal["cosine", "l2", "ip"]
 RerankBackend = Literal["torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8"]
+LongDocuments = Literal["truncate", "max-window"]
 
 _COLLECTION_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
 _DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu|npu)(:\d+)?)$")
@@ -66,6 +71,35 @@ def split_server_url(url: str, given: dict[str, Any]) -> dict[str, Any]:
         if key != "chroma_host" and key in given and str(given[key]).lower() != str(value).lower():
             raise ValueError(f"chroma_host {url!r} says {key}={value}, but {key} is set to {given[key]!r}: give one")
     return values
+
+
+def check_template(template: str, placeholders: set[str], *, required: set[str] | None = None) -> str:
+    """A ``str.format`` template using only ``placeholders`` (each of ``required`` at least once; literal braces
+    doubled), refused with what to write instead: a typo would otherwise fail on the first query, not at setup."""
+    required = placeholders if required is None else required
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as error:
+        raise ValueError(
+            f"template {template!r} is malformed ({error}): write a literal brace as '{{{{' or '}}}}'"
+        ) from None
+    unknown = sorted(set(fields) - placeholders)
+    missing = sorted(required - set(fields))
+    if unknown or missing:
+        names = ", ".join("{" + name + "}" for name in sorted(placeholders))
+        problem = f"unknown placeholders {unknown}" if unknown else f"it lacks {missing}"
+        raise ValueError(f"template {template!r}: {problem}; it may use {names} (literal braces doubled)")
+    return template
+
+
+def check_metadata_keys(keys: Sequence[str]) -> list[str]:
+    """A list of metadata keys, each once (a bare string would otherwise be read as one key per character)."""
+    if isinstance(keys, str):
+        raise ValueError(f"metadata keys must be a list, not the string {keys!r}: write [{keys!r}]")
+    repeated = sorted({key for key in keys if list(keys).count(key) > 1})
+    if repeated:
+        raise ValueError(f"metadata keys repeat {repeated}: name each key once")
+    return list(keys)
 
 
 def looks_like_local_path(model: str) -> bool:
@@ -202,6 +236,37 @@ class RetrieverSettings(BaseSettings):
         None, gt=0, description="Token window of the cascade's cheap scorer; unset uses max_length."
     )
 
+    # What the cross-encoder reads (README "What the reranker reads").
+    rerank_metadata_keys: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="Metadata keys the cross-encoder reads before each candidate's text, in this order (in the "
+        "environment: comma-separated). Unset: the text the bi-encoder embedded (its embed metadata included); "
+        "[] (or an empty variable): the text alone.",
+    )
+    rerank_metadata_template: str = Field("{key}: {value}", description="Format of one metadata entry.")
+    rerank_metadata_separator: str = Field("\n", description="Between metadata entries.")
+    rerank_query_template: str = Field(
+        "{query}", description="What the cross-encoder reads as the query, e.g. an instruction prefix."
+    )
+    rerank_document_template: str = Field(
+        "{document}", description="What it reads as the candidate: {document} is the metadata block and the text."
+    )
+    rerank_long_documents: LongDocuments = Field(
+        "truncate",
+        description="'truncate': a pair longer than the window is cut (and reported). 'max-window': a long candidate "
+        "is split into overlapping windows that fit beside the query, each is scored, the best counts; every "
+        "window is a pair scored.",
+    )
+    rerank_window_overlap: int = Field(
+        32, ge=0, description="Tokens shared by consecutive windows in 'max-window' mode."
+    )
+    rerank_relevant_class: int | None = Field(
+        None,
+        ge=0,
+        description="For a cross-encoder with several outputs per pair: the index of the 'relevant' class. Unset: "
+        "1 for two-output heads; heads with more outputs need it.",
+    )
+
     # Throughput.
     embed_batch_size: int = Field(32, gt=0, description="Texts per bi-encoder batch.")
     rerank_batch_size: int = Field(32, gt=0, description="Pairs per cross-encoder batch.")
@@ -235,6 +300,38 @@ class RetrieverSettings(BaseSettings):
                 "or a hub id such as 'org/name'"
             )
         return value
+
+    @field_validator("rerank_metadata_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """``TWOSTAGE_RERANK_METADATA_KEYS=title,section`` (a JSON list works too)."""
+        if isinstance(value, str):
+            return (
+                json.loads(value)
+                if value.lstrip().startswith("[")
+                else [k.strip() for k in value.split(",") if k.strip()]
+            )
+        return value
+
+    @field_validator("rerank_metadata_keys")
+    @classmethod
+    def _metadata_keys(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else check_metadata_keys(value)
+
+    @field_validator("rerank_query_template")
+    @classmethod
+    def _query_template(cls, value: str) -> str:
+        return check_template(value, {"query"})
+
+    @field_validator("rerank_document_template")
+    @classmethod
+    def _document_template(cls, value: str) -> str:
+        return check_template(value, {"document"})
+
+    @field_validator("rerank_metadata_template")
+    @classmethod
+    def _metadata_template(cls, value: str) -> str:
+        return check_template(value, {"key", "value"}, required={"value"})
 
     @model_validator(mode="after")
     def _consistent(self) -> RetrieverSettings:

@@ -9,9 +9,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from pydantic import PrivateAttr
 
@@ -56,16 +58,20 @@ def rerank_model_dir() -> str:
     return str(_require(RERANK_DIR))
 
 
-@pytest.fixture(scope="session")
-def scifact():
+def scifact_subset(**load: Any) -> Any:
     """The first 30 judged SciFact test queries; corpus = their relevant docs plus 100 others (file order)."""
     from llama_index_twostage.evaluation.datasets import load_beir
 
-    full = load_beir(_require(SCIFACT_DIR)).limit(N_QUERIES)
+    full = load_beir(_require(SCIFACT_DIR), **load).limit(N_QUERIES)
     relevant = {doc_id for judgments in full.qrels.values() for doc_id in judgments}
     others = [doc_id for doc_id in full.corpus if doc_id not in relevant][:N_OTHER_DOCS]
     keep = [doc_id for doc_id in full.corpus if doc_id in relevant] + others
     return replace(full, corpus={doc_id: full.corpus[doc_id] for doc_id in keep})
+
+
+@pytest.fixture(scope="session")
+def scifact():
+    return scifact_subset()
 
 
 @pytest.fixture(scope="session")
@@ -255,6 +261,27 @@ def _assert_same_ranking(got_ids: list[str], expected_ids: list[str], scores: di
     # Near-tie swaps aside, the two lists hold the same ids (a boundary near-tie may differ: check scores).
     for node_id in set(got_ids) ^ set(expected_ids):
         assert abs(scores[node_id] - scores[expected_ids[-1]]) < tol, node_id
+
+
+def fake_cross_encoder(window: int = 512, outputs: int = 1) -> SimpleNamespace:
+    """What CrossEncoderScorer reads of a model to name it: window, activation and head (no weights needed)."""
+    labels = SimpleNamespace(id2label={index: f"LABEL_{index}" for index in range(outputs)})
+    return SimpleNamespace(
+        tokenizer=None, max_seq_length=window, activation_fn=torch.nn.Identity(), num_labels=outputs, config=labels
+    )
+
+
+class RecordingPairs:
+    """A real scorer (any ``PairScorer``) that records every (query, text) pair it is asked to score."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name, self.cache_key, self.window = inner.name, inner.cache_key, inner.window
+        self.pairs: list[tuple[str, str]] = []
+
+    def score(self, query: str, texts: list[str]) -> list[float]:
+        self.pairs.extend((query, text) for text in texts)
+        return self.inner.score(query, texts)
 
 
 class RecordingScorer:

@@ -71,27 +71,28 @@ def _sorted_ids(ids: list[str]) -> list[str]:
     return sorted(ids)
 
 
-def load_dataset(path: str | Path, split: str = "test") -> RetrievalDataset:
+def load_dataset(path: str | Path, split: str = "test", *, title_as_metadata: bool = False) -> RetrievalDataset:
     """Load a dataset, picking the format from the path's shape.
 
     Accepts a BEIR directory, a BEIR ``corpus.jsonl`` (its parent is loaded) or
-    a LlamaIndex QA ``.json`` file; ``split`` only applies to BEIR.
+    a LlamaIndex QA ``.json`` file; ``split`` and ``title_as_metadata`` only apply to BEIR.
     """
     path = Path(path)
     if path.is_dir() and (path / "corpus.jsonl").is_file():
-        return load_beir(path, split)
+        return load_beir(path, split, title_as_metadata=title_as_metadata)
     if path.is_file() and path.name == "corpus.jsonl":
-        return load_beir(path.parent, split)
+        return load_beir(path.parent, split, title_as_metadata=title_as_metadata)
     if path.is_file() and path.suffix == ".json":
         return load_llamaindex_qa(path)
     raise DatasetError(f"Cannot load dataset from {path}: expected {ACCEPTED_LAYOUTS}")
 
 
-def load_beir(path: str | Path, split: str = "test") -> RetrievalDataset:
-    """Load a BEIR dataset directory (``name`` = directory name).
+def load_beir(path: str | Path, split: str = "test", *, title_as_metadata: bool = False) -> RetrievalDataset:
+    """Load a BEIR dataset directory (``name`` = directory name, plus ``-title-metadata`` with titles as metadata).
 
     Only queries judged relevant to at least one doc in ``qrels/<split>.tsv``
     are kept, since BEIR's queries.jsonl may mix splits (SciFact's does).
+    With ``title_as_metadata`` the title is a metadata field, not part of the text (see :func:`load_beir_corpus`).
     """
     root = Path(path)
     corpus_path = _require_file(root / "corpus.jsonl")
@@ -99,13 +100,13 @@ def load_beir(path: str | Path, split: str = "test") -> RetrievalDataset:
     qrels_path = _require_file(root / "qrels" / f"{split}.tsv")
 
     qrels = _read_qrels_tsv(qrels_path)
-    corpus = _unique_ids(load_beir_corpus(corpus_path), corpus_path)
+    corpus = _unique_ids(load_beir_corpus(corpus_path, title_as_metadata=title_as_metadata), corpus_path)
     queries = {
         qid: str(_field(record, "text", queries_path, lineno))
         for lineno, qid, record in _iter_jsonl_records(queries_path)
         if qid in qrels
     }
-    return _assemble(root.name, corpus, queries, qrels)
+    return _assemble(f"{root.name}-title-metadata" if title_as_metadata else root.name, corpus, queries, qrels)
 
 
 def load_llamaindex_qa(path: str | Path) -> RetrievalDataset:
@@ -132,10 +133,13 @@ def load_llamaindex_qa(path: str | Path) -> RetrievalDataset:
     return _assemble(file.stem, corpus, queries, qrels)
 
 
-def load_beir_corpus(path: str | Path) -> list[Document]:
-    """The documents of a BEIR ``corpus.jsonl`` (title joined to text), in file order."""
+def load_beir_corpus(path: str | Path, *, title_as_metadata: bool = False) -> list[Document]:
+    """The documents of a BEIR ``corpus.jsonl``, in file order: the title joined to the text, or with
+    ``title_as_metadata`` the text alone and the title in ``metadata["title"]`` (which the bi-encoder embeds, as
+    LlamaIndex does, and the reranker reads only when ``rerank_metadata_keys`` names it or is unset)."""
     corpus_path = _require_file(Path(path))
-    return [_beir_document(doc_id, record) for _, doc_id, record in _iter_jsonl_records(corpus_path)]
+    make = _titled_document if title_as_metadata else _beir_document
+    return [make(doc_id, record) for _, doc_id, record in _iter_jsonl_records(corpus_path)]
 
 
 def _unique_ids(documents: list[Document], path: Path) -> dict[str, Document]:
@@ -197,6 +201,11 @@ def _beir_document(doc_id: str, record: Mapping[str, Any]) -> Document:
         excluded_embed_metadata_keys=["title"],
         excluded_llm_metadata_keys=["title"],
     )
+
+
+def _titled_document(doc_id: str, record: Mapping[str, Any]) -> Document:
+    title = record.get("title") or ""
+    return Document(id_=doc_id, text=record.get("text") or "", metadata={"title": title} if title else {})
 
 
 def _read_qrels_tsv(path: Path) -> dict[str, dict[str, int]]:

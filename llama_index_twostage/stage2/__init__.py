@@ -2,14 +2,17 @@
 
 from llama_index_twostage.stage2.caches import CacheStats, LruCache, ScoreCache
 from llama_index_twostage.stage2.rerank import CrossEncoderRerank, Ranking
-from llama_index_twostage.stage2.scorers import CrossEncoderScorer, PairScorer, TokenWindow
+from llama_index_twostage.stage2.scorers import CrossEncoderScorer, OutputHead, PairScorer, TokenWindow
+from llama_index_twostage.stage2.templates import PairTemplate
 
 __all__ = [
     "CacheStats",
     "CrossEncoderRerank",
     "CrossEncoderScorer",
     "LruCache",
+    "OutputHead",
     "PairScorer",
+    "PairTemplate",
     "Ranking",
     "ScoreCache",
     "TokenWindow",

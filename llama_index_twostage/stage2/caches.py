@@ -121,10 +121,18 @@ def compute_through(
 
 @dataclass(frozen=True)
 class ScoredPairs:
-    """Scores in the order of the texts given, and how many of them came from the cache."""
+    """Scores in the order of the texts given, and what reading them took.
+
+    ``pairs``: (query, text) pairs read for them, ``len(scores)`` unless a text was read as several windows (each
+    window is a pair); ``cached``: how many of those came from the cache; ``truncated``: how many exceeded the
+    scorer's window; ``windowed``: texts read as several windows.
+    """
 
     scores: list[float]
     cached: int
+    pairs: int
+    truncated: int = 0
+    windowed: int = 0
 
 
 def score_through(
@@ -136,4 +144,5 @@ def score_through(
 ) -> ScoredPairs:
     """Scores of ``texts`` for ``query`` by ``scorer``, each pair scored at most once while cached."""
     keys = [pair_key(scorer, query, text) for text in texts]
-    return ScoredPairs(*compute_through(cache, keys, texts, score))
+    scores, cached = compute_through(cache, keys, texts, score)
+    return ScoredPairs(scores, cached, len(scores))

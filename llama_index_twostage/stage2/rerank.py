@@ -25,10 +25,11 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from llama_index_twostage.errors import ConfigurationError
 from llama_index_twostage.models import ModelPool
-from llama_index_twostage.nodes import annotated, model_text, query_text
-from llama_index_twostage.settings import RetrieverSettings
+from llama_index_twostage.nodes import annotated, query_text
+from llama_index_twostage.settings import LongDocuments, RetrieverSettings
 from llama_index_twostage.stage2.caches import ScoreCache, ScoredPairs, score_through
 from llama_index_twostage.stage2.scorers import CrossEncoderScorer, PairScorer
+from llama_index_twostage.stage2.templates import PairTemplate
 from llama_index_twostage.timing import Stopwatch
 
 logger = logging.getLogger(__name__)
@@ -45,8 +46,10 @@ class Candidates:
     non_text_ids: list[str]
 
 
-def select_candidates(nodes: list[NodeWithScore]) -> Candidates:
-    """Keep the first occurrence of each node id (its best stage-1 rank) and only nodes that have text."""
+def select_candidates(nodes: list[NodeWithScore], template: PairTemplate | None = None) -> Candidates:
+    """Keep the first occurrence of each node id (its best stage-1 rank) and only nodes that have text, written as
+    ``template`` says."""
+    template = template or PairTemplate()
     seen: set[str] = set()
     candidates = Candidates([], [], [], [])
     for scored in nodes:
@@ -55,7 +58,7 @@ def select_candidates(nodes: list[NodeWithScore]) -> Candidates:
             candidates.duplicate_ids.append(node_id)
             continue
         seen.add(node_id)
-        text = model_text(scored.node)
+        text = template.document(scored.node)
         if text is None:
             candidates.non_text_ids.append(node_id)
             continue
@@ -76,8 +79,9 @@ class Ranking:
 
     ``nodes`` and ``scores``: every candidate that survived de-duplication, the cascade and ``score_threshold``,
     best first (ties keep stage-1 order), not yet cut to ``top_k``. ``info``: what it cost and what was set aside
-    (``pairs_scored``, ``pairs_cached``, ``pairs_truncated``, ``duplicates_removed``, ``skipped_non_text``, and
-    ``cascade_pairs_scored``/``cascade_pairs_cached`` when the cascade pruned).
+    (``pairs_scored``, ``pairs_cached``, ``pairs_truncated``, ``duplicates_removed``, ``skipped_non_text``,
+    ``cascade_pairs_scored``/``cascade_pairs_cached`` when the cascade pruned, and ``documents_windowed`` in
+    ``max-window`` mode). ``pairs_scored`` counts every (query, window) pair read, so windows cost what they cost.
     """
 
     nodes: list[NodeWithScore]
@@ -103,6 +107,16 @@ def check_cascade(scorer: PairScorer, cascade_scorer: PairScorer | None, cascade
         )
 
 
+def check_windows(*scorers: PairScorer | None) -> None:
+    """Windows are cut by the scorer's own tokenizer; a scorer that does not know it cannot window."""
+    blind = [scorer.name for scorer in scorers if scorer is not None and scorer.window is None]
+    if blind:
+        raise ConfigurationError(
+            f"long_documents='max-window' needs scorers that know their tokenizer (a window); {blind} do not: use "
+            "'truncate' with them"
+        )
+
+
 class CrossEncoderRerank(BaseNodePostprocessor):
     """Rerank stage-1 candidates with a :class:`~llama_index_twostage.stage2.scorers.PairScorer`; keep ``top_k``.
 
@@ -117,6 +131,12 @@ class CrossEncoderRerank(BaseNodePostprocessor):
             reach ``scorer``. ``cascade_k >= top_k`` and a scorer other than ``scorer`` are required.
         score_cache: where scores are looked up before scoring (None: every pair is scored). Pass one cache to
             several rerankers to share their scores; the cache key names the scorer, so scores never mix.
+        template: what the cross-encoder reads for the query and each candidate (default: the query, and the text
+            the bi-encoder embedded); see :class:`~llama_index_twostage.stage2.templates.PairTemplate`.
+        long_documents: ``"truncate"`` (a pair longer than the window is cut, and reported) or ``"max-window"``
+            (a long candidate is read as overlapping windows that fit beside the query; its score is the best
+            window's, as Cohere's rerank does). Windows need a scorer that knows its tokenizer.
+        window_overlap: tokens shared by consecutive windows.
     """
 
     top_k: int = Field(default=5, gt=0, description="Nodes returned after reranking.")
@@ -124,9 +144,12 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         default=None, allow_inf_nan=False, description="Drop nodes scoring below this (a finite number)."
     )
     cascade_k: int | None = Field(default=None, gt=0, description="Shortlist size of the cascade; None: off.")
+    long_documents: LongDocuments = Field(default="truncate", description="'truncate' or 'max-window'.")
+    window_overlap: int = Field(default=32, ge=0, description="Tokens shared by consecutive windows.")
     _scorer: PairScorer = PrivateAttr()
     _cascade_scorer: PairScorer | None = PrivateAttr(default=None)
     _score_cache: ScoreCache | None = PrivateAttr(default=None)
+    _template: PairTemplate = PrivateAttr(default_factory=PairTemplate)
 
     def __init__(
         self,
@@ -137,20 +160,28 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         cascade_scorer: PairScorer | None = None,
         cascade_k: int | None = None,
         score_cache: ScoreCache | None = None,
+        template: PairTemplate | None = None,
+        long_documents: LongDocuments = "truncate",
+        window_overlap: int = 32,
         callback_manager: CallbackManager | None = None,
     ) -> None:
         super().__init__(
             top_k=top_k,
             score_threshold=score_threshold,
             cascade_k=cascade_k,
+            long_documents=long_documents,
+            window_overlap=window_overlap,
             callback_manager=callback_manager or CallbackManager(),
         )
         if not isinstance(scorer, PairScorer):
             raise ConfigurationError(f"scorer {scorer!r} is not a PairScorer (name, cache_key, window, score)")
         check_cascade(scorer, cascade_scorer, cascade_k, top_k)
+        if long_documents == "max-window":
+            check_windows(scorer, cascade_scorer)
         self._scorer = scorer
         self._cascade_scorer = cascade_scorer
         self._score_cache = score_cache
+        self._template = template or PairTemplate()
 
     @classmethod
     def class_name(cls) -> str:
@@ -170,6 +201,7 @@ class CrossEncoderRerank(BaseNodePostprocessor):
                 device=settings.device,
                 normalize=settings.normalize_scores,
                 batch_size=settings.rerank_batch_size,
+                relevant_class=settings.rerank_relevant_class,
                 trust_remote_code=settings.trust_remote_code,
                 cache_dir=settings.model_cache_dir,
                 pool=pool,
@@ -189,6 +221,9 @@ class CrossEncoderRerank(BaseNodePostprocessor):
             cascade_scorer=cascade,
             cascade_k=settings.cascade_k,
             score_cache=score_cache,
+            template=PairTemplate.from_settings(settings),
+            long_documents=settings.rerank_long_documents,
+            window_overlap=settings.rerank_window_overlap,
         )
 
     @property
@@ -203,6 +238,10 @@ class CrossEncoderRerank(BaseNodePostprocessor):
     def score_cache(self) -> ScoreCache | None:
         return self._score_cache
 
+    @property
+    def template(self) -> PairTemplate:
+        return self._template
+
     def with_score_cache(self, score_cache: ScoreCache | None) -> CrossEncoderRerank:
         """The same reranker (scorers and rules) looking scores up in another cache."""
         return type(self)(
@@ -212,15 +251,36 @@ class CrossEncoderRerank(BaseNodePostprocessor):
             cascade_scorer=self._cascade_scorer,
             cascade_k=self.cascade_k,
             score_cache=score_cache,
+            template=self._template,
+            long_documents=self.long_documents,
+            window_overlap=self.window_overlap,
             callback_manager=self.callback_manager,
         )
 
     def score_with(self, scorer: PairScorer, query: str, texts: list[str]) -> ScoredPairs:
-        """Scores of the pairs by ``scorer``, through the score cache."""
-        return score_through(self._score_cache, scorer.cache_key, query, texts, lambda todo: scorer.score(query, todo))
+        """Scores of the (already formatted) pairs by ``scorer``, through the score cache, with the pairs it cut to
+        its window; in ``max-window`` mode a long text scores its best window, and every window counts as a pair."""
+        window = scorer.window
+        if self.long_documents == "truncate" or window is None:
+            windows = [[text] for text in texts]
+        else:
+            windows = window.split(query, texts, self.window_overlap)
+        flat = [text for text_windows in windows for text in text_windows]
+        scored = score_through(self._score_cache, scorer.cache_key, query, flat, lambda todo: scorer.score(query, todo))
+        scores, position = [], 0
+        for text_windows in windows:
+            scores.append(max(scored.scores[position : position + len(text_windows)]))
+            position += len(text_windows)
+        return replace(
+            scored,
+            scores=scores,
+            truncated=window.count_truncated(query, flat) if window is not None else 0,
+            windowed=sum(len(text_windows) > 1 for text_windows in windows),
+        )
 
     def score(self, query: str, texts: list[str]) -> list[float]:
-        """The ranking scorer's scores for (query, text) pairs, as Python floats, in the order given."""
+        """The ranking scorer's scores for (query, text) pairs, as Python floats, in the order given (the texts as
+        the cross-encoder reads them: :attr:`template` is applied by :meth:`rank`, not here)."""
         return self.score_with(self._scorer, query, texts).scores
 
     def _cascade(self, query: str, candidates: Candidates) -> tuple[Candidates, dict[str, int]]:
@@ -235,22 +295,23 @@ class CrossEncoderRerank(BaseNodePostprocessor):
             scorable=[candidates.scorable[index] for index in keep],
             texts=[candidates.texts[index] for index in keep],
         )
-        return kept, {"cascade_pairs_scored": len(scored.scores), "cascade_pairs_cached": scored.cached}
+        return kept, {"cascade_pairs_scored": scored.pairs, "cascade_pairs_cached": scored.cached}
 
     def rank(self, query: str, nodes: list[NodeWithScore]) -> Ranking:
-        """De-duplicate, prune (cascade), score, sort (ties keep stage-1 order) and apply ``score_threshold``."""
-        candidates, cascade_info = self._cascade(query, select_candidates(nodes))
-        window = self._scorer.window
-        truncated = window.count_truncated(query, candidates.texts) if window is not None else 0
+        """Format the pairs (:attr:`template`), de-duplicate, prune (cascade), score, sort (ties keep stage-1
+        order) and apply ``score_threshold``. ``query`` is the user's query, before the template."""
+        query = self._template.query(query)
+        candidates, cascade_info = self._cascade(query, select_candidates(nodes, self._template))
         scored = self.score_with(self._scorer, query, candidates.texts)
         scores = scored.scores
         order = sorted(range(len(scores)), key=lambda index: -scores[index])
         if self.score_threshold is not None:
             order = [index for index in order if scores[index] >= self.score_threshold]
         info = {
-            "pairs_scored": len(scores),
+            "pairs_scored": scored.pairs,
             "pairs_cached": scored.cached,
-            "pairs_truncated": truncated,
+            "pairs_truncated": scored.truncated,
+            **({"documents_windowed": scored.windowed} if self.long_documents == "max-window" else {}),
             "duplicates_removed": len(candidates.duplicate_ids),
             "skipped_non_text": len(candidates.non_text_ids),
             **cascade_info,

@@ -13,8 +13,10 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
+from llama_index_twostage.errors import ModelOutputError
 from llama_index_twostage.models import ModelPool, load_or_explain
 from llama_index_twostage.settings import RerankBackend, RetrieverSettings
 from llama_index_twostage.stage2 import backends
@@ -49,10 +51,52 @@ class TokenWindow:
     def count_truncated(self, query: str, texts: Sequence[str]) -> int:
         if not texts:
             return 0
-        room = self.max_tokens - self.tokenizer.num_special_tokens_to_add(pair=True) - self._count([query])[0]
+        room = self.room(query)
+        return sum(tokens > room for tokens in self._counts(texts))
+
+    def room(self, query: str) -> int:
+        """Tokens left for the text beside ``query`` and the special tokens."""
+        return self.max_tokens - self.tokenizer.num_special_tokens_to_add(pair=True) - self._count([query])[0]
+
+    def _counts(self, texts: Sequence[str]) -> list[int]:
         keys = [content_hash(text) for text in texts]
-        counts, _ = compute_through(self.token_counts, keys, texts, self._count)
-        return sum(tokens > room for tokens in counts)
+        return compute_through(self.token_counts, keys, texts, self._count)[0]
+
+    def split(self, query: str, texts: Sequence[str], overlap: int) -> list[list[str]]:
+        """Each text as windows that fit beside ``query``: itself when it fits, else overlapping slices of whole words.
+
+        Consecutive windows share about ``overlap`` tokens (at most half a window, so a long query cannot make the
+        windows crawl). A window is a slice of the original text, so nothing is re-written, only cut.
+        """
+        room = self.room(query)
+        windows = [[text] for text in texts]
+        long = [index for index, tokens in enumerate(self._counts(texts)) if tokens > room]
+        if not long or room < 2:  # the query alone fills the window: nothing fits beside it (counted as truncated)
+            return windows
+        encoded = self.tokenizer(
+            [texts[index] for index in long], add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )
+        for index, offsets in zip(long, encoded["offset_mapping"]):
+            windows[index] = word_windows(texts[index], offsets, room, min(overlap, room // 2))
+        return windows
+
+
+def word_windows(text: str, offsets: Sequence[tuple[int, int]], size: int, overlap: int) -> list[str]:
+    """Slices of ``text`` of at most ``size`` tokens (by the tokenizer's character ``offsets``), each starting and
+    ending on a word boundary where one lies inside the window, consecutive slices sharing about ``overlap`` tokens."""
+    starts_word = [i == 0 or offsets[i][0] > offsets[i - 1][1] for i in range(len(offsets))]
+
+    def boundary_at_or_before(position: int, floor: int) -> int:
+        """The last token index in (floor, position] that starts a word; ``position`` when none does."""
+        return next((i for i in range(position, floor, -1) if starts_word[i]), position)
+
+    windows, start = [], 0
+    while True:
+        end = len(offsets) if start + size >= len(offsets) else boundary_at_or_before(start + size, start)
+        windows.append(text[offsets[start][0] : offsets[end - 1][1]])
+        if end == len(offsets):
+            return windows
+        start = boundary_at_or_before(max(end - overlap, start + 1), start)
 
 
 @runtime_checkable
@@ -79,16 +123,56 @@ class PairScorer(Protocol):
         ...
 
 
+class OutputHead:
+    """One relevance score per pair from a cross-encoder's outputs, whatever their number.
+
+    A one-output head gives its logit (or, with the model's own activation, a 0-1 score). A head with several
+    outputs (e.g. two: not relevant / relevant) gives the log-odds of the relevant class, ``log p / (1 - p)`` under
+    a softmax: for two outputs, ``logit[relevant] - logit[other]``. That is the one-output convention again: higher
+    is more relevant, and its sigmoid is the class probability.
+    """
+
+    def __init__(self, model: str, outputs: int, relevant_class: int | None, labels: dict[int, str]) -> None:
+        if relevant_class is None and outputs > 2:
+            raise ModelOutputError(
+                f"cross-encoder {model!r} gives {outputs} scores per pair (labels {labels or 'unnamed'}): set "
+                "rerank_relevant_class to the index of the one that means 'relevant'"
+            )
+        if relevant_class is not None and not 0 <= relevant_class < outputs:
+            raise ModelOutputError(
+                f"rerank_relevant_class {relevant_class} is out of range: cross-encoder {model!r} gives {outputs} "
+                f"score(s) per pair (labels {labels or 'unnamed'})"
+            )
+        self.model = model
+        self.outputs = outputs
+        self.relevant_class = None if outputs == 1 else (1 if relevant_class is None else relevant_class)
+
+    def scores(self, outputs: np.ndarray, pairs: int) -> np.ndarray:
+        """The relevance score of each of ``pairs`` pairs from the model's raw ``outputs``."""
+        if self.relevant_class is None and outputs.shape in ((pairs,), (pairs, 1)):
+            return outputs.reshape(pairs)
+        if self.relevant_class is None or outputs.shape != (pairs, self.outputs):
+            raise ModelOutputError(
+                f"cross-encoder {self.model!r} returned scores of shape {outputs.shape} for {pairs} pairs, expected "
+                f"({pairs}, {self.outputs}): this head cannot be read as one relevance score per pair"
+            )
+        logits = outputs.astype(np.float64)
+        others = np.delete(logits, self.relevant_class, axis=1)
+        return logits[:, self.relevant_class] - np.logaddexp.reduce(others, axis=1)
+
+
 class CrossEncoderScorer:
     """A sentence-transformers ``CrossEncoder`` (any backend of :mod:`~llama_index_twostage.stage2.backends`).
 
     Scores are exactly ``CrossEncoder.predict``'s for the same pairs (which sorts pairs by length, so batches pad
-    little), as Python floats; with ``normalize`` a model that outputs logits gets a sigmoid.
+    little), as Python floats; with ``normalize`` a model that outputs logits gets a sigmoid. A head with several
+    outputs is read by :class:`OutputHead` (``relevant_class``).
 
     Args:
         cross_encoder: the loaded model (see :meth:`load`).
         name: the model's hub id or directory, as given to the loader.
         backend: the runtime it was loaded on; part of the cache key (precision changes scores).
+        relevant_class: for heads with several outputs, the index of the relevant class (default 1 of 2).
     """
 
     def __init__(
@@ -99,6 +183,7 @@ class CrossEncoderScorer:
         backend: RerankBackend = "torch",
         normalize: bool = False,
         batch_size: int = 32,
+        relevant_class: int | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -108,6 +193,9 @@ class CrossEncoderScorer:
         self.normalize = normalize
         self.batch_size = batch_size
         self._window = TokenWindow(cross_encoder.tokenizer, cross_encoder.max_seq_length)
+        config = cross_encoder.config
+        labels = {int(index): str(label) for index, label in (getattr(config, "id2label", None) or {}).items()}
+        self.head = OutputHead(name, cross_encoder.num_labels, relevant_class, labels if len(labels) > 1 else {})
 
     @classmethod
     def load(
@@ -119,6 +207,7 @@ class CrossEncoderScorer:
         device: str | None = None,
         normalize: bool = False,
         batch_size: int = 32,
+        relevant_class: int | None = None,
         trust_remote_code: bool = False,
         cache_dir: Path = DEFAULT_MODEL_CACHE,
         pool: ModelPool | None = None,
@@ -130,32 +219,45 @@ class CrossEncoderScorer:
             return load_cross_encoder(model, device, max_length, trust_remote_code, backend, Path(cache_dir))
 
         cross_encoder = pool.get(key, load) if pool is not None else load()
-        return cls(cross_encoder, name=model, backend=backend, normalize=normalize, batch_size=batch_size)
+        return cls(
+            cross_encoder,
+            name=model,
+            backend=backend,
+            normalize=normalize,
+            batch_size=batch_size,
+            relevant_class=relevant_class,
+        )
 
     @property
     def name(self) -> str:
         return self._name
 
     @property
-    def cache_key(self) -> tuple[str, str, int, bool]:
-        """What changes a score: model, backend (precision), window and activation; not device or batch size."""
-        return (self._name, self.backend, self.cross_encoder.max_seq_length, self.normalize)
+    def cache_key(self) -> tuple[str, str, int, bool, int | None]:
+        """What changes a score: model, backend (precision), window, activation and the class read; not device or
+        batch size."""
+        return (self._name, self.backend, self.cross_encoder.max_seq_length, self.normalize, self.head.relevant_class)
 
     @property
     def window(self) -> TokenWindow:
         return self._window
 
     def score(self, query: str, texts: list[str]) -> list[float]:
-        activation = None
-        if self.normalize and isinstance(self.cross_encoder.activation_fn, torch.nn.Identity):
-            activation = torch.nn.Sigmoid()
-        scores = self.cross_encoder.predict(
+        if not texts:
+            return []
+        one_output = self.head.relevant_class is None
+        outputs = self.cross_encoder.predict(
             [(query, text) for text in texts],
             batch_size=self.batch_size,
-            activation_fn=activation,
+            # One output: the model's own activation (a 0-1 model stays 0-1); several: raw logits for the head.
+            activation_fn=None if one_output else torch.nn.Identity(),
             show_progress_bar=False,
             convert_to_numpy=True,
         )
+        scores = self.head.scores(np.asarray(outputs), len(texts))
+        gives_logits = not one_output or isinstance(self.cross_encoder.activation_fn, torch.nn.Identity)
+        if self.normalize and gives_logits:
+            scores = 1.0 / (1.0 + np.exp(-scores))
         return [float(value) for value in scores]
 
     def __repr__(self) -> str:

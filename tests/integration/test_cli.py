@@ -79,6 +79,18 @@ def test_ingest_query_info(runner, cli_env, text_folder):
     assert "embedding model: " in info.output and "all-MiniLM-L6-v2" in info.output
     assert "dimension:       384" in info.output
     assert "distance space:  cosine" in info.output
+    assert "reranker reads:  the text the bi-encoder embedded" in info.output
+
+
+def test_info_says_what_the_reranker_reads(runner, cli_env, text_folder, monkeypatch):
+    assert invoke(runner, "ingest", str(text_folder)).exit_code == 0
+    monkeypatch.setenv("TWOSTAGE_RERANK_METADATA_KEYS", "title,section")
+    monkeypatch.setenv("TWOSTAGE_RERANK_QUERY_TEMPLATE", "query: {query}")
+    monkeypatch.setenv("TWOSTAGE_RERANK_LONG_DOCUMENTS", "max-window")
+    info = invoke(runner, "info")
+    assert info.exit_code == 0, info.output
+    assert "reranker reads:  metadata ['title', 'section'] and the text; query 'query: {query}'" in info.output
+    assert "long documents:  max-window" in info.output
 
 
 def test_flags_override_env(runner, cli_env, text_folder, tmp_path):

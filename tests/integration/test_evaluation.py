@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import RecordingScorer
+from conftest import RecordingPairs, RecordingScorer
 from typer.testing import CliRunner
 
 from llama_index_twostage.cli import app
@@ -19,7 +19,7 @@ from llama_index_twostage.evaluation import evaluate, load_beir
 from llama_index_twostage.evaluation.runner import evaluation_settings
 from llama_index_twostage.pipeline import TwoStagePipeline
 from llama_index_twostage.settings import RetrieverSettings
-from llama_index_twostage.stage2 import CrossEncoderRerank, CrossEncoderScorer, PairScorer
+from llama_index_twostage.stage2 import CrossEncoderRerank, CrossEncoderScorer
 
 pytestmark = pytest.mark.integration
 
@@ -28,19 +28,6 @@ SCIFACT = SHARED / "data" / "scifact"
 EMBED = SHARED / "models" / "all-MiniLM-L6-v2"
 RERANK = SHARED / "models" / "twostage-test-reranker"
 REFERENCE_NDCG = 0.6451  # all-MiniLM-L6-v2, exact search, SciFact test (data README)
-
-
-class CountingScorer:
-    """A real scorer, recording every (query, text) pair it scores."""
-
-    def __init__(self, inner: PairScorer) -> None:
-        self.inner = inner
-        self.name, self.cache_key, self.window = inner.name, inner.cache_key, inner.window
-        self.pairs: list[tuple[str, str]] = []
-
-    def score(self, query: str, texts: list[str]) -> list[float]:
-        self.pairs.extend((query, text) for text in texts)
-        return self.inner.score(query, texts)
 
 
 def _settings(persist_dir: Path, **overrides: object) -> RetrieverSettings:
@@ -71,7 +58,7 @@ def test_full_scifact_stage1_matches_reference_and_a_second_run_embeds_nothing(
     assert first.stage1["ndcg@10"] == pytest.approx(REFERENCE_NDCG, abs=0.002)
     assert first.two_stage["ndcg@10"] == pytest.approx(first.stage1["ndcg@10"])
 
-    counting = CountingScorer(CrossEncoderScorer.load(str(RERANK), max_length=256))
+    counting = RecordingPairs(CrossEncoderScorer.load(str(RERANK), max_length=256))
     second = evaluate(dataset, settings, sweep=[5, 10], limit=5, reranker=CrossEncoderRerank(counting, top_k=5))
     assert (second.ingest["added"], second.ingest["already_stored"]) == (0, 5183)
     assert len(counting.pairs) == sum(len(trace.candidates) for trace in second.traces) == 50

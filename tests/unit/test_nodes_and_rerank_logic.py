@@ -107,3 +107,60 @@ def test_select_candidates_reports_a_duplicate_of_a_non_text_node_once_as_non_te
     candidates = select_candidates([scored("e", ""), scored("e", "")])
     assert candidates.non_text_ids == ["e"]
     assert candidates.duplicate_ids == ["e"]
+
+
+# What the cross-encoder reads (issue 14): templates and windows, as logic.
+
+
+def test_pair_template_skips_absent_metadata_and_keeps_text_less_nodes_out():
+    from llama_index.core.schema import ImageNode
+
+    from llama_index_twostage.stage2 import PairTemplate
+
+    template = PairTemplate(metadata_keys=("title", "year"), metadata_separator=" | ")
+    assert template.document(TextNode(text="Body.", metadata={"title": "T", "year": None})) == "title: T\n\nBody."
+    assert template.document(TextNode(text="Body.", metadata={"title": "T", "year": 2020})) == (
+        "title: T | year: 2020\n\nBody."
+    )
+    assert template.document(TextNode(text="Body.")) == "Body."
+    assert template.document(TextNode(text="  ", metadata={"title": "T"})) is None  # metadata alone is not a text
+    assert template.document(ImageNode(image="aGk=", metadata={"title": "T"})) is None
+    assert PairTemplate(query_template="q: {query} {{literal}}").query("x") == "q: x {literal}"
+
+
+def test_pair_template_checks_its_own_rules():
+    from llama_index_twostage.stage2 import PairTemplate
+
+    with pytest.raises(ValueError, match="lacks"):
+        PairTemplate(document_template="no placeholder")
+    with pytest.raises(ValueError, match="a list"):
+        PairTemplate(metadata_keys="title")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("size", "overlap"), [(4, 1), (5, 2), (3, 0), (7, 3)])
+def test_word_windows_cover_the_text_in_whole_words_with_overlap(size, overlap):
+    from llama_index_twostage.stage2.scorers import word_windows
+
+    text = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda"
+    offsets, position = [], 0
+    for word in text.split():  # one token per word, like a whitespace tokenizer
+        start = text.index(word, position)
+        offsets.append((start, start + len(word)))
+        position = start + len(word)
+    windows = word_windows(text, offsets, size, overlap)
+    assert windows[0].startswith("alpha") and windows[-1].endswith("lambda")
+    assert all(len(window.split()) <= size for window in windows)
+    words = text.split()
+    for previous, current in zip(windows, windows[1:]):
+        shared = set(previous.split()) & set(current.split())
+        assert len(shared) == overlap
+        assert words.index(current.split()[0]) <= words.index(previous.split()[-1]) + 1  # no word skipped
+
+
+def test_word_windows_do_not_cut_inside_a_word_when_a_boundary_is_near():
+    from llama_index_twostage.stage2.scorers import word_windows
+
+    text = "ab cd efgh ij"  # tokens: ab, cd, ef, ##gh, ij
+    offsets = [(0, 2), (3, 5), (6, 8), (8, 10), (11, 13)]
+    windows = word_windows(text, offsets, 3, 0)
+    assert windows == ["ab cd", "efgh ij"]

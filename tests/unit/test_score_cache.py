@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import threading
-from types import SimpleNamespace
 
 import pytest
-import torch
-from conftest import RecordingScorer
+from conftest import RecordingScorer, fake_cross_encoder
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from llama_index_twostage.nodes import stage_info
@@ -59,20 +57,21 @@ def test_key_holds_scorer_query_and_a_content_hash_not_the_text():
     assert content_hash("a") != content_hash("b")
 
 
-def fake_cross_encoder(window: int) -> SimpleNamespace:
-    """What CrossEncoderScorer reads of a model to name it: its window and activation (no weights needed)."""
-    return SimpleNamespace(tokenizer=None, max_seq_length=window, activation_fn=torch.nn.Identity())
-
-
-def test_scorer_key_separates_model_backend_window_and_activation():
-    def scorer(name="m", backend="torch", window=256, normalize=False, batch_size=32):
+def test_scorer_key_separates_model_backend_window_activation_and_class_read():
+    def scorer(name="m", backend="torch", window=256, normalize=False, batch_size=32, outputs=1, relevant_class=None):
         return CrossEncoderScorer(
-            fake_cross_encoder(window), name=name, backend=backend, normalize=normalize, batch_size=batch_size
+            fake_cross_encoder(window, outputs),
+            name=name,
+            backend=backend,
+            normalize=normalize,
+            batch_size=batch_size,
+            relevant_class=relevant_class,
         )
 
     base = scorer()
     variants = [scorer(name="other"), scorer(backend="onnx-int8"), scorer(window=128), scorer(normalize=True)]
-    assert len({base.cache_key, *(variant.cache_key for variant in variants)}) == 5
+    variants += [scorer(outputs=2), scorer(outputs=2, relevant_class=0)]
+    assert len({base.cache_key, *(variant.cache_key for variant in variants)}) == 7
     assert scorer(batch_size=8).cache_key == base.cache_key  # batch size does not change a score
 
 

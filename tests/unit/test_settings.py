@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from types import SimpleNamespace
 
 import pytest
+from conftest import fake_cross_encoder
 from pydantic import ValidationError
 
 from llama_index_twostage.errors import ConfigurationError
@@ -334,7 +334,7 @@ def test_remote_code_is_not_trusted_by_default(monkeypatch):
     def fake(kind):
         def load(*args, **kwargs):
             loaded[kind] = kwargs.get("trust_remote_code", "not passed")
-            return SimpleNamespace(tokenizer=None, max_seq_length=512)
+            return fake_cross_encoder()
 
         return load
 
@@ -403,3 +403,20 @@ def test_malformed_toml_and_a_folder_are_one_clear_error(tmp_path):
         RetrieverSettings.from_toml(broken)
     with pytest.raises(ConfigurationError, match="is a folder: give the path of a TOML file"):
         RetrieverSettings.from_toml(tmp_path)
+
+
+def test_rerank_metadata_keys_read_from_the_environment_comma_separated_or_as_json(twostage_env):
+    twostage_env(RERANK_METADATA_KEYS="title, section")
+    assert RetrieverSettings().rerank_metadata_keys == ["title", "section"]
+    twostage_env(RERANK_METADATA_KEYS='["title"]')
+    assert RetrieverSettings().rerank_metadata_keys == ["title"]
+    twostage_env(RERANK_METADATA_KEYS="")
+    assert RetrieverSettings().rerank_metadata_keys == []
+    assert RetrieverSettings(rerank_metadata_keys=None).rerank_metadata_keys is None
+
+
+def test_long_document_mode_and_relevant_class_are_checked():
+    with pytest.raises(ValidationError, match="rerank_long_documents"):
+        RetrieverSettings(rerank_long_documents="split")
+    with pytest.raises(ValidationError, match="rerank_relevant_class"):
+        RetrieverSettings(rerank_relevant_class=-1)
