@@ -1,18 +1,21 @@
-"""Stage-2 benchmark: our reranker per backend (and cascade, and score cache) vs LlamaIndex's SentenceTransformerRerank.
+"""Stage-2 benchmark: our reranker per backend (``auto`` first) against LlamaIndex's SentenceTransformerRerank and the
+peers users would pick instead (LangChain, Haystack, rerankers: the ``bench`` extra), in one process.
 
-Every reranker reads the same candidates in the same process: the ``recall_k`` nearest documents of each SciFact
-test query by exact bi-encoder search over a corpus subset (the queries' relevant documents plus the first
-``--corpus-size`` documents), all at the stock reranker's 512-token window. Rerankers take turns per query so
-background load hits them alike; each answers one warm-up query first (model loading, ONNX export). Our rerankers
-run with the score cache off, so every pair is really scored; a last pass shows what the cache saves on repeats.
-The ``--window-lengths`` rows read the candidates through a short window, truncated or as max-pooled windows
-(``rerank_long_documents="max-window"``): what reading whole documents costs, in pairs per query and time.
+Every reranker reads the same candidates: the ``recall_k`` nearest documents of each SciFact test query by exact
+bi-encoder search over a corpus subset (the queries' relevant documents plus the first ``--corpus-size``
+documents), all at the stock reranker's 512-token window, on the same model. Rerankers take turns per query so
+background load hits them alike; each answers one warm-up query first (model loading, ONNX export, ``auto``'s
+calibration). Ours run with the score cache off, so every pair is really scored; a last pass shows what the cache
+saves on repeats. Each row is compared with ours fp32 (``torch``): top-10 set overlap and same top-1, the
+tolerance ``auto`` holds a backend to. The header names the CPU and the flags that decide the speed of each backend.
 
-    python benchmarks/bench_rerank.py --limit 5 --recall-k 100
-    python benchmarks/bench_rerank.py --device cuda --backends torch,torch-fp16 --batch-sizes 32,128,512 --cascade-k 0
+    pip install -e ".[bench]"
+    python benchmarks/bench_rerank.py --limit 21 --recall-k 50
+    python benchmarks/bench_rerank.py --device cuda --backends torch,torch-fp16 --batch-sizes 32,128,512 --peers ""
 
 The second form is the GPU comparison: fp32 against fp16, each at every batch size, to find where pairs/s stops
-growing (the saturating batch size).
+growing (the saturating batch size). The ``--window-lengths`` rows read the candidates through a short window,
+truncated or as max-pooled windows (``rerank_long_documents="max-window"``): what reading whole documents costs.
 """
 
 from __future__ import annotations
@@ -25,18 +28,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import peers
+import torch
 from bench_anchor_quality import SHARED, STOCK_MAX_LENGTH, corpus_subset
-from llama_index.core.postprocessor import SentenceTransformerRerank
 from llama_index.core.schema import Document, NodeWithScore, TextNode
 from sentence_transformers import SentenceTransformer
 
 from llama_index_twostage import CrossEncoderRerank, CrossEncoderScorer, ModelPool, ScoreCache
 from llama_index_twostage.evaluation import evaluate_run, load_beir
 from llama_index_twostage.nodes import stage_info
+from llama_index_twostage.stage2.auto import Agreement, cpu
 from llama_index_twostage.timing import Stopwatch
 
 TOP_K = 10  # nDCG@10 reads a full list
-Rerank = Callable[[list[NodeWithScore], str], list[NodeWithScore]]
+Rank = Callable[[list[NodeWithScore], str], tuple[list[str], int]]
+"""A reranker under test: (candidates, query) -> (its top doc ids, best first; the pairs it read)."""
+PEERS = {
+    "stock": ("LlamaIndex SentenceTransformerRerank (stock)", peers.llamaindex_stock),
+    "langchain": ("LangChain CrossEncoderReranker", peers.langchain),
+    "haystack": ("Haystack SentenceTransformersSimilarityRanker", peers.haystack),
+    "rerankers": ("rerankers (AnswerDotAI) cross-encoder", peers.answerdotai_rerankers),
+}
+STOCK = PEERS["stock"][0]
 
 
 def data_parser(description: str | None, limit: int) -> argparse.ArgumentParser:
@@ -53,7 +66,10 @@ def data_parser(description: str | None, limit: int) -> argparse.ArgumentParser:
 def parse_args() -> argparse.Namespace:
     parser = data_parser(__doc__, limit=5)
     parser.add_argument("--corpus-size", type=int, default=500, help="documents searched (0: the whole corpus)")
-    parser.add_argument("--backends", default="torch,torch-bf16,onnx,onnx-int8", help="comma-separated")
+    parser.add_argument(
+        "--backends", default="torch,torch-bf16,onnx,onnx-int8", help="comma-separated; torch is the reference"
+    )
+    parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, of {','.join(PEERS)} ('' for none)")
     parser.add_argument("--cascade-k", type=int, default=30, help="shortlist of the cascade rows (0: no cascade)")
     parser.add_argument("--model-cache-dir", type=Path, default=Path(".twostage/models"))
     parser.add_argument("--device", default=None, help="torch device of every reranker (default: automatic)")
@@ -96,9 +112,8 @@ def candidates(
     return found
 
 
-def rerankers(args: argparse.Namespace) -> dict[str, Rerank]:
-    """The stock reranker, ours per backend, and the cascades (int8 or a 128-token window prunes for the full pass)."""
-    stock = SentenceTransformerRerank(top_n=TOP_K, model=args.rerank_model, device=args.device)
+def our_rows(args: argparse.Namespace) -> dict[str, CrossEncoderRerank]:
+    """Ours: ``auto``, each backend (at each batch size), the cascades and the long-document rows."""
     pool = ModelPool()
 
     def scorer(backend: str = "torch", max_length: int = STOCK_MAX_LENGTH, batch_size: int = 32) -> CrossEncoderScorer:
@@ -113,35 +128,44 @@ def rerankers(args: argparse.Namespace) -> dict[str, Rerank]:
         )
 
     sizes = [int(size) for size in args.batch_sizes.split(",")]
-    ours = {
-        f"ours {backend}" + (f" batch {size}" if len(sizes) > 1 else ""): CrossEncoderRerank(
-            scorer(backend, batch_size=size), top_k=TOP_K
-        )
-        for backend in args.backends.split(",")
-        for size in sizes
-    }
+    rows = {"ours auto (default)": CrossEncoderRerank(scorer("auto"), top_k=TOP_K)}
+    for backend in args.backends.split(","):
+        for size in sizes:
+            name = f"ours {backend}" + (f" batch {size}" if len(sizes) > 1 else "")
+            rows[name] = CrossEncoderRerank(scorer(backend, batch_size=size), top_k=TOP_K)
     if args.cascade_k:
-        cascades = {
-            f"ours torch <- onnx-int8 top {args.cascade_k}": (scorer(), scorer("onnx-int8")),
-            f"ours torch <- torch@128 top {args.cascade_k}": (scorer(), scorer(max_length=128)),
-            f"ours torch-bf16 <- torch-bf16@128 top {args.cascade_k} (recommended)": (
-                scorer("torch-bf16"),
-                scorer("torch-bf16", max_length=128),
-            ),
-        }
-        for name, (full, cheap) in cascades.items():
-            ours[name] = CrossEncoderRerank(full, top_k=TOP_K, cascade_scorer=cheap, cascade_k=args.cascade_k)
+        for cheap_backend in ("torch", "onnx-int8"):
+            rows[f"ours torch <- {cheap_backend}@128 top {args.cascade_k}"] = CrossEncoderRerank(
+                scorer(), top_k=TOP_K, cascade_scorer=scorer(cheap_backend, max_length=128), cascade_k=args.cascade_k
+            )
     for length in [int(length) for length in args.window_lengths.split(",") if length]:
         for mode in ("truncate", "max-window"):
-            ours[f"ours torch@{length} {mode}"] = CrossEncoderRerank(
+            rows[f"ours torch@{length} {mode}"] = CrossEncoderRerank(
                 scorer(max_length=length), top_k=TOP_K, long_documents=mode
             )
-    run: dict[str, Rerank] = {
-        "stock SentenceTransformerRerank": lambda nodes, q: stock.postprocess_nodes(nodes, query_str=q)
-    }
-    for name, reranker in ours.items():
-        run[name] = lambda nodes, q, reranker=reranker: reranker.postprocess_nodes(nodes, query_str=q)
+    return rows
+
+
+def rows(args: argparse.Namespace) -> dict[str, Rank]:
+    """Stock and the peers (those installed), then ours; every row returns (doc ids best first, pairs read)."""
+    run: dict[str, Rank] = {}
+    for name in [peer for peer in args.peers.split(",") if peer]:
+        label, make = PEERS[name]
+        try:
+            rank_ids = make(args.rerank_model, TOP_K, args.device)
+        except ImportError as error:
+            print(f"(skipping {label}: {error}; pip install -e '.[bench]')")
+            continue
+        run[label] = lambda nodes, query, rank_ids=rank_ids: (rank_ids(nodes, query), len(nodes))
+    for name, reranker in our_rows(args).items():
+        run[name] = lambda nodes, query, reranker=reranker: ranked_by_us(reranker, nodes, query)
     return run
+
+
+def ranked_by_us(reranker: CrossEncoderRerank, nodes: list[NodeWithScore], query: str) -> tuple[list[str], int]:
+    top = reranker.postprocess_nodes(nodes, query_str=query)
+    info = stage_info(top[0])
+    return [scored.node.node_id for scored in top], info["pairs_scored"] + info.get("cascade_pairs_scored", 0)
 
 
 @dataclass
@@ -152,26 +176,26 @@ class Measured:
 
 
 def measure(
-    run: dict[str, Rerank], found: dict[str, list[NodeWithScore]], queries: dict[str, str]
+    run: dict[str, Rank], found: dict[str, list[NodeWithScore]], queries: dict[str, str]
 ) -> dict[str, Measured]:
     """Every query through every reranker, taking turns; the first query once more beforehand as warm-up."""
     first = next(iter(queries))
-    for rerank in run.values():
-        rerank(found[first], queries[first])
+    for rank in run.values():
+        rank(found[first], queries[first])
     results = {name: Measured([], 0, {}) for name in run}
     for query_id, query in queries.items():
-        for name, rerank in run.items():
+        for name, rank in run.items():
             with Stopwatch() as watch:
-                top = rerank(found[query_id], query)
+                ids, pairs = rank(found[query_id], query)
             results[name].ms.append(watch.ms)
-            results[name].pairs += stage_info(top[0]).get("pairs_scored", len(found[query_id]))
-            results[name].rankings[query_id] = [scored.node.node_id for scored in top]
+            results[name].pairs += pairs
+            results[name].rankings[query_id] = ids
     return results
 
 
 def cache_pass(args: argparse.Namespace, found: dict[str, list[NodeWithScore]], queries: dict[str, str]) -> str:
     """Queries asked twice through a cached reranker: how many pairs the repeat scores, and its p50."""
-    backend = args.backends.split(",")[-1]
+    backend = "auto"
     scorer = CrossEncoderScorer.load(
         args.rerank_model,
         backend=backend,  # type: ignore[arg-type]
@@ -193,33 +217,81 @@ def cache_pass(args: argparse.Namespace, found: dict[str, list[NodeWithScore]], 
     return f"score cache, repeated queries ({backend}): {cached}/{pairs} pairs from cache, p50 {p50:.1f} ms"
 
 
-def report(results: dict[str, Measured], qrels: dict[str, dict[str, int]]) -> None:
-    stock = statistics.median(next(iter(results.values())).ms)
-    base = evaluate_run(results["ours torch"].rankings, qrels)["ndcg@10"] if "ours torch" in results else None
-    print("| reranker | pairs/query | pairs/s | p50 ms | p95 ms | p50 / stock | nDCG@10 | vs ours torch |")
-    print("|---|---|---|---|---|---|---|---|")
+def agreement_with(reference: dict[str, list[str]], rankings: dict[str, list[str]]) -> Agreement:
+    """Top-10 set overlap and same top-1 against ``reference`` (ours fp32), the tolerance ``auto`` applies."""
+    overlaps = [len(set(rankings[q][:TOP_K]) & set(ids[:TOP_K])) / len(ids[:TOP_K]) for q, ids in reference.items()]
+    same = sum(rankings[q][0] == ids[0] for q, ids in reference.items())
+    return Agreement(sum(overlaps) / len(overlaps), same, len(overlaps))
+
+
+def report(results: dict[str, Measured], qrels: dict[str, dict[str, int]]) -> dict[str, tuple[float, Agreement]]:
+    """The table; returns each row's p50 and agreement with ours fp32."""
+    stock = statistics.median(results[STOCK].ms) if STOCK in results else None
+    reference = results["ours torch"].rankings
+    print(
+        "| reranker | pairs/query | pairs/s | p50 ms | p95 ms | p50 / stock | top-10 overlap | same top-1 | nDCG@10 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    summary = {}
     for name, measured in results.items():
-        ndcg = evaluate_run(measured.rankings, qrels)["ndcg@10"]
         p50 = statistics.median(measured.ms)
-        delta = f"{ndcg - base:+.4f}" if base is not None else "-"
-        pairs_per_s = measured.pairs / (sum(measured.ms) / 1000)
-        p95 = percentile(measured.ms, 95)
-        per_query = measured.pairs / len(measured.ms)
-        cells = [f"{per_query:.0f}", f"{pairs_per_s:.1f}", f"{p50:.0f}", f"{p95:.0f}", f"{p50 / stock:.2f}"]
-        print(f"| {name} | {' | '.join(cells)} | {ndcg:.4f} | {delta} |")
+        agreed = agreement_with(reference, measured.rankings)
+        summary[name] = (p50, agreed)
+        cells = [
+            f"{measured.pairs / len(measured.ms):.0f}",
+            f"{measured.pairs / (sum(measured.ms) / 1000):.1f}",
+            f"{p50:.0f}",
+            f"{percentile(measured.ms, 95):.0f}",
+            f"{p50 / stock:.2f}" if stock else "-",
+            f"{agreed.top_overlap:.3f}",
+            f"{agreed.same_top1}/{agreed.queries}",
+            f"{evaluate_run(measured.rankings, qrels)['ndcg@10']:.4f}",
+        ]
+        print(f"| {name} | {' | '.join(cells)} |")
+    return summary
+
+
+def auto_line(summary: dict[str, tuple[float, Agreement]], backends: list[str], choice: str) -> str:
+    """What ``auto`` chose, and its p50 against the fastest backend that holds the tolerance on these queries."""
+    holding = {
+        b: summary[f"ours {b}"][0] for b in backends if f"ours {b}" in summary and summary[f"ours {b}"][1].passes
+    }
+    fastest = min(holding, key=holding.__getitem__)
+    ratio = summary["ours auto (default)"][0] / holding[fastest]
+    return (
+        f"auto chose {choice}; fastest backend within the tolerance here: {fastest}; auto / fastest p50 = {ratio:.2f}"
+    )
+
+
+def cpu_header() -> str:
+    name, flags = cpu()
+    shown = {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16", "avx512_vnni": "AVX512-VNNI", "avx512f": "AVX512F"}
+    present = [label for flag, label in shown.items() if flag in flags] or ["none of AMX, AVX512-BF16, AVX512-VNNI"]
+    return f"CPU: {name}, {torch.get_num_threads()} threads; {', '.join(present)}; torch {torch.__version__}"
 
 
 def main() -> None:
     args = parse_args()
-    logging.getLogger("llama_index_twostage.rerank").setLevel(logging.ERROR)  # the 512 window truncates a few pairs
+    logging.getLogger("llama_index_twostage.stage2.rerank").setLevel(logging.ERROR)  # the 512 window truncates a few
     dataset = load_beir(args.data).limit(args.limit)
     documents = corpus_subset(dataset, args.corpus_size)
     found = candidates(documents, dataset.queries, args.embed_model, args.recall_k)
+    print(cpu_header())
     print(
         f"{len(dataset.queries)} SciFact test queries, {len(documents)} documents, recall_k={args.recall_k}, "
         f"window {STOCK_MAX_LENGTH} tokens, same candidates for every reranker"
     )
-    report(measure(rerankers(args), found, dataset.queries), dataset.qrels)
+    run = rows(args)
+    summary = report(measure(run, found, dataset.queries), dataset.qrels)
+    auto_scorer = CrossEncoderScorer.load(
+        args.rerank_model,
+        backend="auto",
+        max_length=STOCK_MAX_LENGTH,
+        device=args.device,
+        cache_dir=args.model_cache_dir,
+    )
+    print(f"auto: {auto_scorer.backend_reason}")
+    print(auto_line(summary, args.backends.split(","), auto_scorer.backend))
     print(cache_pass(args, found, dataset.queries))
 
 

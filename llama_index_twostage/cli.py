@@ -210,7 +210,8 @@ def format_results(results: list[Any]) -> str:
 @app.command()
 @with_settings(*STORE_FLAGS)
 def info(settings: RetrieverSettings) -> None:
-    """The collection: where it lives, how many nodes, which model wrote it, dimension and distance space."""
+    """The collection (where it lives, how many nodes, which model wrote it, dimension and distance space) and the
+    reranker (its backend, and why when 'auto' chose it; what it reads)."""
     with TwoStagePipeline(settings) as pipeline:
         target = pipeline.store.with_retries(pipeline.store.open_collection)
         contract = CollectionContract.of(target)
@@ -219,7 +220,11 @@ def info(settings: RetrieverSettings) -> None:
         typer.echo(f"embedding model: {contract.embed_model if contract else 'not recorded'}")
         typer.echo(f"dimension:       {contract.dimension if contract else 'not recorded'}")
         typer.echo(f"distance space:  {distance_space(target)}")
+        scorer = pipeline.reranker().scorer
     typer.echo(f"rerank model:    {settings.rerank_model} (recall_k={settings.recall_k}, top_k={settings.top_k})")
+    backend = getattr(scorer, "backend", "unknown")
+    reason = getattr(scorer, "backend_reason", None) or "as set"
+    typer.echo(f"rerank backend:  {backend} ({reason})")
     typer.echo(f"reranker reads:  {PairTemplate.from_settings(settings).describe()}")
     typer.echo(f"long documents:  {settings.rerank_long_documents}")
 

@@ -88,6 +88,8 @@ def settings_for(
             "persist_dir": default_persist,
             "embed_model": embed_model_dir,
             "rerank_model": rerank_model_dir,
+            # Parity with fp32 CrossEncoder.predict is asserted throughout; 'auto' has tests of its own.
+            "rerank_backend": "torch",
             "recall_k": 20,
             "top_k": 5,
             "show_progress": False,

@@ -345,7 +345,10 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         with Stopwatch() as watch:
             ranking = self.rank(query, nodes)
         self._report(ranking)
-        info = {"stage2_ms": watch.ms, **ranking.info}
+        info: dict[str, Any] = {"stage2_ms": watch.ms, **ranking.info}
+        backend = getattr(self._scorer, "backend", None)  # optional in the protocol: local scorers name their runtime
+        if backend is not None:
+            info["rerank_backend"] = backend
         return [
             annotated(scored, score=score, rerank_score=score, final_rank=rank, **info)
             for rank, (scored, score) in enumerate(zip(ranking.nodes[: self.top_k], ranking.scores), 1)

@@ -11,15 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 import numpy as np
 import torch
 
 from llama_index_twostage.errors import ModelOutputError
 from llama_index_twostage.models import ModelPool, load_or_explain
-from llama_index_twostage.settings import RerankBackend, RetrieverSettings
+from llama_index_twostage.settings import BackendSetting, RerankBackend, RetrieverSettings
 from llama_index_twostage.stage2 import backends
+from llama_index_twostage.stage2.auto import BackendChoice, choose_backend
 from llama_index_twostage.stage2.caches import LruCache, compute_through, content_hash
 
 if TYPE_CHECKING:
@@ -173,6 +174,7 @@ class CrossEncoderScorer:
         name: the model's hub id or directory, as given to the loader.
         backend: the runtime it was loaded on; part of the cache key (precision changes scores).
         relevant_class: for heads with several outputs, the index of the relevant class (default 1 of 2).
+        backend_reason: why this backend, when ``auto`` chose it.
     """
 
     def __init__(
@@ -184,6 +186,7 @@ class CrossEncoderScorer:
         normalize: bool = False,
         batch_size: int = 32,
         relevant_class: int | None = None,
+        backend_reason: str | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -192,6 +195,7 @@ class CrossEncoderScorer:
         self.backend = backend
         self.normalize = normalize
         self.batch_size = batch_size
+        self.backend_reason = backend_reason
         self._window = TokenWindow(cross_encoder.tokenizer, cross_encoder.max_seq_length)
         config = cross_encoder.config
         labels = {int(index): str(label) for index, label in (getattr(config, "id2label", None) or {}).items()}
@@ -202,7 +206,7 @@ class CrossEncoderScorer:
         cls,
         model: str,
         *,
-        backend: RerankBackend = "torch",
+        backend: BackendSetting = "torch",
         max_length: int | None = None,
         device: str | None = None,
         normalize: bool = False,
@@ -212,21 +216,41 @@ class CrossEncoderScorer:
         cache_dir: Path = DEFAULT_MODEL_CACHE,
         pool: ModelPool | None = None,
     ) -> CrossEncoderScorer:
-        """Load ``model`` (hub id or local directory) on ``backend``; through ``pool`` it is loaded once per pool."""
-        key = ("cross-encoder", model, device, max_length, trust_remote_code, backend, Path(cache_dir))
+        """Load ``model`` (hub id or local directory) on ``backend``; through ``pool`` it is loaded once per pool.
 
-        def load() -> CrossEncoder:
-            return load_cross_encoder(model, device, max_length, trust_remote_code, backend, Path(cache_dir))
+        ``backend="auto"`` picks one for this machine (see :mod:`~llama_index_twostage.stage2.auto`); the choice and
+        its reason are logged and kept in :attr:`backend_reason`.
+        """
 
-        cross_encoder = pool.get(key, load) if pool is not None else load()
-        return cls(
-            cross_encoder,
-            name=model,
-            backend=backend,
-            normalize=normalize,
-            batch_size=batch_size,
-            relevant_class=relevant_class,
-        )
+        def scorer(chosen: RerankBackend, reason: str | None = None, shared: ModelPool | None = pool) -> Self:
+            key = ("cross-encoder", model, device, max_length, trust_remote_code, chosen, Path(cache_dir))
+
+            def load() -> CrossEncoder:
+                return load_cross_encoder(model, device, max_length, trust_remote_code, chosen, Path(cache_dir))
+
+            cross_encoder = shared.get(key, load) if shared is not None else load()
+            return cls(
+                cross_encoder,
+                name=model,
+                backend=chosen,
+                normalize=normalize,
+                batch_size=batch_size,
+                relevant_class=relevant_class,
+                backend_reason=reason,
+            )
+
+        if backend != "auto":
+            return scorer(backend)
+
+        def choose() -> BackendChoice:
+            # Calibration models are loaded outside the pool: only the chosen one stays in memory.
+            choice = choose_backend(model, device, cache_dir, lambda candidate: scorer(candidate, shared=None).score)
+            logger.info("rerank_backend auto chose %s for %s: %s", choice.backend, model, choice.reason)
+            return choice
+
+        key = ("auto-backend", model, device, max_length, Path(cache_dir))
+        choice = pool.get(key, choose) if pool is not None else choose()
+        return scorer(choice.backend, choice.reason)
 
     @property
     def name(self) -> str:

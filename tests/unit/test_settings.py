@@ -340,7 +340,9 @@ def test_remote_code_is_not_trusted_by_default(monkeypatch):
 
     monkeypatch.setattr(huggingface, "HuggingFaceEmbedding", fake("embedding"))
     monkeypatch.setattr(sentence_transformers, "CrossEncoder", fake("cross-encoder"))
-    settings = RetrieverSettings(embed_model="test/embed", rerank_model="test/rerank", chroma_mode="memory")
+    settings = RetrieverSettings(
+        embed_model="test/embed", rerank_model="test/rerank", rerank_backend="torch", chroma_mode="memory"
+    )
     assert settings.trust_remote_code is False
     with TwoStagePipeline(settings) as pipeline:  # a fresh pool: nothing is loaded before
         _ = pipeline.embed_model  # loading is what the fakes record

@@ -1,0 +1,206 @@
+"""``rerank_backend="auto"``: the fastest backend that still ranks like fp32, on the machine it runs on.
+
+Reduced precision is a large speed-up where the hardware computes it natively (fp16 on CUDA; bf16 on CPUs with
+AVX512-BF16 or AMX: 0.37x fp32's time on a Sapphire Rapids Xeon, 0.64x on an AVX512-BF16 EPYC), none or a loss
+elsewhere, and it can reorder candidates whose scores nearly tie. So ``auto`` tries the candidates the device
+offers (its native half precision; on a CPU also ``onnx-int8`` when the ``onnx`` extra is installed) on a small
+calibration set shipped with the package (6 queries x 16 passages that answer, mention or miss each query), scored
+with each and with fp32, and keeps the fastest that ranks like fp32 (every query the same top-1, a mean top-10 set
+overlap of at least 0.98) and takes at most 0.9x fp32's time. Otherwise fp32.
+
+The decision costs one calibration (about 100 short pairs per backend, a few seconds for MiniLM-sized models on a
+CPU, plus the one-time ONNX export when int8 is tried) the first time a model is loaded on a machine; it is stored
+in ``model_cache_dir`` by model weights, device, hardware, candidates and torch version, so later processes reuse it
+without scoring anything. An explicit backend is always used as given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from llama_index_twostage.settings import RerankBackend
+from llama_index_twostage.stage2.backends import onnx_installed, weights_fingerprint, write_atomically
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
+DECISIONS_FILE = "auto-backend.json"
+TOP_N = 10
+MIN_TOP_OVERLAP = 0.98
+MAX_TIME_RATIO = 0.9
+"""Half precision must take at most this share of fp32's time on the calibration pairs to be worth its risk."""
+
+Score = Callable[[str, list[str]], list[float]]
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend ``auto`` chose and why, for logs, ``twostage info`` and each result's metadata."""
+
+    backend: RerankBackend
+    reason: str
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How a backend's rankings compare with fp32's on the calibration queries."""
+
+    top_overlap: float
+    same_top1: int
+    queries: int
+
+    @property
+    def passes(self) -> bool:
+        return self.top_overlap >= MIN_TOP_OVERLAP and self.same_top1 == self.queries
+
+    def __str__(self) -> str:
+        return f"top-{TOP_N} overlap {self.top_overlap:.3f}, same top-1 {self.same_top1}/{self.queries}"
+
+
+def agreement(reference: Sequence[Sequence[float]], candidate: Sequence[Sequence[float]]) -> Agreement:
+    """Mean top-10 set overlap and same-top-1 count of ``candidate``'s rankings against ``reference``'s."""
+
+    def best(scores: Sequence[float]) -> list[int]:
+        return sorted(range(len(scores)), key=lambda index: -scores[index])[:TOP_N]
+
+    overlaps, same = [], 0
+    for expected, got in zip(reference, candidate, strict=True):
+        top_expected, top_got = best(expected), best(got)
+        overlaps.append(len(set(top_expected) & set(top_got)) / len(top_expected))
+        same += top_expected[0] == top_got[0]
+    return Agreement(sum(overlaps) / len(overlaps), same, len(overlaps))
+
+
+@cache
+def cpu() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and feature flags (Linux ``/proc/cpuinfo``; elsewhere the platform name, no flags)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine(), frozenset()
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    return fields.get("model name", platform.machine()), frozenset(fields.get("flags", "").split())
+
+
+def resolved_device(device: str | None) -> str:
+    """The device a model lands on when ``device`` is unset, as sentence-transformers picks it."""
+    if device:
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def native_half_precision(device: str) -> tuple[RerankBackend | None, str]:
+    """The half-precision backend ``device`` computes natively, if any, and what was found."""
+    if device.startswith("cuda"):
+        return "torch-fp16", f"CUDA ({torch.cuda.get_device_name(device)})"
+    if device != "cpu":
+        return None, f"device {device}"
+    name, flags = cpu()
+    native = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    return ("torch-bf16" if native else None), f"{name} ({', '.join(native) or 'no AVX512-BF16 or AMX'})"
+
+
+def calibration_set() -> list[tuple[str, list[str]]]:
+    data = json.loads(CALIBRATION_FILE.read_text(encoding="utf-8"))
+    return [(entry["query"], entry["passages"]) for entry in data["queries"]]
+
+
+def _timed(score: Score, pairs: list[tuple[str, list[str]]]) -> tuple[list[list[float]], float]:
+    start = time.perf_counter()
+    scores = [score(query, passages) for query, passages in pairs]
+    return scores, time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One candidate backend on the calibration set."""
+
+    backend: RerankBackend
+    agreement: Agreement
+    time_ratio: float
+
+    @property
+    def earns_its_place(self) -> bool:
+        return self.agreement.passes and self.time_ratio <= MAX_TIME_RATIO
+
+    def __str__(self) -> str:
+        return f"{self.backend}: {self.agreement}, {self.time_ratio:.2f}x fp32's time"
+
+
+def calibrate(fp32: Score, candidates: dict[RerankBackend, Score], hardware: str) -> BackendChoice:
+    """Score the calibration set with fp32 and each candidate (after one warm-up each); keep the fastest candidate
+    that ranks like fp32 and is faster, else fp32."""
+    pairs = calibration_set()
+    fp32(*pairs[0])
+    reference, fp32_s = _timed(fp32, pairs)
+    trials = []
+    for backend, score in candidates.items():
+        score(*pairs[0])
+        scores, seconds = _timed(score, pairs)
+        trials.append(Trial(backend, agreement(reference, scores), seconds / fp32_s))
+    measured = "; ".join(str(trial) for trial in trials)
+    earning = [trial for trial in trials if trial.earns_its_place]
+    if not earning:
+        return BackendChoice("torch", f"fp32: nothing faster ranks like it on {hardware} ({measured})")
+    best = min(earning, key=lambda trial: trial.time_ratio)
+    return BackendChoice(best.backend, f"{best.backend}: fastest that ranks like fp32 on {hardware} ({measured})")
+
+
+def candidate_backends(device: str) -> tuple[list[RerankBackend], str]:
+    """What ``auto`` may try on ``device`` besides fp32: its native half precision, and on a CPU int8 where the
+    ``onnx`` extra is installed. Also returns the hardware, for the reason."""
+    half, hardware = native_half_precision(device)
+    candidates: list[RerankBackend] = [half] if half else []
+    if device == "cpu" and onnx_installed():
+        candidates.append("onnx-int8")
+    return candidates, hardware
+
+
+def choose_backend(
+    model: str, device: str | None, cache_dir: Path, scorer_of: Callable[[RerankBackend], Score]
+) -> BackendChoice:
+    """The backend for ``model`` on this machine: a stored decision, else one calibration (stored for next time).
+
+    ``scorer_of(backend)`` loads the model on a backend and returns its scoring function.
+    """
+    device = resolved_device(device)
+    candidates, hardware = candidate_backends(device)
+    if not candidates:
+        return BackendChoice("torch", f"fp32: no native half precision on {hardware}, no int8 runtime installed")
+    key = "|".join([weights_fingerprint(model), device, hardware, ",".join(candidates), torch.__version__])
+    decisions = Path(cache_dir).expanduser() / DECISIONS_FILE
+    stored = _read_decisions(decisions).get(key)
+    if stored is not None:
+        return BackendChoice(**stored)
+    logger.info("rerank_backend auto: calibrating %s on %s (once per model and machine)", candidates, hardware)
+    choice = calibrate(scorer_of("torch"), {backend: scorer_of(backend) for backend in candidates}, hardware)
+    _store_decision(decisions, key, choice)
+    return choice
+
+
+def _read_decisions(path: Path) -> dict[str, dict[str, str]]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or unreadable: calibrate again
+        return {}
+
+
+def _store_decision(path: Path, key: str, choice: BackendChoice) -> None:
+    """Add one decision, written atomically; a read-only cache only costs a calibration in the next process."""
+    decisions = {**_read_decisions(path), key: asdict(choice)}
+    try:
+        write_atomically(path, lambda file: file.write_text(json.dumps(decisions, indent=1), encoding="utf-8"))
+    except OSError as error:
+        logger.warning("could not store the rerank_backend auto decision in %s (%s)", path, error)
