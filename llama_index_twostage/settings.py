@@ -215,8 +215,9 @@ class RetrieverSettings(BaseSettings):
     # Stage-2 speed.
     rerank_backend: BackendSetting = Field(
         "auto",
-        description="Cross-encoder runtime: 'auto' (the fastest that ranks like fp32 here: fp16 on CUDA, bf16 on "
-        "CPUs that compute it natively, each kept only if a calibration agrees; else fp32), 'torch' (fp32), "
+        description="Cross-encoder runtime: 'auto' (the fastest that ranks like fp32 here: fp16 on CUDA; on a CPU "
+        "bf16 where computed natively and onnx-int8 where the onnx extra is installed; each kept only if a "
+        "calibration agrees and it is faster; else fp32), 'torch' (fp32), "
         "'torch-bf16' / 'torch-fp16' (half precision), 'onnx' (ONNX Runtime fp32) or 'onnx-int8' (int8); the onnx "
         "ones need the 'onnx' extra.",
     )

@@ -37,7 +37,8 @@ DECISIONS_FILE = "auto-backend.json"
 TOP_N = 10
 MIN_TOP_OVERLAP = 0.98
 MAX_TIME_RATIO = 0.9
-"""Half precision must take at most this share of fp32's time on the calibration pairs to be worth its risk."""
+"""A candidate (half precision or int8) must take at most this share of fp32's time on the calibration pairs to be
+worth its risk to the ranking."""
 
 Score = Callable[[str, list[str]], list[float]]
 

@@ -124,14 +124,13 @@ class ScoredPairs:
     """Scores in the order of the texts given, and what reading them took.
 
     ``pairs``: (query, text) pairs read for them, ``len(scores)`` unless a text was read as several windows (each
-    window is a pair); ``cached``: how many of those came from the cache; ``truncated``: how many exceeded the
-    scorer's window; ``windowed``: texts read as several windows.
+    window is a pair); ``cached``: how many of those came from the cache; ``windowed``: texts read as several
+    windows.
     """
 
     scores: list[float]
     cached: int
     pairs: int
-    truncated: int = 0
     windowed: int = 0
 
 

@@ -257,26 +257,27 @@ class CrossEncoderRerank(BaseNodePostprocessor):
             callback_manager=self.callback_manager,
         )
 
-    def score_with(self, scorer: PairScorer, query: str, texts: list[str]) -> ScoredPairs:
-        """Scores of the (already formatted) pairs by ``scorer``, through the score cache, with the pairs it cut to
-        its window; in ``max-window`` mode a long text scores its best window, and every window counts as a pair."""
+    def _windows(self, scorer: PairScorer, query: str, texts: list[str]) -> list[list[str]]:
+        """What ``scorer`` reads of each text: the text itself, or in ``max-window`` mode its windows."""
         window = scorer.window
         if self.long_documents == "truncate" or window is None:
-            windows = [[text] for text in texts]
-        else:
-            windows = window.split(query, texts, self.window_overlap)
+            return [[text] for text in texts]
+        return window.split(query, texts, self.window_overlap)
+
+    def _score_windows(self, scorer: PairScorer, query: str, windows: list[list[str]]) -> ScoredPairs:
+        """One score per text, its best window's, through the score cache; every window counts as a pair."""
         flat = [text for text_windows in windows for text in text_windows]
         scored = score_through(self._score_cache, scorer.cache_key, query, flat, lambda todo: scorer.score(query, todo))
         scores, position = [], 0
         for text_windows in windows:
             scores.append(max(scored.scores[position : position + len(text_windows)]))
             position += len(text_windows)
-        return replace(
-            scored,
-            scores=scores,
-            truncated=window.count_truncated(query, flat) if window is not None else 0,
-            windowed=sum(len(text_windows) > 1 for text_windows in windows),
-        )
+        return replace(scored, scores=scores, windowed=sum(len(text_windows) > 1 for text_windows in windows))
+
+    def score_with(self, scorer: PairScorer, query: str, texts: list[str]) -> ScoredPairs:
+        """Scores of the (already formatted) pairs by ``scorer``, through the score cache; in ``max-window`` mode a
+        long text scores its best window, and every window counts as a pair."""
+        return self._score_windows(scorer, query, self._windows(scorer, query, texts))
 
     def score(self, query: str, texts: list[str]) -> list[float]:
         """The ranking scorer's scores for (query, text) pairs, as Python floats, in the order given (the texts as
@@ -302,15 +303,19 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         order) and apply ``score_threshold``. ``query`` is the user's query, before the template."""
         query = self._template.query(query)
         candidates, cascade_info = self._cascade(query, select_candidates(nodes, self._template))
-        scored = self.score_with(self._scorer, query, candidates.texts)
+        windows = self._windows(self._scorer, query, candidates.texts)
+        scored = self._score_windows(self._scorer, query, windows)
         scores = scored.scores
+        window = self._scorer.window
+        read = [text for text_windows in windows for text in text_windows]
+        truncated = window.count_truncated(query, read) if window is not None else 0
         order = sorted(range(len(scores)), key=lambda index: -scores[index])
         if self.score_threshold is not None:
             order = [index for index in order if scores[index] >= self.score_threshold]
         info = {
             "pairs_scored": scored.pairs,
             "pairs_cached": scored.cached,
-            "pairs_truncated": scored.truncated,
+            "pairs_truncated": truncated,
             **({"documents_windowed": scored.windowed} if self.long_documents == "max-window" else {}),
             "duplicates_removed": len(candidates.duplicate_ids),
             "skipped_non_text": len(candidates.non_text_ids),
