@@ -97,6 +97,31 @@ class ScoreCache(LruCache[PairKey, float]):
     """Cross-encoder scores by (scorer, query, text hash): what a reranker looks up before any forward pass."""
 
 
+class Lookup(Generic[Key, Value, Input]):
+    """One batch of keys looked up in ``cache``: :attr:`todo` is what must be computed, :meth:`complete` stores it.
+
+    Looking up and storing are separate steps so that the computation between them can be a plain call or an
+    awaited one (see :mod:`llama_index_twostage.stage2.plan`). Equal keys in one batch are computed once; without a
+    cache, every input is computed.
+    """
+
+    def __init__(self, cache: LruCache[Key, Value] | None, keys: Sequence[Key], inputs: Sequence[Input]) -> None:
+        self.cache = cache
+        self.keys = list(keys)
+        self.found: list[Value | None] = cache.get_many(keys) if cache is not None else [None] * len(keys)
+        self.missing = {key: item for key, item, hit in zip(keys, inputs, self.found) if hit is None}
+        self.todo: list[Input] = list(inputs) if cache is None else list(self.missing.values())
+
+    def complete(self, computed: Sequence[Value]) -> tuple[list[Value], int]:
+        """The value of each key, in key order, given :attr:`todo`'s values; and how many came from the cache."""
+        if self.cache is None:
+            return list(computed), 0
+        fresh = dict(zip(self.missing, computed))
+        self.cache.put_many(list(fresh.items()))
+        values = [fresh[key] if hit is None else hit for key, hit in zip(self.keys, self.found)]
+        return values, sum(hit is not None for hit in self.found)
+
+
 def compute_through(
     cache: LruCache[Key, Value] | None,
     keys: Sequence[Key],
@@ -105,18 +130,17 @@ def compute_through(
 ) -> tuple[list[Value], int]:
     """The value of each key: cached ones looked up, the rest computed from their inputs in one call and stored.
 
-    Returns the values in key order and how many came from the cache. Equal keys in one call are computed once. Two
-    threads missing the same key at the same moment may both compute it (``compute`` runs outside the lock so lookups
-    never wait on a forward pass); both store the same value.
+    Returns the values in key order and how many came from the cache. Two threads missing the same key at the same
+    moment may both compute it (``compute`` runs outside the lock so lookups never wait on a forward pass); both
+    store the same value.
     """
-    if cache is None:
-        return (compute(list(inputs)) if inputs else []), 0
-    found = cache.get_many(keys)
-    missing = {key: item for key, item, hit in zip(keys, inputs, found) if hit is None}
-    fresh = dict(zip(missing, compute(list(missing.values())))) if missing else {}
-    cache.put_many(list(fresh.items()))
-    values = [fresh[key] if hit is None else hit for key, hit in zip(keys, found)]
-    return values, len(keys) - sum(hit is None for hit in found)
+    lookup = Lookup(cache, keys, inputs)
+    return lookup.complete(compute(lookup.todo) if lookup.todo else [])
+
+
+def pair_keys(scorer: Hashable, query: str, texts: Sequence[str]) -> list[PairKey]:
+    """The cache keys of (query, text) pairs scored by ``scorer``."""
+    return [pair_key(scorer, query, text) for text in texts]
 
 
 @dataclass(frozen=True)
@@ -132,16 +156,3 @@ class ScoredPairs:
     cached: int
     pairs: int
     windowed: int = 0
-
-
-def score_through(
-    cache: ScoreCache | None,
-    scorer: Hashable,
-    query: str,
-    texts: Sequence[str],
-    score: Callable[[list[str]], list[float]],
-) -> ScoredPairs:
-    """Scores of ``texts`` for ``query`` by ``scorer``, each pair scored at most once while cached."""
-    keys = [pair_key(scorer, query, text) for text in texts]
-    scores, cached = compute_through(cache, keys, texts, score)
-    return ScoredPairs(scores, cached, len(scores))

@@ -11,8 +11,9 @@ window) cut the candidates to a ``cascade_k`` shortlist before the full scorer r
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,7 +28,8 @@ from llama_index_twostage.errors import ConfigurationError
 from llama_index_twostage.models import ModelPool
 from llama_index_twostage.nodes import annotated, query_text
 from llama_index_twostage.settings import LongDocuments, RetrieverSettings
-from llama_index_twostage.stage2.caches import ScoreCache, ScoredPairs, score_through
+from llama_index_twostage.stage2.caches import Lookup, ScoreCache, ScoredPairs, pair_keys
+from llama_index_twostage.stage2.plan import Plan, ScoreRequest, arun, run
 from llama_index_twostage.stage2.scorers import CrossEncoderScorer, PairScorer
 from llama_index_twostage.stage2.templates import PairTemplate
 from llama_index_twostage.timing import Stopwatch
@@ -71,6 +73,14 @@ def shortlist(scores: list[float], k: int) -> list[int]:
     """Indices of the ``k`` best scores, in their original (stage-1) order; ties go to the earlier candidate."""
     best = sorted(range(len(scores)), key=lambda index: -scores[index])[:k]
     return sorted(best)
+
+
+@dataclass
+class RerankEvents:
+    """One reranking call as its events see it: the query, and the nodes it returned once it has."""
+
+    query: str
+    reranked: list[NodeWithScore] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -264,32 +274,35 @@ class CrossEncoderRerank(BaseNodePostprocessor):
             return [[text] for text in texts]
         return window.split(query, texts, self.window_overlap)
 
-    def _score_windows(self, scorer: PairScorer, query: str, windows: list[list[str]]) -> ScoredPairs:
+    def _score_windows(self, scorer: PairScorer, query: str, windows: list[list[str]]) -> Plan[ScoredPairs]:
         """One score per text, its best window's, through the score cache; every window counts as a pair."""
         flat = [text for text_windows in windows for text in text_windows]
-        scored = score_through(self._score_cache, scorer.cache_key, query, flat, lambda todo: scorer.score(query, todo))
+        lookup = Lookup(self._score_cache, pair_keys(scorer.cache_key, query, flat), flat)
+        fresh = (yield ScoreRequest(scorer, query, lookup.todo)) if lookup.todo else []
+        flat_scores, cached = lookup.complete(fresh)
         scores, position = [], 0
         for text_windows in windows:
-            scores.append(max(scored.scores[position : position + len(text_windows)]))
+            scores.append(max(flat_scores[position : position + len(text_windows)]))
             position += len(text_windows)
-        return replace(scored, scores=scores, windowed=sum(len(text_windows) > 1 for text_windows in windows))
+        windowed = sum(len(text_windows) > 1 for text_windows in windows)
+        return ScoredPairs(scores, cached, len(flat_scores), windowed)
 
-    def score_with(self, scorer: PairScorer, query: str, texts: list[str]) -> ScoredPairs:
+    def _score_with(self, scorer: PairScorer, query: str, texts: list[str]) -> Plan[ScoredPairs]:
         """Scores of the (already formatted) pairs by ``scorer``, through the score cache; in ``max-window`` mode a
         long text scores its best window, and every window counts as a pair."""
-        return self._score_windows(scorer, query, self._windows(scorer, query, texts))
+        return (yield from self._score_windows(scorer, query, self._windows(scorer, query, texts)))
 
     def score(self, query: str, texts: list[str]) -> list[float]:
         """The ranking scorer's scores for (query, text) pairs, as Python floats, in the order given (the texts as
         the cross-encoder reads them: :attr:`template` is applied by :meth:`rank`, not here)."""
-        return self.score_with(self._scorer, query, texts).scores
+        return run(self._score_with(self._scorer, query, texts)).scores
 
-    def _cascade(self, query: str, candidates: Candidates) -> tuple[Candidates, dict[str, int]]:
+    def _cascade(self, query: str, candidates: Candidates) -> Plan[tuple[Candidates, dict[str, int]]]:
         """The candidates the cheap scorer ranks in its best ``cascade_k`` (all when the cascade is off or moot)."""
         cheap, keep_k = self._cascade_scorer, self.cascade_k
         if cheap is None or keep_k is None or len(candidates.texts) <= keep_k:
             return candidates, {}
-        scored = self.score_with(cheap, query, candidates.texts)
+        scored = yield from self._score_with(cheap, query, candidates.texts)
         keep = shortlist(scored.scores, keep_k)
         kept = replace(
             candidates,
@@ -298,13 +311,12 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         )
         return kept, {"cascade_pairs_scored": scored.pairs, "cascade_pairs_cached": scored.cached}
 
-    def rank(self, query: str, nodes: list[NodeWithScore]) -> Ranking:
-        """Format the pairs (:attr:`template`), de-duplicate, prune (cascade), score, sort (ties keep stage-1
-        order) and apply ``score_threshold``. ``query`` is the user's query, before the template."""
+    def _rank(self, query: str, nodes: list[NodeWithScore]) -> Plan[Ranking]:
+        """:meth:`rank` as a plan: every scorer call is a request its driver answers (:mod:`.plan`)."""
         query = self._template.query(query)
-        candidates, cascade_info = self._cascade(query, select_candidates(nodes, self._template))
+        candidates, cascade_info = yield from self._cascade(query, select_candidates(nodes, self._template))
         windows = self._windows(self._scorer, query, candidates.texts)
-        scored = self._score_windows(self._scorer, query, windows)
+        scored = yield from self._score_windows(self._scorer, query, windows)
         scores = scored.scores
         window = self._scorer.window
         read = [text for text_windows in windows for text in text_windows]
@@ -328,6 +340,16 @@ class CrossEncoderRerank(BaseNodePostprocessor):
             candidates.non_text_ids,
         )
 
+    def rank(self, query: str, nodes: list[NodeWithScore]) -> Ranking:
+        """Format the pairs (:attr:`template`), de-duplicate, prune (cascade), score, sort (ties keep stage-1
+        order) and apply ``score_threshold``. ``query`` is the user's query, before the template."""
+        return run(self._rank(query, nodes))
+
+    async def arank(self, query: str, nodes: list[NodeWithScore]) -> Ranking:
+        """:meth:`rank` without blocking the event loop: a scorer with ``ascore`` (a rerank server) is awaited, a
+        local one runs in a worker thread."""
+        return await arun(self._rank(query, nodes))
+
     def _report(self, ranking: Ranking) -> None:
         if ranking.non_text_ids:
             logger.warning(
@@ -349,8 +371,18 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         """:meth:`rank`, cut to ``top_k``; returns annotated copies (the caller's nodes are never mutated)."""
         with Stopwatch() as watch:
             ranking = self.rank(query, nodes)
+        return self._results(ranking, watch.ms)
+
+    async def arerank(self, nodes: list[NodeWithScore], query: str) -> list[NodeWithScore]:
+        """:meth:`rerank` through :meth:`arank`."""
+        with Stopwatch() as watch:
+            ranking = await self.arank(query, nodes)
+        return self._results(ranking, watch.ms)
+
+    def _results(self, ranking: Ranking, stage2_ms: float) -> list[NodeWithScore]:
+        """The best ``top_k`` of ``ranking`` as annotated copies, after its warnings are logged."""
         self._report(ranking)
-        info: dict[str, Any] = {"stage2_ms": watch.ms, **ranking.info}
+        info: dict[str, Any] = {"stage2_ms": stage2_ms, **ranking.info}
         backend = getattr(self._scorer, "backend", None)  # optional in the protocol: local scorers name their runtime
         if backend is not None:
             info["rerank_backend"] = backend
@@ -359,9 +391,9 @@ class CrossEncoderRerank(BaseNodePostprocessor):
             for rank, (scored, score) in enumerate(zip(ranking.nodes[: self.top_k], ranking.scores), 1)
         ]
 
-    def _postprocess_nodes(
-        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
-    ) -> list[NodeWithScore]:
+    @contextmanager
+    def _events(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> Iterator[RerankEvents]:
+        """LlamaIndex's rerank events and callbacks around one call, sync or async."""
         if query_bundle is None:
             raise ValueError("CrossEncoderRerank needs the query: pass query_bundle or query_str")
         query = query_text(query_bundle)
@@ -374,13 +406,23 @@ class CrossEncoderRerank(BaseNodePostprocessor):
             EventPayload.TOP_K: self.top_k,
         }
         with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
-            reranked = self.rerank(nodes, query)
-            event.on_end(payload={EventPayload.NODES: reranked})
-        dispatcher.event(ReRankEndEvent(nodes=reranked))
-        return reranked
+            events = RerankEvents(query)
+            yield events
+            event.on_end(payload={EventPayload.NODES: events.reranked})
+        dispatcher.event(ReRankEndEvent(nodes=events.reranked))
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        with self._events(nodes, query_bundle) as events:
+            events.reranked = self.rerank(nodes, events.query)
+        return events.reranked
 
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        """The forward passes run in a worker thread, so the event loop keeps serving other requests."""
-        return await asyncio.to_thread(self._postprocess_nodes, nodes, query_bundle)
+        """A rerank server is awaited and local forward passes run in a worker thread, so the event loop keeps
+        serving other requests."""
+        with self._events(nodes, query_bundle) as events:
+            events.reranked = await self.arerank(nodes, events.query)
+        return events.reranked

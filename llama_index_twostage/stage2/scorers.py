@@ -124,6 +124,16 @@ class PairScorer(Protocol):
         ...
 
 
+@runtime_checkable
+class AsyncPairScorer(PairScorer, Protocol):
+    """A scorer that can also wait for its scores without a thread (a rerank server): the reranker's async path
+    awaits :meth:`ascore`; scorers without it are run in a worker thread."""
+
+    async def ascore(self, query: str, texts: list[str]) -> list[float]:
+        """:meth:`score`, awaited."""
+        ...
+
+
 class OutputHead:
     """One relevance score per pair from a cross-encoder's outputs, whatever their number.
 

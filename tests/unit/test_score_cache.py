@@ -10,7 +10,7 @@ from llama_index.core.schema import NodeWithScore, TextNode
 
 from llama_index_twostage.nodes import stage_info
 from llama_index_twostage.stage2 import CrossEncoderRerank, CrossEncoderScorer, ScoreCache
-from llama_index_twostage.stage2.caches import LruCache, content_hash, pair_key, score_through
+from llama_index_twostage.stage2.caches import LruCache, compute_through, content_hash, pair_key, pair_keys
 
 
 class CountingScore:
@@ -75,21 +75,22 @@ def test_scorer_key_separates_model_backend_window_activation_and_class_read():
     assert scorer(batch_size=8).cache_key == base.cache_key  # batch size does not change a score
 
 
+def score_through(cache, scorer, query, texts, model):
+    return compute_through(cache, pair_keys(scorer, query, texts), texts, model)
+
+
 def test_score_through_scores_only_misses_once_each_and_keeps_order():
     cache, model = LruCache(100), CountingScore()
-    first = score_through(cache, "m", "q", ["aa", "b", "aa"], model)
-    assert first.scores == [2.0, 1.0, 2.0] and first.cached == 0
+    assert score_through(cache, "m", "q", ["aa", "b", "aa"], model) == ([2.0, 1.0, 2.0], 0)
     assert model.seen == ["aa", "b"]  # equal texts in one call are scored once
-    second = score_through(cache, "m", "q", ["ccc", "b", "aa"], model)
-    assert second.scores == [3.0, 1.0, 2.0] and second.cached == 2
+    assert score_through(cache, "m", "q", ["ccc", "b", "aa"], model) == ([3.0, 1.0, 2.0], 2)
     assert model.seen == ["aa", "b", "ccc"]
-    other_scorer = score_through(cache, "m-int8", "q", ["b"], model)
-    assert other_scorer.cached == 0 and model.seen[-1] == "b"
+    assert score_through(cache, "m-int8", "q", ["b"], model)[1] == 0 and model.seen[-1] == "b"
 
 
 def test_score_through_without_cache_scores_everything():
     model = CountingScore()
-    assert score_through(None, "m", "q", ["a", "a"], model).scores == [1.0, 1.0]
+    assert score_through(None, "m", "q", ["a", "a"], model) == ([1.0, 1.0], 0)
     assert model.seen == ["a", "a"]
 
 
