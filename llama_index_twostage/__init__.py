@@ -19,6 +19,8 @@ from llama_index_twostage.errors import (
     InvalidQueryError,
     ModelLoadError,
     ModelOutputError,
+    RerankAuthenticationError,
+    RerankServerError,
     TwoStageError,
 )
 from llama_index_twostage.ingest import Chunking, IngestReport, ingest_into
@@ -36,7 +38,14 @@ from llama_index_twostage.pipeline import (
 )
 from llama_index_twostage.settings import RetrieverSettings
 from llama_index_twostage.stage1 import ChromaRecallRetriever
-from llama_index_twostage.stage2 import CrossEncoderRerank, CrossEncoderScorer, PairScorer, PairTemplate, ScoreCache
+from llama_index_twostage.stage2 import (
+    CrossEncoderRerank,
+    CrossEncoderScorer,
+    HttpRerankScorer,
+    PairScorer,
+    PairTemplate,
+    ScoreCache,
+)
 from llama_index_twostage.store import ChromaStore, VerifyReport
 
 __all__ = [
@@ -46,6 +55,7 @@ __all__ = [
     "ChromaStore",
     "Chunking",
     "CrossEncoderScorer",
+    "HttpRerankScorer",
     "ModelPool",
     "PairScorer",
     "PairTemplate",
@@ -62,6 +72,8 @@ __all__ = [
     "InvalidQueryError",
     "ModelLoadError",
     "ModelOutputError",
+    "RerankAuthenticationError",
+    "RerankServerError",
     "RetrieverSettings",
     "TwoStageError",
     "TwoStageRetriever",

@@ -200,9 +200,10 @@ def format_results(results: list[Any]) -> str:
         )
     if results:
         info = stage_info(results[0])
+        truncated = info.get("pairs_truncated", "unknown: the server's window")
         lines.append(
             f"stage 1: {info['stage1_ms']:.0f} ms | stage 2: {info['stage2_ms']:.0f} ms for "
-            f"{info['pairs_scored']} pairs ({info['pairs_truncated']} truncated)"
+            f"{info['pairs_scored']} pairs ({truncated} truncated)"
         )
     return "\n".join(lines)
 
@@ -224,6 +225,8 @@ def info(settings: RetrieverSettings) -> None:
     typer.echo(f"rerank model:    {settings.rerank_model} (recall_k={settings.recall_k}, top_k={settings.top_k})")
     backend = getattr(scorer, "backend", "unknown")
     reason = getattr(scorer, "backend_reason", None) or "as set"
+    if settings.rerank_backend == "http":  # the URL, never the key
+        reason = f"{settings.rerank_api} API at {settings.rerank_url}"
     typer.echo(f"rerank backend:  {backend} ({reason})")
     typer.echo(f"reranker reads:  {PairTemplate.from_settings(settings).describe()}")
     typer.echo(f"long documents:  {settings.rerank_long_documents}")

@@ -49,3 +49,12 @@ class DocumentError(TwoStageError, ValueError):
 
 class ModelOutputError(TwoStageError, ValueError):
     """A cross-encoder's outputs cannot be read as one relevance score per pair; the message names model and shape."""
+
+
+class RerankServerError(TwoStageError, ConnectionError):
+    """The rerank server could not be reached in time, failed, or answered something other than one score per
+    document; the message names the URL and the HTTP status, never the API key."""
+
+
+class RerankAuthenticationError(RerankServerError, PermissionError):
+    """The rerank server refused the credentials (a missing or wrong ``rerank_api_key``); the key is never shown."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from llama_index_twostage.errors import ModelLoadError
 
@@ -33,6 +33,13 @@ _OFFLINE_MARKERS = (
     "max retries exceeded",
     "localentrynotfound",
 )
+
+
+@runtime_checkable
+class Closeable(Protocol):
+    """What holds more than memory (connections) and must be closed by its owner."""
+
+    def close(self) -> None: ...
 
 
 class ModelPool:
@@ -63,10 +70,15 @@ class ModelPool:
         return len(self._models)
 
     def close(self) -> None:
-        """Drop every model (their memory goes once no component holds them)."""
+        """Drop every model (their memory goes once no component holds them) and close those that hold connections
+        (a rerank server's scorer and its HTTP clients)."""
         with self._lock:
+            held = list(self._models.values())
             self._models.clear()
             self._locks.clear()
+        for model in held:
+            if isinstance(model, Closeable):
+                model.close()
 
 
 def _hub_was_unreachable(error: BaseException) -> bool:

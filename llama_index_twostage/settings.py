@@ -32,7 +32,8 @@ from llama_index_twostage.errors import ConfigurationError
 ChromaMode = Literal["embedded", "memory", "server"]
 DistanceSpace = Literal["cosine", "l2", "ip"]
 RerankBackend = Literal["torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8"]
-BackendSetting = Literal["auto", "torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8"]
+BackendSetting = Literal["auto", "torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8", "http"]
+RerankApi = Literal["cohere", "tei"]
 LongDocuments = Literal["truncate", "max-window"]
 
 _COLLECTION_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
@@ -108,9 +109,12 @@ def looks_like_local_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
 
 
+SECRET_FIELDS = ("chroma_token", "rerank_api_key")
+
+
 class _TokenMasked(PydanticBaseSettingsSource):
-    """A settings source whose ``chroma_token`` is already a ``SecretStr``: pydantic's ``errors()`` echo the raw input
-    of every source, which would otherwise show the token."""
+    """A settings source whose secrets (``chroma_token``, ``rerank_api_key``) are already ``SecretStr``s: pydantic's
+    ``errors()`` echo the raw input of every source, which would otherwise show them."""
 
     def __init__(self, source: PydanticBaseSettingsSource) -> None:
         super().__init__(source.settings_cls)
@@ -121,9 +125,8 @@ class _TokenMasked(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         values = self.source()
-        if isinstance(values.get("chroma_token"), str):
-            values = {**values, "chroma_token": SecretStr(values["chroma_token"])}
-        return values
+        secrets = {name: SecretStr(values[name]) for name in SECRET_FIELDS if isinstance(values.get(name), str)}
+        return {**values, **secrets}
 
 
 class RetrieverSettings(BaseSettings):
@@ -219,7 +222,8 @@ class RetrieverSettings(BaseSettings):
         "bf16 where computed natively and onnx-int8 where the onnx extra is installed; each kept only if a "
         "calibration agrees and it is faster; else fp32), 'torch' (fp32), "
         "'torch-bf16' / 'torch-fp16' (half precision), 'onnx' (ONNX Runtime fp32) or 'onnx-int8' (int8); the onnx "
-        "ones need the 'onnx' extra.",
+        "ones need the 'onnx' extra. 'http': a rerank server at rerank_url scores the pairs (rerank_model is the "
+        "model name sent to it).",
     )
     model_cache_dir: Path = Field(
         Path("./.twostage/models"), description="Where ONNX exports of the cross-encoder are written once and reused."
@@ -238,6 +242,43 @@ class RetrieverSettings(BaseSettings):
     )
     cascade_max_length: int | None = Field(
         None, gt=0, description="Token window of the cascade's cheap scorer; unset uses max_length."
+    )
+
+    # Stage 2 on a rerank server (rerank_backend='http'; README "Scaling stage 2").
+    rerank_url: str | None = Field(
+        None,
+        description="Full endpoint URL of the rerank server, path included (servers differ), e.g. "
+        "'http://127.0.0.1:7997/rerank'.",
+    )
+    rerank_api: RerankApi = Field(
+        "cohere",
+        description="Request and response schema: 'cohere' (Cohere, Jina, Infinity, vLLM, Xinference, LiteLLM) or "
+        "'tei' (Hugging Face text-embeddings-inference).",
+    )
+    rerank_api_key: SecretStr | None = Field(
+        None, description="Bearer token for the rerank server; never printed, logged or echoed in errors."
+    )
+    rerank_timeout_s: float = Field(
+        30.0, gt=0, allow_inf_nan=False, description="Bound on each phase (connect, send, read) of a rerank request."
+    )
+    rerank_retries: int = Field(
+        2, ge=0, description="Retries of a rerank request that failed in transport or got 429/503; 0: none."
+    )
+    rerank_retry_backoff_s: float = Field(
+        0.5,
+        ge=0,
+        allow_inf_nan=False,
+        description="Wait before the first retry, doubling on each; a Retry-After header wins (either at most "
+        "rerank_timeout_s).",
+    )
+    rerank_max_documents: int = Field(
+        32,
+        gt=0,
+        description="Documents per rerank request; longer candidate lists are split and merged in order (TEI "
+        "accepts 32 by default, Cohere 1,000).",
+    )
+    rerank_max_concurrency: int = Field(
+        16, gt=0, description="Rerank requests in flight at once: for sync callers, and for each event loop."
     )
 
     # What the cross-encoder reads (README "What the reranker reads").
@@ -305,6 +346,17 @@ class RetrieverSettings(BaseSettings):
             )
         return value
 
+    @field_validator("rerank_url")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(
+                    f"rerank_url {value!r} is not an http(s) URL: give e.g. 'http://127.0.0.1:7997/rerank'"
+                )
+        return value
+
     @field_validator("rerank_metadata_keys", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
@@ -350,6 +402,8 @@ class RetrieverSettings(BaseSettings):
             )
         if self.chroma_mode == "server" and not self.chroma_host:
             raise ValueError("chroma_mode 'server' needs chroma_host (and chroma_port)")
+        if self.rerank_backend == "http" and not self.rerank_url:
+            raise ValueError("rerank_backend 'http' needs rerank_url, e.g. 'http://127.0.0.1:7997/rerank'")
         return self
 
     @model_validator(mode="after")
@@ -358,6 +412,11 @@ class RetrieverSettings(BaseSettings):
             return self
         if self.cascade_k < self.top_k:
             raise ValueError(f"cascade_k ({self.cascade_k}) < top_k ({self.top_k}): the shortlist must hold top_k")
+        if self.rerank_backend == "http" and self.cascade_backend is None:
+            raise ValueError(
+                "cascade_k with rerank_backend 'http' needs a local cheap scorer: set cascade_backend (e.g. "
+                "'onnx-int8'); it loads rerank_model, so serve the model under that name"
+            )
         cheap = (self.cascade_backend or self.rerank_backend, self.cascade_max_length or self.max_length)
         if cheap == (self.rerank_backend, self.max_length):
             raise ValueError(
@@ -412,13 +471,11 @@ class RetrieverSettings(BaseSettings):
         return f"{self.chroma_host}:{self.chroma_port}"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe settings with the token masked: safe to log, print or write to a report."""
+        """JSON-safe settings with the secrets masked: safe to log, print or write to a report."""
         return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RetrieverSettings:
-        """Inverse of :meth:`to_dict` (a masked token is dropped, never taken for the real one)."""
-        token = data.get("chroma_token")
-        if token is not None and set(str(token)) == {"*"}:
-            data = {key: value for key, value in data.items() if key != "chroma_token"}
-        return cls(**data)
+        """Inverse of :meth:`to_dict` (a masked secret is dropped, never taken for the real one)."""
+        masked = {name for name in SECRET_FIELDS if data.get(name) is not None and set(str(data[name])) == {"*"}}
+        return cls(**{key: value for key, value in data.items() if key not in masked})

@@ -29,6 +29,7 @@ from llama_index_twostage.models import ModelPool
 from llama_index_twostage.nodes import annotated, query_text
 from llama_index_twostage.settings import LongDocuments, RetrieverSettings
 from llama_index_twostage.stage2.caches import Lookup, ScoreCache, ScoredPairs, pair_keys
+from llama_index_twostage.stage2.http import HttpRerankScorer
 from llama_index_twostage.stage2.plan import Plan, ScoreRequest, arun, run
 from llama_index_twostage.stage2.scorers import CrossEncoderScorer, PairScorer
 from llama_index_twostage.stage2.templates import PairTemplate
@@ -89,9 +90,10 @@ class Ranking:
 
     ``nodes`` and ``scores``: every candidate that survived de-duplication, the cascade and ``score_threshold``,
     best first (ties keep stage-1 order), not yet cut to ``top_k``. ``info``: what it cost and what was set aside
-    (``pairs_scored``, ``pairs_cached``, ``pairs_truncated``, ``duplicates_removed``, ``skipped_non_text``,
-    ``cascade_pairs_scored``/``cascade_pairs_cached`` when the cascade pruned, and ``documents_windowed`` in
-    ``max-window`` mode). ``pairs_scored`` counts every (query, window) pair read, so windows cost what they cost.
+    (``pairs_scored``, ``pairs_cached``, ``pairs_truncated`` where the scorer has a window (not a rerank server's),
+    ``duplicates_removed``, ``skipped_non_text``, ``cascade_pairs_scored``/``cascade_pairs_cached`` when the cascade
+    pruned, and ``documents_windowed`` in ``max-window`` mode). ``pairs_scored`` counts every (query, window) pair
+    read, so windows cost what they cost.
     """
 
     nodes: list[NodeWithScore]
@@ -203,7 +205,9 @@ class CrossEncoderRerank(BaseNodePostprocessor):
     ) -> CrossEncoderRerank:
         """The reranker the settings describe (models loaded through ``pool``; a new score cache unless given)."""
 
-        def scorer(backend: Any, max_length: int | None) -> CrossEncoderScorer:
+        def scorer(backend: Any, max_length: int | None) -> PairScorer:
+            if backend == "http":
+                return HttpRerankScorer.from_settings(settings, pool=pool)
             return CrossEncoderScorer.load(
                 settings.rerank_model,
                 backend=backend,
@@ -320,14 +324,15 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         scores = scored.scores
         window = self._scorer.window
         read = [text for text_windows in windows for text in text_windows]
-        truncated = window.count_truncated(query, read) if window is not None else 0
+        # A scorer without a window (a rerank server) truncates by the server's: the count is unknown, not zero.
+        truncated = {"pairs_truncated": window.count_truncated(query, read)} if window is not None else {}
         order = sorted(range(len(scores)), key=lambda index: -scores[index])
         if self.score_threshold is not None:
             order = [index for index in order if scores[index] >= self.score_threshold]
         info = {
             "pairs_scored": scored.pairs,
             "pairs_cached": scored.cached,
-            "pairs_truncated": truncated,
+            **truncated,
             **({"documents_windowed": scored.windowed} if self.long_documents == "max-window" else {}),
             "duplicates_removed": len(candidates.duplicate_ids),
             "skipped_non_text": len(candidates.non_text_ids),
@@ -357,7 +362,7 @@ class CrossEncoderRerank(BaseNodePostprocessor):
                 len(ranking.non_text_ids),
                 ", ".join(ranking.non_text_ids[:5]),
             )
-        truncated = ranking.info["pairs_truncated"]
+        truncated = ranking.info.get("pairs_truncated")
         if truncated and self._scorer.window is not None:
             logger.warning(
                 "%d of %d (query, candidate) pairs exceed the cross-encoder window of %d tokens and were truncated; "

@@ -1,0 +1,286 @@
+"""The HTTP scorer against a stub ``/rerank`` server on loopback (for the wire format only; the real server is
+Infinity, in tests/integration/test_rerank_server.py): both schemas, splitting, retries, and every malformed answer
+as a clear error that names the URL and never the key."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from llama_index.core.schema import NodeWithScore, TextNode
+from pydantic import SecretStr
+
+from llama_index_twostage import RerankAuthenticationError, RerankServerError, RetrieverSettings
+from llama_index_twostage.models import ModelPool
+from llama_index_twostage.stage2 import CrossEncoderRerank, HttpRerankScorer, ScoreCache
+from llama_index_twostage.stage2.http import retry_after_s
+from llama_index_twostage.testing import free_port
+
+KEY = "sk-stub-0123456789"
+TEXTS = ["a", "bbbb", "cc", "dddddd", "eee"]
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: Any = None  # JSON-encoded unless bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def sorted_results(body: dict[str, Any]) -> Any:
+    """A correct answer: each document scored by its length, best first (as servers sort them)."""
+    texts = body.get("texts") or body["documents"]
+    order = sorted(range(len(texts)), key=lambda index: -len(texts[index]))
+    if "texts" in body:
+        return [{"index": index, "score": float(len(texts[index]))} for index in order]
+    results = [{"index": i, "relevance_score": len(texts[i]) / 10, "document": {"text": texts[i]}} for i in order]
+    return {"results": results, "meta": {"billed_units": {"search_units": 1}}, "usage": {"total_tokens": 9}}
+
+
+class StubServer:
+    """A ``/rerank`` endpoint that answers the next scripted reply (else a correct one) and records each request."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.script: list[Callable[[dict[str, Any]], Reply]] = []
+        self._lock = threading.Lock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                with stub._lock:
+                    stub.requests.append((dict(self.headers), body))
+                    answer = stub.script.pop(0) if stub.script else (lambda b: Reply(body=sorted_results(b)))
+                reply = answer(body)
+                payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+                self.send_response(reply.status)
+                for name, value in {"content-type": "application/json", **reply.headers}.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/rerank"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def reply(self, *replies: Reply) -> None:
+        self.script.extend(lambda body, reply=reply: reply for reply in replies)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stub() -> Iterator[StubServer]:
+    server = StubServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def scorer_for(stub: StubServer) -> Iterator[Callable[..., HttpRerankScorer]]:
+    made: list[HttpRerankScorer] = []
+
+    def make(**options: Any) -> HttpRerankScorer:
+        options = {"model": "reranker", "api_key": SecretStr(KEY), "retry_backoff_s": 0.0, **options}
+        made.append(HttpRerankScorer(options.pop("url", stub.url), **options))
+        return made[-1]
+
+    yield make
+    for scorer in made:
+        scorer.close()
+
+
+def run_both(scorer: HttpRerankScorer, texts: list[str]) -> list[list[float]]:
+    """The same texts scored through the sync client and the async one."""
+    return [scorer.score("q", texts), asyncio.run(scorer.ascore("q", texts))]
+
+
+def test_cohere_schema_sends_the_documents_and_matches_results_by_index(stub, scorer_for):
+    scorer = scorer_for(api="cohere")
+    assert run_both(scorer, TEXTS) == [[len(text) / 10 for text in TEXTS]] * 2
+    headers, body = stub.requests[0]
+    assert body == {"model": "reranker", "query": "q", "documents": TEXTS, "top_n": 5, "return_documents": False}
+    assert headers["Authorization"] == f"Bearer {KEY}"
+
+
+def test_cohere_documents_as_strings_and_extra_fields_are_read(stub, scorer_for):
+    results = [{"index": 1, "relevance_score": 0.9, "document": "bbbb"}, {"index": 0, "relevance_score": 0.1}]
+    stub.reply(Reply(body={"id": "x", "results": results, "meta": {"api_version": {"version": "2"}}}))
+    assert scorer_for().score("q", ["a", "bbbb"]) == [0.1, 0.9]
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_tei_schema_asks_for_logits_or_sigmoid_scores(stub, scorer_for, normalize):
+    scorer = scorer_for(api="tei", normalize=normalize)
+    assert run_both(scorer, TEXTS) == [[float(len(text)) for text in TEXTS]] * 2
+    assert stub.requests[0][1] == {"query": "q", "texts": TEXTS, "raw_scores": not normalize, "truncate": True}
+
+
+@pytest.mark.parametrize("api", ["cohere", "tei"])
+def test_long_lists_are_split_into_requests_and_merged_in_order(stub, scorer_for, api):
+    texts = [f"{'x' * (index % 4)}{index}" for index in range(8)]
+    expected = [len(text) / 10 if api == "cohere" else float(len(text)) for text in texts]
+    assert run_both(scorer_for(api=api, max_documents=3), texts) == [expected, expected]
+    sent = [body.get("texts") or body.get("documents") for _, body in stub.requests]
+    assert sorted(map(tuple, sent[:3])) == sorted(map(tuple, sent[3:]))  # the same three requests, sync and async
+    assert [text for chunk in sent[:3] for text in chunk] == texts
+
+
+def test_no_texts_send_no_request(stub, scorer_for):
+    assert run_both(scorer_for(), []) == [[], []]
+    assert stub.requests == []
+
+
+MALFORMED = {
+    "invalid JSON": Reply(body=b"<html>gateway</html>"),
+    "fewer results": Reply(body={"results": [{"index": 0, "relevance_score": 0.5}]}),
+    "more results": Reply(body={"results": [{"index": i, "relevance_score": 0.5} for i in (0, 1, 1)]}),
+    "repeated index": Reply(body={"results": [{"index": 0, "relevance_score": 0.5}] * 2}),
+    "index out of range": Reply(body={"results": [{"index": i, "relevance_score": 0.5} for i in (0, 2)]}),
+    "index not a number": Reply(body={"results": [{"index": i, "relevance_score": 0.5} for i in ("0", 1)]}),
+    "missing index": Reply(body={"results": [{"relevance_score": 0.5}, {"index": 1, "relevance_score": 0.5}]}),
+    "non-numeric score": Reply(body={"results": [{"index": i, "relevance_score": "high"} for i in (0, 1)]}),
+    "NaN score": Reply(body=b'{"results": [{"index": 0, "relevance_score": NaN}, {"index": 1, "relevance_score": 1}]}'),
+    "no results key": Reply(body={"data": []}),
+    "a bare list to cohere": Reply(body=[{"index": 0, "score": 1.0}, {"index": 1, "score": 2.0}]),
+    "HTTP 400": Reply(400, {"detail": "model 'reranker' not found"}),
+    "HTTP 413": Reply(413, {"error": "batch size 2 > maximum allowed batch size 1"}),
+    "HTTP 500": Reply(500, b"Internal Server Error"),
+}
+
+
+@pytest.mark.parametrize("answer", MALFORMED.values(), ids=MALFORMED.keys())
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_every_malformed_answer_is_an_error_naming_the_url_and_status(stub, scorer_for, answer, path):
+    stub.reply(answer)
+    scorer = scorer_for()
+    with pytest.raises(RerankServerError) as raised:
+        scorer.score("q", ["a", "bb"]) if path == "sync" else asyncio.run(scorer.ascore("q", ["a", "bb"]))
+    message = str(raised.value)
+    assert stub.url in message and f"HTTP {answer.status}" in message and KEY not in message
+    assert len(stub.requests) == 1  # a wrong answer is not retried: the same request gets the same answer
+
+
+def test_tei_answers_are_checked_too(stub, scorer_for):
+    stub.reply(Reply(body={"results": []}), Reply(body=[{"index": 0, "score": 1.0}]))
+    for _ in range(2):
+        with pytest.raises(RerankServerError, match="list of|1 results for 2 documents"):
+            scorer_for(api="tei").score("q", ["a", "bb"])
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_rate_limits_and_overload_are_retried_honouring_retry_after(stub, scorer_for, caplog, status):
+    stub.reply(Reply(status, {"error": "slow down"}, {"Retry-After": "0"}))
+    scorer = scorer_for(retries=2, retry_backoff_s=30.0)  # Retry-After wins over the backoff
+    with caplog.at_level(logging.WARNING, logger="llama_index_twostage.stage2.http"):
+        assert scorer.score("q", ["a", "bb"]) == [0.1, 0.2]
+    assert len(stub.requests) == 2 and "retrying in 0.00s" in caplog.text and KEY not in caplog.text
+
+
+def test_retries_end_in_an_error_that_says_how_often_it_tried(stub, scorer_for):
+    stub.reply(*[Reply(503, {"error": "loading"}, {"Retry-After": "0"})] * 3)
+    with pytest.raises(RerankServerError, match=r"failed after 3 attempts: HTTP 503"):
+        asyncio.run(scorer_for(retries=2).ascore("q", ["a"]))
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    def response(**headers: str) -> httpx.Response:
+        return httpx.Response(429, headers=headers)
+
+    assert retry_after_s(response(**{"retry-after": "1.5"})) == 1.5
+    dated = {"retry-after": "Wed, 21 Oct 2026 07:28:02 GMT", "date": "Wed, 21 Oct 2026 07:28:00 GMT"}
+    assert retry_after_s(response(**dated)) == 2.0
+    assert retry_after_s(response()) is None and retry_after_s(response(**{"retry-after": "soon"})) is None
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_an_unreachable_server_is_retried_then_named(scorer_for, path):
+    url = f"http://127.0.0.1:{free_port()}/rerank"  # nothing listens there
+    scorer = scorer_for(url=url, retries=1, timeout_s=2.0)
+    with pytest.raises(RerankServerError, match=r"did not answer after 2 attempts \(ConnectError") as raised:
+        scorer.score("q", ["a"]) if path == "sync" else asyncio.run(scorer.ascore("q", ["a"]))
+    assert url in str(raised.value)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_credentials_are_not_retried_and_never_shown(stub, scorer_for, status):
+    stub.script.append(lambda body: Reply(status, {"detail": f"bad key {stub.requests[-1][0]['Authorization']}"}))
+    with pytest.raises(RerankAuthenticationError, match=f"refused the credentials \\(HTTP {status}\\)") as raised:
+        scorer_for().score("q", ["a"])
+    assert KEY not in str(raised.value) and KEY not in repr(raised.value) and len(stub.requests) == 1
+
+
+def test_normalize_refuses_logits_from_a_cohere_style_server(stub, scorer_for):
+    stub.reply(Reply(body={"results": [{"index": 0, "relevance_score": 3.2}, {"index": 1, "relevance_score": 0.4}]}))
+    with pytest.raises(RerankServerError, match="outside 0-1 .*3.2.*unset normalize_scores"):
+        scorer_for(normalize=True).score("q", ["a", "b"])
+
+
+def test_the_key_stays_out_of_reprs_settings_and_cache_keys(scorer_for):
+    scorer = scorer_for()
+    settings = RetrieverSettings(rerank_backend="http", rerank_url=scorer.url, rerank_api_key=KEY)
+    shown = [repr(scorer), str(scorer.cache_key), repr(settings), str(settings.to_dict()), settings.model_dump_json()]
+    assert all(KEY not in text for text in shown)
+    assert RetrieverSettings.from_dict(settings.to_dict()).rerank_api_key is None  # a masked key is never taken
+    with pytest.raises(ValueError) as raised:
+        RetrieverSettings(rerank_backend="http", rerank_url="ftp://x", rerank_api_key=KEY)
+    assert KEY not in str(raised.value) and "rerank_url" in str(raised.value)
+
+
+def test_settings_need_a_url_and_a_local_cascade():
+    with pytest.raises(ValueError, match="needs rerank_url"):
+        RetrieverSettings(rerank_backend="http")
+    with pytest.raises(ValueError, match="set cascade_backend"):
+        RetrieverSettings(rerank_backend="http", rerank_url="http://h/rerank", cascade_k=10, recall_k=20)
+
+
+def test_cache_keys_name_the_server_model_schema_and_activation(scorer_for):
+    base = scorer_for()
+    variants = [scorer_for(url=base.url + "2"), scorer_for(model="other"), scorer_for(api="tei")]
+    variants.append(scorer_for(normalize=True))
+    assert len({base.cache_key, *(variant.cache_key for variant in variants)}) == 5
+    assert scorer_for(max_documents=2, timeout_s=1.0).cache_key == base.cache_key
+
+
+def nodes(texts: list[str]) -> list[NodeWithScore]:
+    return [NodeWithScore(node=TextNode(id_=f"n{i}", text=text), score=0.5) for i, text in enumerate(texts)]
+
+
+async def test_the_reranker_keeps_its_cache_and_metadata_on_a_server(stub, scorer_for):
+    reranker = CrossEncoderRerank(scorer_for(), top_k=2, score_cache=ScoreCache(100))
+    first = await reranker.apostprocess_nodes(nodes(TEXTS), query_str="q")
+    again = reranker.postprocess_nodes(nodes(TEXTS), query_str="q")
+    assert [r.node.node_id for r in first] == [r.node.node_id for r in again] == ["n3", "n1"]
+    info = again[0].metadata["twostage"]
+    assert info["rerank_backend"] == "http" and info["pairs_cached"] == 5 and "pairs_truncated" not in info
+    assert len(stub.requests) == 1
+
+
+def test_settings_build_one_scorer_per_pool_and_the_pool_closes_it(stub):
+    settings = RetrieverSettings(
+        rerank_backend="http", rerank_url=stub.url, rerank_model="reranker", rerank_api_key=KEY, rerank_retries=0
+    )
+    pool = ModelPool()
+    scorers = [CrossEncoderRerank.from_settings(settings, pool=pool).scorer for _ in range(2)]
+    assert scorers[0] is scorers[1] and scorers[0].score("q", ["a"]) == [0.1]
+    other_key = settings.model_copy(update={"rerank_api_key": SecretStr("another")})
+    assert CrossEncoderRerank.from_settings(other_key, pool=pool).scorer is not scorers[0]
+    pool.close()
+    with pytest.raises(ValueError, match="is closed"):
+        scorers[0].score("q", ["a"])
