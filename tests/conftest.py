@@ -1,5 +1,5 @@
 """Shared fixtures: paths to the real models and data beside the repo, a SciFact subset embedded once per
-session, a settings factory, and a real `chroma run` server."""
+session, a settings factory, a real `chroma run` server and a real Infinity rerank server."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import torch
@@ -20,13 +20,17 @@ from pydantic import PrivateAttr
 from llama_index_twostage.models import ModelPool
 from llama_index_twostage.pipeline import TwoStagePipeline
 from llama_index_twostage.settings import RetrieverSettings
-from llama_index_twostage.testing import LocalChromaServer
+from llama_index_twostage.testing import LocalChromaServer, LocalInfinityServer, LocalServer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 EMBED_DIR = SHARED / "models" / "all-MiniLM-L6-v2"
 RERANK_DIR = SHARED / "models" / "twostage-test-reranker"
 SCIFACT_DIR = SHARED / "data" / "scifact"
+INFINITY = REPO / ".venv-infinity" / "bin" / "infinity_emb"  # scripts/setup_infinity.sh creates it
+INFINITY_KEY = "sk-infinity-test-5f2c9e"
+
+ServerT = TypeVar("ServerT", bound=LocalServer)
 
 N_QUERIES = 30
 N_OTHER_DOCS = 100  # ~185 ms per chunk on 2 cores: 130 docs embed in ~25 s
@@ -139,9 +143,9 @@ def ingested(settings_for, scifact, pipeline_for) -> Ingested:
     return Ingested(settings, report, scifact, pipeline)
 
 
-def _started(server: LocalChromaServer) -> LocalChromaServer:
+def _started(server: ServerT, timeout_s: float = 60.0) -> ServerT:
     try:
-        server.start()
+        server.start(timeout_s)
     except RuntimeError as error:
         pytest.fail(str(error), pytrace=False)
     return server
@@ -161,6 +165,19 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
 def restartable_server(tmp_path: Path) -> Iterator[LocalChromaServer]:
     """A ``chroma run`` of this test alone, to kill, pause and restart on the same port and data directory."""
     server = _started(LocalChromaServer(tmp_path / "chroma-data"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def infinity_server(tmp_path_factory: pytest.TempPathFactory, rerank_model_dir: str) -> Iterator[LocalInfinityServer]:
+    """A real Infinity rerank server serving the test reranker as 'reranker', requiring ``INFINITY_KEY``; started
+    once (about 15 s on 2 cores), stopped by its process group. A test that kills it restarts it."""
+    logs = tmp_path_factory.mktemp("infinity")
+    server = LocalInfinityServer(INFINITY, Path(rerank_model_dir), logs, api_key=INFINITY_KEY)
+    _started(server, timeout_s=300)
     try:
         yield server
     finally:
