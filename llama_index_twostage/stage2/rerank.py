@@ -292,14 +292,18 @@ class CrossEncoderRerank(BaseNodePostprocessor):
         return ScoredPairs(scores, cached, len(flat_scores), windowed)
 
     def _score_with(self, scorer: PairScorer, query: str, texts: list[str]) -> Plan[ScoredPairs]:
+        """:meth:`score_with` as a plan."""
+        return (yield from self._score_windows(scorer, query, self._windows(scorer, query, texts)))
+
+    def score_with(self, scorer: PairScorer, query: str, texts: list[str]) -> ScoredPairs:
         """Scores of the (already formatted) pairs by ``scorer``, through the score cache; in ``max-window`` mode a
         long text scores its best window, and every window counts as a pair."""
-        return (yield from self._score_windows(scorer, query, self._windows(scorer, query, texts)))
+        return run(self._score_with(scorer, query, texts))
 
     def score(self, query: str, texts: list[str]) -> list[float]:
         """The ranking scorer's scores for (query, text) pairs, as Python floats, in the order given (the texts as
         the cross-encoder reads them: :attr:`template` is applied by :meth:`rank`, not here)."""
-        return run(self._score_with(self._scorer, query, texts)).scores
+        return self.score_with(self._scorer, query, texts).scores
 
     def _cascade(self, query: str, candidates: Candidates) -> Plan[tuple[Candidates, dict[str, int]]]:
         """The candidates the cheap scorer ranks in its best ``cascade_k`` (all when the cascade is off or moot)."""
