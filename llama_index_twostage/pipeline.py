@@ -4,7 +4,7 @@ Object graph of one :class:`TwoStagePipeline`::
 
     TwoStagePipeline (owner: close() releases what it created)
       ├── store: ChromaStore ─────────────── sync + async Chroma clients, collection contract, retries, timeouts
-      ├── models: ModelPool ──────────────── each bi-encoder / cross-encoder loaded once
+      ├── models: ModelPool ──────────────── each bi-encoder / cross-encoder (or rerank server client) once
       ├── score_cache: ScoreCache ─────────── shared by every reranker it builds
       ├── retriever()   -> ChromaRecallRetriever(store, embed_model, recall_k, filters)      stage 1
       ├── reranker()    -> CrossEncoderRerank(CrossEncoderScorer, cascade scorer, score_cache,  stage 2
@@ -149,7 +149,8 @@ class TwoStagePipeline:
         )
 
     def close(self) -> None:
-        """Release the store's clients and the loaded models, where this pipeline created them."""
+        """Release the store's clients and the loaded models (a rerank server's HTTP clients too), where this pipeline
+        created them."""
         if self._owns_store:
             self.store.close()
         if self._owns_models:
