@@ -12,18 +12,28 @@ tolerance ``auto`` holds a backend to. The header names the CPU and the flags th
     pip install -e ".[bench]"
     python benchmarks/bench_rerank.py --limit 21 --recall-k 50
     python benchmarks/bench_rerank.py --device cuda --backends torch,torch-fp16 --batch-sizes 32,128,512 --peers ""
+    python benchmarks/bench_rerank.py --backends torch,http --peers "" --cascade-k 0 --window-lengths "" --clients 1,8
 
 The second form is the GPU comparison: fp32 against fp16, each at every batch size, to find where pairs/s stops
 growing (the saturating batch size). The ``--window-lengths`` rows read the candidates through a short window,
 truncated or as max-pooled windows (``rerank_long_documents="max-window"``): what reading whole documents costs.
+
+The third puts stage 2 on a rerank server (``http``): the given ``--rerank-url``, or an Infinity server it starts
+from ``.venv-infinity`` (``scripts/setup_infinity.sh``) on the same model, beside the in-process backends; then
+``--clients`` concurrent async clients per backend (the server batches their requests together; a local backend
+runs each in a worker thread) for throughput.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import statistics
-from collections.abc import Callable
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +44,18 @@ from bench_anchor_quality import SHARED, STOCK_MAX_LENGTH, corpus_subset
 from llama_index.core.schema import Document, NodeWithScore, TextNode
 from sentence_transformers import SentenceTransformer
 
-from llama_index_twostage import CrossEncoderRerank, CrossEncoderScorer, ModelPool, ScoreCache
+from llama_index_twostage import (
+    CrossEncoderRerank,
+    CrossEncoderScorer,
+    HttpRerankScorer,
+    ModelPool,
+    PairScorer,
+    ScoreCache,
+)
 from llama_index_twostage.evaluation import evaluate_run, load_beir
 from llama_index_twostage.nodes import stage_info
 from llama_index_twostage.stage2.auto import Agreement, cpu
+from llama_index_twostage.testing import LocalInfinityServer
 from llama_index_twostage.timing import Stopwatch
 
 TOP_K = 10  # nDCG@10 reads a full list
@@ -50,6 +68,7 @@ PEERS = {
     "rerankers": ("rerankers (AnswerDotAI) cross-encoder", peers.answerdotai_rerankers),
 }
 STOCK = PEERS["stock"][0]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def data_parser(description: str | None, limit: int) -> argparse.ArgumentParser:
@@ -79,6 +98,9 @@ def parse_args() -> argparse.Namespace:
         default="128",
         help="short windows to compare long-document modes at: a row each for 'truncate' and 'max-window' ('': none)",
     )
+    parser.add_argument("--rerank-url", default=None, help="the http backend's server (default: start Infinity)")
+    parser.add_argument("--infinity", type=Path, default=REPO / ".venv-infinity" / "bin" / "infinity_emb")
+    parser.add_argument("--clients", default="", help="concurrent clients of the throughput rows, e.g. 1,8 ('': none)")
     return parser.parse_args()
 
 
@@ -112,11 +134,31 @@ def candidates(
     return found
 
 
-def our_rows(args: argparse.Namespace) -> dict[str, CrossEncoderRerank]:
-    """Ours: ``auto``, each backend (at each batch size), the cascades and the long-document rows."""
-    pool = ModelPool()
+@contextlib.contextmanager
+def rerank_server(args: argparse.Namespace) -> Iterator[str | None]:
+    """The http backend's URL: ``--rerank-url``, or an Infinity server started here on ``--rerank-model`` (None when
+    no row needs one)."""
+    wanted = "http" in args.backends.split(",")
+    if not wanted or args.rerank_url:
+        yield args.rerank_url if wanted else None
+        return
+    with tempfile.TemporaryDirectory() as logs:
+        server = LocalInfinityServer(args.infinity, Path(args.rerank_model), Path(logs))
+        started = time.perf_counter()
+        server.start(timeout_s=300)
+        print(f"Infinity up in {time.perf_counter() - started:.1f} s at {server.rerank_url}")
+        try:
+            yield server.rerank_url
+        finally:
+            server.stop()
 
-    def scorer(backend: str = "torch", max_length: int = STOCK_MAX_LENGTH, batch_size: int = 32) -> CrossEncoderScorer:
+
+def our_rows(args: argparse.Namespace, url: str | None, pool: ModelPool) -> dict[str, CrossEncoderRerank]:
+    """Ours: ``auto``, each backend (at each batch size), the cascades and the long-document rows."""
+
+    def scorer(backend: str = "torch", max_length: int = STOCK_MAX_LENGTH, batch_size: int = 32) -> PairScorer:
+        if backend == "http":  # the server reads with the model's own window (512 here); closed with the pool
+            return pool.get(("http", url), lambda: HttpRerankScorer(url or "", model="reranker", timeout_s=120.0))
         return CrossEncoderScorer.load(
             args.rerank_model,
             backend=backend,  # type: ignore[arg-type]
@@ -146,7 +188,7 @@ def our_rows(args: argparse.Namespace) -> dict[str, CrossEncoderRerank]:
     return rows
 
 
-def rows(args: argparse.Namespace) -> dict[str, Rank]:
+def rows(args: argparse.Namespace, ours: dict[str, CrossEncoderRerank]) -> dict[str, Rank]:
     """Stock and the peers (those installed), then ours; every row returns (doc ids best first, pairs read)."""
     run: dict[str, Rank] = {}
     for name in [peer for peer in args.peers.split(",") if peer]:
@@ -157,7 +199,7 @@ def rows(args: argparse.Namespace) -> dict[str, Rank]:
             print(f"(skipping {label}: {error}; pip install -e '.[bench]')")
             continue
         run[label] = lambda nodes, query, rank_ids=rank_ids: (rank_ids(nodes, query), len(nodes))
-    for name, reranker in our_rows(args).items():
+    for name, reranker in ours.items():
         run[name] = lambda nodes, query, reranker=reranker: ranked_by_us(reranker, nodes, query)
     return run
 
@@ -215,6 +257,42 @@ def cache_pass(args: argparse.Namespace, found: dict[str, list[NodeWithScore]], 
         pairs += stage_info(top[0])["pairs_scored"]
     p50 = statistics.median(ms)
     return f"score cache, repeated queries ({backend}): {cached}/{pairs} pairs from cache, p50 {p50:.1f} ms"
+
+
+async def throughput(
+    reranker: CrossEncoderRerank, found: dict[str, list[NodeWithScore]], queries: dict[str, str], clients: int
+) -> tuple[float, float]:
+    """Every query once per client, ``clients`` at a time through ``arerank``: pairs/s and p50 ms per query."""
+    work = [(query_id, query) for query_id, query in queries.items()] * clients
+    ms: list[float] = []
+    pairs = 0
+
+    async def client(index: int) -> None:
+        nonlocal pairs
+        for query_id, query in work[index::clients]:
+            with Stopwatch() as watch:
+                top = await reranker.arerank(found[query_id], query)
+            ms.append(watch.ms)
+            pairs += stage_info(top[0])["pairs_scored"]
+
+    with Stopwatch() as wall:
+        await asyncio.gather(*(client(index) for index in range(clients)))
+    return pairs / (wall.ms / 1000), statistics.median(ms)
+
+
+def throughput_rows(
+    args: argparse.Namespace,
+    ours: dict[str, CrossEncoderRerank],
+    found: dict[str, list[NodeWithScore]],
+    queries: dict[str, str],
+) -> None:
+    """Each backend of ``--backends`` under each ``--clients`` count of concurrent clients (score cache off)."""
+    rerankers = {name: ours[f"ours {name}"] for name in args.backends.split(",") if f"ours {name}" in ours}
+    print("\n| backend | clients | pairs/s | p50 ms per query |\n|---|---|---|---|")
+    for name, reranker in rerankers.items():
+        for clients in [int(count) for count in args.clients.split(",")]:
+            pairs_per_s, p50 = asyncio.run(throughput(reranker, found, queries, clients))
+            print(f"| {name} | {clients} | {pairs_per_s:.1f} | {p50:.0f} |")
 
 
 def agreement_with(reference: dict[str, list[str]], rankings: dict[str, list[str]]) -> Agreement:
@@ -281,8 +359,11 @@ def main() -> None:
         f"{len(dataset.queries)} SciFact test queries, {len(documents)} documents, recall_k={args.recall_k}, "
         f"window {STOCK_MAX_LENGTH} tokens, same candidates for every reranker"
     )
-    run = rows(args)
-    summary = report(measure(run, found, dataset.queries), dataset.qrels)
+    with rerank_server(args) as url, contextlib.closing(ModelPool()) as pool:
+        ours = our_rows(args, url, pool)
+        summary = report(measure(rows(args, ours), found, dataset.queries), dataset.qrels)
+        if args.clients:
+            throughput_rows(args, ours, found, dataset.queries)
     auto_scorer = CrossEncoderScorer.load(
         args.rerank_model,
         backend="auto",
@@ -291,7 +372,8 @@ def main() -> None:
         cache_dir=args.model_cache_dir,
     )
     print(f"auto: {auto_scorer.backend_reason}")
-    print(auto_line(summary, args.backends.split(","), auto_scorer.backend))
+    local = [backend for backend in args.backends.split(",") if backend != "http"]  # what auto may choose
+    print(auto_line(summary, local, auto_scorer.backend))
     print(cache_pass(args, found, dataset.queries))
 
 
