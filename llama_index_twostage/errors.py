@@ -58,3 +58,7 @@ class RerankServerError(TwoStageError, ConnectionError):
 
 class RerankAuthenticationError(RerankServerError, PermissionError):
     """The rerank server refused the credentials (a missing or wrong ``rerank_api_key``); the key is never shown."""
+
+
+class LexicalIndexError(TwoStageError, RuntimeError):
+    """The lexical (BM25) index cannot be used: missing while Chroma holds records, damaged, or locked by a writer."""

@@ -131,3 +131,12 @@ def sentence_transformer_of(embed_model: BaseEmbedding) -> Any | None:
 def embedding_model_name(embed_model: BaseEmbedding) -> str:
     """The name a collection's contract records for this embedding."""
     return str(getattr(embed_model, "model_name", None) or type(embed_model).__name__)
+
+
+def embedding_dimension(embed_model: BaseEmbedding) -> int:
+    """Vector size of the bi-encoder (a hosted model is asked with one probe text)."""
+    model = sentence_transformer_of(embed_model)
+    if model is not None:
+        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(dimension())
+    return len(embed_model.get_text_embedding("dimension probe"))

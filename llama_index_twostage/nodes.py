@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
+from llama_index.core.vector_stores.utils import metadata_dict_to_node
+from pydantic_core import from_json
 
 from llama_index_twostage.errors import EmptyQueryError, InvalidQueryError
 
@@ -67,3 +69,29 @@ def with_stage_info(node: BaseNode, **info: Any) -> BaseNode:
 def annotated(scored: NodeWithScore, *, score: float | None = None, **info: Any) -> NodeWithScore:
     """A copy of ``scored`` with ``info`` merged into its stage metadata and, if given, a new score."""
     return NodeWithScore(node=with_stage_info(scored.node, **info), score=scored.score if score is None else score)
+
+
+def node_from_record(
+    node_id: str, document: str | None, metadata: dict[str, Any] | None, info: dict[str, Any] | None = None
+) -> BaseNode:
+    """Rebuild a node from a Chroma record in LlamaIndex's layout (or wrap a plain record written by other code),
+    with ``info`` already in its stage metadata.
+
+    Text nodes, a hundred per query, are parsed by pydantic's JSON parser and built, stage metadata included, in one
+    validated construction; other node types go through LlamaIndex's own ``metadata_dict_to_node``.
+    """
+    metadata = metadata or {}
+    if metadata.get("_node_type", TextNode.class_name()) != TextNode.class_name():
+        node = metadata_dict_to_node(metadata, text=document).model_copy(update={"id_": node_id})
+        return with_stage_info(node, **info) if info else node
+    if "_node_content" in metadata:
+        fields = from_json(metadata["_node_content"])
+        fields.pop("class_name", None)
+        if document is not None:
+            fields["text"] = document
+    else:
+        fields = {"text": document or "", "metadata": metadata}
+    fields["id_"] = node_id
+    if info:
+        fields.update(stage_fields(fields, info))
+    return TextNode(**fields)

@@ -33,10 +33,12 @@ from tqdm.auto import tqdm
 
 from llama_index_twostage.errors import ConfigurationError, DocumentError
 from llama_index_twostage.ingest.documents import Source, collect_sources
-from llama_index_twostage.models import embedding_model_name, sentence_transformer_of
+from llama_index_twostage.models import embedding_dimension, embedding_model_name
 from llama_index_twostage.nodes import model_text
 from llama_index_twostage.store.chroma import ChromaStore
 from llama_index_twostage.store.contract import CHUNKS_KEY, HASH_KEY, SOURCE_KEY, STAMP_KEY, CollectionContract
+from llama_index_twostage.store.lexical import LexicalIndex, LexicalRecord
+from llama_index_twostage.store.reconcile import find_drift, repair
 from llama_index_twostage.timing import Stopwatch
 
 if TYPE_CHECKING:
@@ -89,6 +91,7 @@ class IngestReport:
     replaced_documents: int  # held chunks of another version (changed or interrupted) and were brought up to date
     removed_stale: int  # chunks deleted because their source no longer produces them
     stored_total: int
+    lexical_repaired: int  # lexical records a reconciliation with Chroma had to fix (e.g. after a crash); usually 0
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,14 +146,6 @@ def split_document(document: Document, splitter: SentenceSplitter) -> list[BaseN
         node.id_ = chunk_id(document.id_, node)
         chunks.setdefault(node.id_, node)
     return list(chunks.values())
-
-
-def embedding_dimension(embed_model: BaseEmbedding) -> int:
-    model = sentence_transformer_of(embed_model)
-    if model is not None:
-        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        return int(dimension())
-    return len(embed_model.get_text_embedding("dimension probe"))
 
 
 def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -208,13 +203,26 @@ def plan_ingestion(sources: dict[str, Source], held: dict[str, StoredSource], ch
 
 @dataclass(frozen=True)
 class Writer:
-    """Idempotent batched writes of one run; each batch is retried on a flapping server (see ``chroma_retries``)."""
+    """Idempotent batched writes of one run; each batch is retried on a flapping server (see ``chroma_retries``).
+
+    Every Chroma write is mirrored into the lexical index right after it (and committed there per batch); what a
+    crash between the two leaves behind is repaired by the reconciliation at the end of the next run.
+    """
 
     collection: Collection
     store: ChromaStore
     versions: dict[str, tuple[str, int]]
     batch_size: int
+    lexical: LexicalIndex | None = None
     stamp: float = field(default_factory=time.time)
+
+    def _mirror(self, nodes: Sequence[BaseNode]) -> None:
+        if self.lexical is not None:
+            records = [
+                LexicalRecord(node.node_id, model_text(node) or "", self.versions[str(node.ref_doc_id)][0])
+                for node in nodes
+            ]
+            self.lexical.add(records)
 
     def _metadatas(self, nodes: Sequence[BaseNode]) -> list[dict[str, Any]]:
         records = []
@@ -233,6 +241,7 @@ class Writer:
             metadatas=self._metadatas(nodes),
         )
         self.store.with_retries(write)
+        self._mirror(nodes)
 
     def relabel(self, nodes: Sequence[BaseNode]) -> None:
         """Record the new version on chunks a changed document kept (metadata only: no re-embedding)."""
@@ -240,10 +249,13 @@ class Writer:
             ids = [node.node_id for node in batch]
             update = partial(self.collection.update, ids=ids, metadatas=self._metadatas(batch))
             self.store.with_retries(update)
+            self._mirror(batch)
 
     def delete(self, ids: Sequence[str]) -> None:
         for batch in _batches(ids, self.batch_size):
             self.store.with_retries(partial(self.collection.delete, ids=list(batch)))
+            if self.lexical is not None:
+                self.lexical.delete(batch)
 
 
 def by_length(nodes: Sequence[BaseNode]) -> list[tuple[BaseNode, str]]:
@@ -286,6 +298,16 @@ def _open_for_writing(store: ChromaStore, embed_model: BaseEmbedding, batch_size
     return collection, min(batch_size, store.max_batch_size())
 
 
+def _reconcile(store: ChromaStore, collection: Collection, lexical: LexicalIndex | None, page_size: int) -> int:
+    """Repair whatever differs between the lexical index and Chroma (0 when the mirrored writes all landed)."""
+    if lexical is None:
+        return 0
+    drift = find_drift(store, collection, lexical, page_size)
+    if not drift.ok:
+        logger.warning("the lexical index was out of step with Chroma, repairing: %s", "; ".join(drift.problems))
+    return repair(store, collection, lexical, drift, page_size=page_size)
+
+
 def ingest_into(
     store: ChromaStore,
     embed_model: BaseEmbedding,
@@ -294,6 +316,7 @@ def ingest_into(
     chunking: Chunking | None = None,
     upsert_batch_size: int = 1000,
     show_progress: bool = True,
+    lexical: LexicalIndex | None = None,
 ) -> IngestReport:
     """Chunk, embed and store ``documents`` in the store's collection; safe to re-run and to resume.
 
@@ -305,6 +328,8 @@ def ingest_into(
             replaces its earlier chunks. They are not modified.
         chunking: chunk size and overlap (part of each document's hash: changing it re-splits every document).
         upsert_batch_size: records per Chroma write (capped by the client).
+        lexical: the lexical index to keep in step with Chroma: every write is mirrored, and at the end the whole
+            index is reconciled with Chroma (so a run also repairs what an earlier crash left behind).
 
     Raises:
         DocumentError: a document Chroma cannot store as given (checked for all before anything is written).
@@ -324,11 +349,12 @@ def ingest_into(
         plan = plan_ingestion(sources, stored_sources(collection, list(sources), store), chunking)
         if plan.skipped_empty:
             logger.warning("skipped %d chunks without text", plan.skipped_empty)
-        writer = Writer(collection, store, plan.versions, batch_size)
+        writer = Writer(collection, store, plan.versions, batch_size, lexical)
         _embed_and_write(writer, plan.to_embed, embed_model, show_progress)
         writer.relabel(plan.to_relabel)
         writer.delete(plan.stale_ids)
         stored_total = store.with_retries(collection.count)
+        lexical_repaired = _reconcile(store, collection, lexical, batch_size)
     return IngestReport(
         collection=store.collection_name,
         documents=len(documents),
@@ -341,5 +367,6 @@ def ingest_into(
         replaced_documents=plan.replaced_documents,
         removed_stale=len(plan.stale_ids),
         stored_total=stored_total,
+        lexical_repaired=lexical_repaired,
         seconds=watch.ms / 1000.0,
     )

@@ -1,4 +1,5 @@
-"""Where the documents live: the Chroma store (clients, collection contract, retries, close) and its integrity check."""
+"""Where the documents live: the Chroma store (clients, collection contract, retries, close), its integrity check,
+and the lexical index kept in step with it (reconcile, rebuild)."""
 
 from llama_index_twostage.store.chroma import ChromaStore, HnswParameters
 from llama_index_twostage.store.contract import (
@@ -8,16 +9,27 @@ from llama_index_twostage.store.contract import (
     model_identity,
     verify_collection,
 )
+from llama_index_twostage.store.lexical import LexicalHits, LexicalIndex, LexicalRecord, TantivyIndex
+from llama_index_twostage.store.reconcile import LexicalDrift, ensure_in_step, find_drift, rebuild, repair
 from llama_index_twostage.store.verify import VerifyReport, verify_store
 
 __all__ = [
     "ChromaStore",
     "CollectionContract",
     "HnswParameters",
+    "LexicalDrift",
+    "LexicalHits",
+    "LexicalIndex",
+    "LexicalRecord",
+    "TantivyIndex",
     "VerifyReport",
     "distance_space",
     "distance_to_similarity",
+    "ensure_in_step",
+    "find_drift",
     "model_identity",
+    "rebuild",
+    "repair",
     "verify_collection",
     "verify_store",
 ]

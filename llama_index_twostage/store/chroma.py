@@ -12,9 +12,10 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from chromadb.api import AsyncClientAPI, ClientAPI
     from chromadb.api.models.AsyncCollection import AsyncCollection
     from chromadb.api.models.Collection import Collection
+    from chromadb.api.types import GetResult, Include
     from chromadb.config import Settings as ChromaSettings
 
 logger = logging.getLogger(__name__)
@@ -412,3 +414,26 @@ class ChromaStore:
     def max_batch_size(self) -> int:
         """The most records Chroma takes in one request."""
         return self.with_retries(self.client.get_max_batch_size)
+
+    def pages(self, collection: Collection, include: Include, page_size: int) -> Iterator[GetResult]:
+        """Every record of ``collection`` with the ``include``d fields, ``page_size`` at a time (a whole collection
+        may not fit in memory or in one request); each page is a retried read."""
+        page_size = min(page_size, self.max_batch_size())
+        offset = 0
+        while True:
+            read = partial(collection.get, include=include, limit=page_size, offset=offset)
+            page = self.with_retries(read)
+            if not page["ids"]:
+                return
+            yield page
+            offset += len(page["ids"])
+
+    def records(self, collection: Collection, ids: Sequence[str], include: Include, page_size: int) -> GetResult:
+        """The records of these ids (absent ones are left out), read ``page_size`` ids per request."""
+        merged: dict[str, list] = {"ids": [], **{field: [] for field in include}}
+        for start in range(0, len(ids), page_size):
+            read = partial(collection.get, ids=list(ids[start : start + page_size]), include=include)
+            page = self.with_retries(read)
+            for key, values in merged.items():
+                values.extend(page[key] or [])  # type: ignore[literal-required]
+        return merged  # type: ignore[return-value]

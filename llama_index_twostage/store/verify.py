@@ -8,9 +8,7 @@ record once and names each of these, so an operator can tell a healthy collectio
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from llama_index_twostage.store.chroma import ChromaStore
@@ -22,10 +20,11 @@ from llama_index_twostage.store.contract import (
     CollectionContract,
     model_identity,
 )
+from llama_index_twostage.store.lexical import LexicalIndex
+from llama_index_twostage.store.reconcile import LexicalDrift, find_drift
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
-    from chromadb.api.types import GetResult
 
 _SHOWN_IDS = 5
 
@@ -55,6 +54,7 @@ class VerifyReport:
     incomplete_sources: list[str]  # sources whose newest version has fewer chunks than it recorded
     sourceless: list[str]  # chunks that name no source document
     unversioned: int  # chunks without a recorded doc hash (written by other tools): not checked for staleness
+    lexical: LexicalDrift | None = None  # how the lexical index differs from these records (None: not checked)
 
     @property
     def problems(self) -> list[str]:
@@ -69,6 +69,8 @@ class VerifyReport:
             if ids:
                 more = ", ..." if len(ids) > _SHOWN_IDS else ""
                 found.append(f"{len(ids)} {what}: {', '.join(ids[:_SHOWN_IDS])}{more}")
+        if self.lexical is not None and not self.lexical.ok:
+            found += [f"{line} (run `twostage verify --repair`)" for line in self.lexical.problems]
         return found
 
     @property
@@ -81,6 +83,8 @@ class VerifyReport:
             f"collection:      {self.collection} ({self.nodes} nodes from {self.sources} documents)",
             f"embedding model: {self.embed_model or 'not recorded'} ({self.dimension or '?'} dimensions)",
         ]
+        if self.lexical is not None:
+            lines.append(f"lexical index:   {self.lexical.lexical_records} records")
         if self.unversioned:
             lines.append(f"note: {self.unversioned} chunks carry no doc hash (not written by twostage ingest)")
         lines += [f"problem: {problem}" for problem in self.problems] or ["ok: no problems found"]
@@ -96,19 +100,6 @@ def _contract_problem(collection: Collection, embed_model: str) -> str | None:
     return None
 
 
-def _pages(collection: Collection, store: ChromaStore, page_size: int) -> Iterator[GetResult]:
-    """Every record with its embedding and metadata, a page at a time (a whole collection may not fit)."""
-    page_size = min(page_size, store.max_batch_size())
-    offset = 0
-    while True:
-        read = partial(collection.get, include=["embeddings", "metadatas"], limit=page_size, offset=offset)
-        page = store.with_retries(read)
-        if not page["ids"]:
-            return
-        yield page
-        offset += len(page["ids"])
-
-
 def _stale_and_incomplete(sources: dict[str, _Version]) -> tuple[list[str], list[str]]:
     """Per source: chunks recorded under another hash than the newest write, and versions missing chunks."""
     orphans: list[str] = []
@@ -122,10 +113,13 @@ def _stale_and_incomplete(sources: dict[str, _Version]) -> tuple[list[str], list
     return orphans, incomplete
 
 
-def verify_store(store: ChromaStore, *, embed_model: str, page_size: int = 1000) -> VerifyReport:
+def verify_store(
+    store: ChromaStore, *, embed_model: str, page_size: int = 1000, lexical: LexicalIndex | None = None
+) -> VerifyReport:
     """Read every record of the store's collection and report what is inconsistent (see :class:`VerifyReport`).
 
-    ``embed_model`` is the model the caller reads the collection with; ``page_size`` records are read per request.
+    ``embed_model`` is the model the caller reads the collection with; ``page_size`` records are read per request;
+    ``lexical``, when given, is compared with the records (ids and doc hashes).
 
     Raises:
         CollectionNotFoundError: the collection does not exist.
@@ -136,7 +130,7 @@ def verify_store(store: ChromaStore, *, embed_model: str, page_size: int = 1000)
     dimension = contract.dimension if contract else None
     nodes, bad_embeddings, sourceless, unversioned = 0, [], [], 0
     sources: dict[str, _Version] = {}
-    for page in _pages(collection, store, page_size):
+    for page in store.pages(collection, ["embeddings", "metadatas"], page_size):
         for node_id, embedding, metadata in zip(page["ids"], page["embeddings"], page["metadatas"]):
             nodes += 1
             dimension = dimension or (len(embedding) if embedding is not None else None)
@@ -164,4 +158,5 @@ def verify_store(store: ChromaStore, *, embed_model: str, page_size: int = 1000)
         incomplete_sources=incomplete,
         sourceless=sourceless,
         unversioned=unversioned,
+        lexical=None if lexical is None else find_drift(store, collection, lexical, page_size),
     )

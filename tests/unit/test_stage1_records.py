@@ -6,8 +6,7 @@ import pytest
 from llama_index.core.schema import IndexNode, MetadataMode, NodeRelationship, RelatedNodeInfo, TextNode
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
-from llama_index_twostage.nodes import STAGE_KEY
-from llama_index_twostage.stage1.retriever import _node_from_record
+from llama_index_twostage.nodes import STAGE_KEY, node_from_record
 
 
 def stored(node: TextNode) -> tuple[str, str, dict]:
@@ -34,7 +33,7 @@ def test_text_records_rebuild_the_same_node_as_llamaindex():
     node_id, document, metadata = stored(rich_text_node())
     expected = metadata_dict_to_node(metadata, text=document)
     expected.id_ = node_id
-    rebuilt = _node_from_record(node_id, document, metadata)
+    rebuilt = node_from_record(node_id, document, metadata)
     assert type(rebuilt) is TextNode
     assert rebuilt.model_dump() == expected.model_dump()
     assert rebuilt.ref_doc_id == "doc-7"
@@ -43,28 +42,28 @@ def test_text_records_rebuild_the_same_node_as_llamaindex():
 
 def test_the_record_id_and_document_win_over_the_serialized_ones():
     _, document, metadata = stored(rich_text_node())
-    rebuilt = _node_from_record("id-in-chroma", "text in chroma", metadata)
+    rebuilt = node_from_record("id-in-chroma", "text in chroma", metadata)
     assert (rebuilt.node_id, rebuilt.text) == ("id-in-chroma", "text in chroma")
 
 
 def test_other_node_types_go_through_llamaindex():
     index_node = IndexNode(id_="idx", text="points elsewhere", index_id="other-index")
     node_id, document, metadata = stored(index_node)
-    rebuilt = _node_from_record(node_id, document, metadata)
+    rebuilt = node_from_record(node_id, document, metadata)
     assert isinstance(rebuilt, IndexNode) and rebuilt.index_id == "other-index"
 
 
 @pytest.mark.parametrize("metadata", [None, {}, {"source": "plain"}])
 def test_records_written_by_other_code_become_plain_text_nodes(metadata):
-    rebuilt = _node_from_record("r1", "raw text", metadata)
+    rebuilt = node_from_record("r1", "raw text", metadata)
     assert (rebuilt.node_id, rebuilt.text, rebuilt.metadata) == ("r1", "raw text", metadata or {})
 
 
 def test_stage_info_is_built_into_the_node_hidden_from_llm_and_embedding():
     node_id, document, metadata = stored(rich_text_node())
     before = dict(metadata)
-    rebuilt = _node_from_record(node_id, document, metadata, {"stage1_rank": 3, "stage1_score": 0.71})
-    plain = _node_from_record(node_id, document, metadata)
+    rebuilt = node_from_record(node_id, document, metadata, {"stage1_rank": 3, "stage1_score": 0.71})
+    plain = node_from_record(node_id, document, metadata)
     assert rebuilt.metadata == {**plain.metadata, STAGE_KEY: {"stage1_rank": 3, "stage1_score": 0.71}}
     assert rebuilt.excluded_llm_metadata_keys == ["year", STAGE_KEY]
     assert rebuilt.excluded_embed_metadata_keys == ["score", STAGE_KEY]
@@ -79,6 +78,6 @@ def test_stage_info_reaches_every_kind_of_record(kind):
         node_id, document, metadata = "r1", "raw text", {"source": "plain"}
     else:
         node_id, document, metadata = stored(IndexNode(id_="idx", text="points elsewhere", index_id="other-index"))
-    rebuilt = _node_from_record(node_id, document, metadata, {"stage1_rank": 1})
+    rebuilt = node_from_record(node_id, document, metadata, {"stage1_rank": 1})
     assert rebuilt.node_id == node_id and rebuilt.metadata[STAGE_KEY] == {"stage1_rank": 1}
     assert STAGE_KEY in rebuilt.excluded_llm_metadata_keys and STAGE_KEY not in metadata

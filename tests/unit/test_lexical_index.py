@@ -1,0 +1,157 @@
+"""The lexical index (real tantivy) and reciprocal rank fusion: BM25 against a hand computation, user text never
+parsed as query syntax, idempotent writes, and fusion that honours its weights."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from llama_index_twostage.errors import ConfigurationError, LexicalIndexError
+from llama_index_twostage.stage1.fusion import reciprocal_rank_fusion
+from llama_index_twostage.store.lexical import LexicalRecord, TantivyIndex, english_analyzer
+
+CORPUS = {
+    "a": "Vitamin D supplementation reduces hip fractures in elderly women.",
+    "b": "Fractures of the hip: a cohort study of falls and bone density.",
+    "c": "Interleukin IL-6 signalling drives inflammation in rheumatoid arthritis.",
+    "d": "BRCA1 mutations raise the risk of breast and ovarian cancer.",
+    "e": "Vitamin supplementation trials: calcium, vitamin D and vitamin K compared.",
+    "f": "Statins lower cholesterol; their effect on fractures is unclear.",
+}
+
+
+def bm25_by_hand(query: str, corpus: dict[str, str], k1: float = 1.2, b: float = 0.75) -> dict[str, float]:
+    """Okapi BM25 as Lucene defines it, on the analyser's tokens: an independent reference for tantivy's scores."""
+    analyzer = english_analyzer()
+    documents = {doc_id: Counter(analyzer.analyze(text)) for doc_id, text in corpus.items()}
+    lengths = {doc_id: sum(tokens.values()) for doc_id, tokens in documents.items()}
+    average = sum(lengths.values()) / len(lengths)
+    scores: dict[str, float] = {}
+    for term, times in Counter(analyzer.analyze(query)).items():
+        frequency = sum(term in tokens for tokens in documents.values())
+        idf = math.log(1 + (len(documents) - frequency + 0.5) / (frequency + 0.5))
+        for doc_id, tokens in documents.items():
+            tf = tokens[term]
+            if tf:
+                norm = tf + k1 * (1 - b + b * lengths[doc_id] / average)
+                scores[doc_id] = scores.get(doc_id, 0.0) + times * idf * tf * (k1 + 1) / norm
+    return scores
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> TantivyIndex:
+    built = TantivyIndex(tmp_path / "lexical")
+    built.add([LexicalRecord(doc_id, text, f"hash-{doc_id}") for doc_id, text in CORPUS.items()])
+    yield built
+    built.close()
+
+
+@pytest.mark.parametrize("query", ["vitamin D fractures", "hip fractures hip", "IL-6 inflammation", "cancer risk"])
+def test_bm25_scores_equal_a_hand_computation(index: TantivyIndex, query: str) -> None:
+    expected = bm25_by_hand(query, CORPUS)
+    hits = index.search(query, limit=10)
+    assert hits.ids == sorted(expected, key=lambda doc_id: -expected[doc_id])
+    assert hits.scores == pytest.approx([expected[doc_id] for doc_id in hits.ids], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        'text:vitamin AND "hip fractures',
+        "vitamin OR fractures)",
+        "(((vitamin* fractures~2",
+        "vitamin^5 fractures NOT",
+        "id:a doc_hash:hash-a vitamin fractures",
+        "+vitamin -fractures [a TO z] {x} \\ / !",
+    ],
+)
+def test_query_syntax_is_searched_as_text(index: TantivyIndex, query: str) -> None:
+    """Operators, fields, quotes, wildcards, fuzziness, boosts and unbalanced brackets are characters, not syntax:
+    the hits are those of the words alone, scored by hand."""
+    hits = index.search(query, limit=10)
+    expected = bm25_by_hand(query, CORPUS)
+    assert hits.terms > 0
+    assert set(hits.ids) == set(expected)
+    assert hits.scores == pytest.approx([expected[doc_id] for doc_id in hits.ids], rel=1e-5)
+
+
+@pytest.mark.parametrize("query", ["the of and", "?!", "   ", "AND OR NOT"])
+def test_a_query_without_searchable_terms_says_so(index: TantivyIndex, query: str) -> None:
+    hits = index.search(query, limit=10)
+    assert (hits.ids, hits.terms) == ([], 0)
+
+
+def test_writes_are_idempotent_and_deletes_exact(index: TantivyIndex) -> None:
+    index.add([LexicalRecord("a", CORPUS["a"], "hash-a2"), LexicalRecord("a", CORPUS["a"], "hash-a2")])
+    assert index.count() == len(CORPUS)
+    assert index.versions()["a"] == "hash-a2"
+    index.delete(["b", "no-such-id"])
+    assert index.count() == len(CORPUS) - 1
+    assert "b" not in index.search("hip fractures", limit=10).ids
+
+
+def test_ids_with_punctuation_are_deleted_exactly(tmp_path: Path) -> None:
+    with TantivyIndex(tmp_path / "ids") as index:
+        ids = ["doc-1/chunk:2", "doc-1/chunk:20", "Ünïcode id with spaces"]
+        index.add([LexicalRecord(record_id, "shared words here", "") for record_id in ids])
+        index.delete([ids[0]])
+        assert sorted(index.versions()) == sorted(ids[1:])
+
+
+def test_the_index_persists_and_reset_empties_it(index: TantivyIndex) -> None:
+    path = index.path
+    index.close()
+    reopened = TantivyIndex(path)
+    assert reopened.count() == len(CORPUS)
+    reopened.reset()
+    assert not path.exists()
+    assert reopened.count() == 0
+
+
+def test_a_second_writer_gets_a_clear_error(index: TantivyIndex) -> None:
+    """Another process's writer holds tantivy's lock (simulated by holding a writer open here)."""
+    held = index.index.writer(15_000_000, 1)
+    with pytest.raises(LexicalIndexError, match="being written by another process"):
+        index.add([LexicalRecord("z", "vitamin", "")])
+    held.rollback()
+    held.wait_merging_threads()
+    index.add([LexicalRecord("z", "vitamin", "")])
+    assert "z" in index.versions()
+
+
+def test_an_unusable_folder_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(LexicalIndexError, match="a-file"):
+        TantivyIndex(blocker / "lexical").count()
+
+
+def test_in_memory_index(tmp_path: Path) -> None:
+    index = TantivyIndex(None)
+    index.add([LexicalRecord("x", "vitamin D", "")])
+    assert index.search("vitamins", limit=5).ids == ["x"]  # stemmed
+    assert "in-memory" in index.describe()
+
+
+def test_fusion_by_hand() -> None:
+    fused = reciprocal_rank_fusion({"dense": ["a", "b", "c"], "lexical": ["c", "d"]}, {"dense": 1, "lexical": 1}, k=60)
+    expected = {"a": 1 / 61, "b": 1 / 62, "c": 1 / 63 + 1 / 61, "d": 1 / 62}
+    assert [node_id for node_id, _ in fused] == ["c", "a", "b", "d"]  # b and d tie: dense (listed first) wins
+    assert dict(fused) == pytest.approx(expected)
+
+
+def test_fusion_honours_weights() -> None:
+    rankings = {"dense": ["a", "b", "c"], "lexical": ["c", "b", "a"]}
+    assert [i for i, _ in reciprocal_rank_fusion(rankings, {"dense": 1, "lexical": 0})] == ["a", "b", "c"]
+    assert [i for i, _ in reciprocal_rank_fusion(rankings, {"dense": 0, "lexical": 1})] == ["c", "b", "a"]
+    tilted = dict(reciprocal_rank_fusion(rankings, {"dense": 2, "lexical": 1}, k=1))
+    assert tilted["a"] == pytest.approx(2 / 2 + 1 / 4)
+
+
+@pytest.mark.parametrize(("weights", "k"), [({"dense": 1}, 60), ({"dense": 1, "lexical": -1}, 60), ({}, 0)])
+def test_fusion_refuses_bad_parameters(weights: dict[str, float], k: float) -> None:
+    with pytest.raises(ConfigurationError):
+        reciprocal_rank_fusion({"dense": ["a"], "lexical": ["b"]}, weights, k=k)
