@@ -22,8 +22,10 @@ from llama_index_twostage.ingest.files import FolderDocuments, read_files
 from llama_index_twostage.nodes import stage_info
 from llama_index_twostage.pipeline import TwoStagePipeline
 from llama_index_twostage.settings import RetrieverSettings
+from llama_index_twostage.stage1 import found_by
 from llama_index_twostage.stage2 import PairTemplate
 from llama_index_twostage.store import CollectionContract, distance_space
+from llama_index_twostage.timing import Stopwatch
 
 logger = logging.getLogger(__name__)
 
@@ -189,21 +191,23 @@ def visible(text: str) -> str:
 
 
 def format_results(results: list[Any]) -> str:
-    """A table of stage-1 rank -> final rank, both scores, and the text's start; timings underneath."""
-    lines = [f"{'stage1 -> final':>15}  {'stage1 score':>12}  {'rerank score':>12}  text"]
+    """A table of stage-1 rank -> final rank, which side found it, both scores and the text's start; timings under."""
+    lines = [f"{'stage1 -> final':>15}  {'found by':<8}  {'stage1 score':>12}  {'rerank score':>12}  text"]
     for scored in results:
         info = stage_info(scored)
-        snippet = visible(scored.node.get_content())[:70]
+        snippet = visible(scored.node.get_content())[:60]
         lines.append(
-            f"{info['stage1_rank']:>6} -> {info['final_rank']:<5}  {info['stage1_score']:>12.4f}  "
+            f"{info['stage1_rank']:>6} -> {info['final_rank']:<5}  {found_by(info):<8}  {info['stage1_score']:>12.4f}  "
             f"{info['rerank_score']:>12.4f}  {snippet}"
         )
     if results:
         info = stage_info(results[0])
+        if "stage1_fallback" in info:
+            lines.append(f"stage 1: {info['stage1_fallback']}")
         truncated = info.get("pairs_truncated", "unknown: the server's window")
         lines.append(
-            f"stage 1: {info['stage1_ms']:.0f} ms | stage 2: {info['stage2_ms']:.0f} ms for "
-            f"{info['pairs_scored']} pairs ({truncated} truncated)"
+            f"stage 1 ({info.get('stage1_mode', 'dense')}): {info['stage1_ms']:.0f} ms | "
+            f"stage 2: {info['stage2_ms']:.0f} ms for {info['pairs_scored']} pairs ({truncated} truncated)"
         )
     return "\n".join(lines)
 
@@ -221,6 +225,8 @@ def info(settings: RetrieverSettings) -> None:
         typer.echo(f"embedding model: {contract.embed_model if contract else 'not recorded'}")
         typer.echo(f"dimension:       {contract.dimension if contract else 'not recorded'}")
         typer.echo(f"distance space:  {distance_space(target)}")
+        typer.echo(f"lexical index:   {pipeline.lexical.count()} records in {pipeline.lexical.describe()}")
+        typer.echo(f"stage 1:         {settings.describe_stage1()}")
         scorer = pipeline.reranker().scorer
     typer.echo(f"rerank model:    {settings.rerank_model} (recall_k={settings.recall_k}, top_k={settings.top_k})")
     backend = getattr(scorer, "backend", "unknown")
@@ -234,14 +240,28 @@ def info(settings: RetrieverSettings) -> None:
 
 @app.command()
 @with_settings(*STORE_FLAGS, "embed_model")
-def verify(settings: RetrieverSettings) -> None:
-    """Check every stored node: embedding of the recorded dimension, the recorded model, no stale or sourceless
-    chunks. Exit code 1 when problems are found."""
+def verify(
+    settings: RetrieverSettings,
+    repair: Annotated[bool, typer.Option("--repair", help="Bring the lexical index back in step with Chroma.")] = False,
+) -> None:
+    """Check every stored node (embedding of the recorded dimension, the recorded model, no stale or sourceless
+    chunks) and that the lexical index holds exactly Chroma's records. Exit code 1 when problems are found."""
     with TwoStagePipeline(settings) as pipeline:
-        report = pipeline.verify()
+        report = pipeline.verify(repair_lexical=repair)
     typer.echo("\n".join(report.describe()))
     if not report.ok:
         raise typer.Exit(code=1)
+
+
+@app.command()
+@with_settings(*STORE_FLAGS)
+def reindex(settings: RetrieverSettings) -> None:
+    """Rebuild the lexical (BM25) index from Chroma alone, e.g. for a collection written by another tool or a new
+    host of a Chroma server."""
+    with TwoStagePipeline(settings) as pipeline:
+        with Stopwatch() as watch:
+            indexed = pipeline.reindex()
+        typer.echo(f"{indexed} records indexed in {pipeline.lexical.describe()} ({watch.ms / 1000:.1f}s)")
 
 
 @app.command("eval")
@@ -257,22 +277,43 @@ def eval_command(
     title_as_metadata: Annotated[
         bool, typer.Option(help="BEIR titles as metadata, not text (the reranker reads them per rerank_metadata_keys).")
     ] = False,
+    modes_to_compare: Annotated[
+        Optional[str],
+        typer.Option(
+            "--compare-stage1",
+            help="Stage-1 modes to compare in one run, e.g. dense,hybrid (the first is the reference).",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate stage 1 alone and two-stage retrieval on a labelled dataset; recommend a recall_k.
 
-    What the reranker reads follows the settings (e.g. TWOSTAGE_RERANK_METADATA_KEYS=title, or --config).
+    Stage 1 follows stage1_mode (TWOSTAGE_STAGE1_MODE), or --compare-stage1 evaluates several side by side. What
+    the reranker reads follows the settings (e.g. TWOSTAGE_RERANK_METADATA_KEYS=title, or --config).
     """
-    from llama_index_twostage.evaluation import evaluate, format_table, load_dataset, parse_sweep, write_report
+    from llama_index_twostage.evaluation import (
+        compare_stage1,
+        evaluate,
+        format_table,
+        load_dataset,
+        parse_modes,
+        parse_sweep,
+        write_comparison,
+        write_report,
+    )
 
     if out.exists() and not out.is_dir():  # before the work, not after it
         raise ConfigurationError(f"--out {str(out)!r} is a file: give a folder for the report files")
-    report = evaluate(
-        load_dataset(dataset, split, title_as_metadata=title_as_metadata),
-        settings,
-        sweep=parse_sweep(sweep) if sweep else None,
-        limit=limit,
-        knee_tolerance=knee_tolerance,
-    )
-    write_report(report, out)
-    typer.echo(format_table(report))
+    modes = parse_modes(modes_to_compare) if modes_to_compare else None
+    options = {"sweep": parse_sweep(sweep) if sweep else None, "limit": limit, "knee_tolerance": knee_tolerance}
+    labelled = load_dataset(dataset, split, title_as_metadata=title_as_metadata)
+    if modes:
+        comparison = compare_stage1(labelled, settings, modes, **options)
+        write_comparison(comparison, out)
+        for report in comparison.reports.values():
+            typer.echo(format_table(report) + "\n")
+        typer.echo(comparison.format_table())
+    else:
+        report = evaluate(labelled, settings, **options)
+        write_report(report, out)
+        typer.echo(format_table(report))
     typer.echo(f"report written to {out}")

@@ -4,13 +4,15 @@ Object graph of one :class:`TwoStagePipeline`::
 
     TwoStagePipeline (owner: close() releases what it created)
       ├── store: ChromaStore ─────────────── sync + async Chroma clients, collection contract, retries, timeouts
+      ├── lexical: TantivyIndex ──────────── BM25 index of the same records, kept in step with the store
       ├── models: ModelPool ──────────────── each bi-encoder / cross-encoder (or rerank server client) once
       ├── score_cache: ScoreCache ─────────── shared by every reranker it builds
-      ├── retriever()   -> ChromaRecallRetriever(store, embed_model, recall_k, filters)      stage 1
+      ├── retriever()   -> ChromaRecallRetriever(store, embed_model, recall_k, filters)      stage 1 (dense)
+      │                    or HybridRecallRetriever(that, lexical, mode, rrf_k, weights)          (hybrid/lexical)
       ├── reranker()    -> CrossEncoderRerank(CrossEncoderScorer, cascade scorer, score_cache,  stage 2
       │                                      PairTemplate, long-document mode)
       ├── two_stage_retriever() / query_engine(llm)                                          both stages
-      └── ingest(documents), verify()
+      └── ingest(documents) (writes both indexes), verify(repair), reindex()
 
 Stage 1 and stage 2 know nothing of each other; only this module wires them. The module-level ``build_*`` and
 ``ingest_documents`` functions are the two-line conveniences: each builds a pipeline for the call.
@@ -28,10 +30,19 @@ from llama_index.core.schema import Document, NodeWithScore, QueryBundle
 
 from llama_index_twostage.ingest import Chunking, IngestReport, ingest_into
 from llama_index_twostage.models import ModelPool
-from llama_index_twostage.settings import RetrieverSettings
-from llama_index_twostage.stage1 import ChromaRecallRetriever
+from llama_index_twostage.settings import RetrieverSettings, Stage1Mode
+from llama_index_twostage.stage1 import ChromaRecallRetriever, HybridRecallRetriever
 from llama_index_twostage.stage2 import CrossEncoderRerank, ScoreCache
-from llama_index_twostage.store import ChromaStore, VerifyReport, verify_store
+from llama_index_twostage.store import (
+    ChromaStore,
+    LexicalIndex,
+    TantivyIndex,
+    VerifyReport,
+    find_drift,
+    rebuild,
+    repair,
+    verify_store,
+)
 
 if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -46,7 +57,7 @@ class TwoStageRetriever(BaseRetriever):
     per-stage timings (``stage1_ms``, ``stage2_ms``, ``pairs_scored``).
     """
 
-    def __init__(self, recall: ChromaRecallRetriever, rerank: CrossEncoderRerank) -> None:
+    def __init__(self, recall: BaseRetriever, rerank: CrossEncoderRerank) -> None:
         super().__init__(callback_manager=recall.callback_manager)
         self.recall = recall
         self.rerank = rerank
@@ -70,6 +81,7 @@ class TwoStagePipeline:
         embed_model: a LlamaIndex embedding to use instead of loading ``settings.embed_model``.
         models: a pool to share models with other pipelines (it is not closed by this one).
         store: a store to use instead of the settings' (it is not closed by this one).
+        lexical: a lexical index to use instead of the settings' (it is not closed by this one).
     """
 
     def __init__(
@@ -79,12 +91,15 @@ class TwoStagePipeline:
         embed_model: BaseEmbedding | None = None,
         models: ModelPool | None = None,
         store: ChromaStore | None = None,
+        lexical: LexicalIndex | None = None,
     ) -> None:
         self.settings = settings
         self._owns_models = models is None
         self._owns_store = store is None
+        self._owns_lexical = lexical is None
         self.models = models if models is not None else ModelPool()
         self.store = store if store is not None else ChromaStore.from_settings(settings)
+        self.lexical: LexicalIndex = lexical if lexical is not None else TantivyIndex.from_settings(settings)
         self.score_cache = ScoreCache(settings.score_cache_size) if settings.score_cache_size else None
         self._embed_model = embed_model
 
@@ -102,15 +117,31 @@ class TwoStagePipeline:
         return self._embed_model
 
     def retriever(
-        self, *, filters: MetadataFilters | None = None, recall_k: int | None = None
-    ) -> ChromaRecallRetriever:
-        """Stage 1: the ``recall_k`` nearest nodes by cosine similarity."""
-        return ChromaRecallRetriever(
+        self,
+        *,
+        filters: MetadataFilters | None = None,
+        recall_k: int | None = None,
+        stage1_mode: Stage1Mode | None = None,
+    ) -> ChromaRecallRetriever | HybridRecallRetriever:
+        """Stage 1 in the settings' ``stage1_mode`` (or the one given): ``recall_k`` candidates."""
+        settings = self.settings
+        dense = ChromaRecallRetriever(
             self.store,
             self.embed_model,
-            recall_k=recall_k or self.settings.recall_k,
+            recall_k=recall_k or settings.recall_k,
             filters=filters,
-            recall_guard_gap=self.settings.recall_guard_gap if self.settings.recall_guard else None,
+            recall_guard_gap=settings.recall_guard_gap if settings.recall_guard else None,
+        )
+        mode = stage1_mode or settings.stage1_mode
+        if mode == "dense":
+            return dense
+        return HybridRecallRetriever(
+            dense,
+            self.lexical,
+            mode=mode,
+            rrf_k=settings.rrf_k,
+            dense_weight=settings.dense_weight,
+            lexical_weight=settings.lexical_weight,
         )
 
     def reranker(self) -> CrossEncoderRerank:
@@ -140,19 +171,48 @@ class TwoStagePipeline:
             chunking=Chunking(settings.chunk_size, settings.chunk_overlap),
             upsert_batch_size=settings.upsert_batch_size,
             show_progress=settings.show_progress,
+            lexical=self.lexical,
         )
 
-    def verify(self) -> VerifyReport:
-        """Check every stored record (see :func:`~llama_index_twostage.store.verify_store`)."""
+    def verify(self, *, repair_lexical: bool = False) -> VerifyReport:
+        """Check every stored record and the lexical index against them (see
+        :func:`~llama_index_twostage.store.verify_store`); with ``repair_lexical``, first bring the lexical index
+        back in step with Chroma, so the report shows what is left (always so for the in-memory store, whose index
+        lives only in this pipeline)."""
+        page_size = self.settings.upsert_batch_size
+        if repair_lexical or self.store.mode == "memory":  # an in-memory index is this pipeline's own, built on use
+            collection = self.store.with_retries(self.store.open_collection)
+            drift = find_drift(self.store, collection, self.lexical, page_size)
+            repair(
+                self.store,
+                collection,
+                self.lexical,
+                drift,
+                page_size=page_size,
+                show_progress=self.settings.show_progress,
+            )
         return verify_store(
-            self.store, embed_model=self.settings.embed_model, page_size=self.settings.upsert_batch_size
+            self.store, embed_model=self.settings.embed_model, page_size=page_size, lexical=self.lexical
+        )
+
+    def reindex(self) -> int:
+        """Rebuild the lexical index from Chroma alone (``twostage reindex``); returns the records indexed."""
+        collection = self.store.with_retries(self.store.open_collection)
+        return rebuild(
+            self.store,
+            collection,
+            self.lexical,
+            page_size=self.settings.upsert_batch_size,
+            show_progress=self.settings.show_progress,
         )
 
     def close(self) -> None:
-        """Release the store's clients and the loaded models (a rerank server's HTTP clients too), where this pipeline
-        created them."""
+        """Release the store's clients, the lexical index and the loaded models (a rerank server's HTTP clients too),
+        where this pipeline created them."""
         if self._owns_store:
             self.store.close()
+        if self._owns_lexical:
+            self.lexical.close()
         if self._owns_models:
             self.models.close()
 

@@ -35,6 +35,7 @@ RerankBackend = Literal["torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8"
 BackendSetting = Literal["auto", "torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8", "http"]
 RerankApi = Literal["cohere", "tei"]
 LongDocuments = Literal["truncate", "max-window"]
+Stage1Mode = Literal["dense", "hybrid", "lexical"]
 
 _COLLECTION_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
 _DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu|npu)(:\d+)?)$")
@@ -213,6 +214,23 @@ class RetrieverSettings(BaseSettings):
         allow_inf_nan=False,
         description="The guard fires when the cosine at rank recall_k is within this of the top cosine: the "
         "candidates are still as similar as the best, so relevant ones likely lie beyond recall_k.",
+    )
+
+    # How stage 1 finds candidates (README "Hybrid stage 1").
+    stage1_mode: Stage1Mode = Field(
+        "hybrid",
+        description="'hybrid' (default: bi-encoder and BM25 candidates fused by reciprocal rank; more relevant "
+        "documents in the same recall_k), 'dense' (bi-encoder alone) or 'lexical' (BM25 alone).",
+    )
+    rrf_k: float = Field(
+        60.0, gt=0, allow_inf_nan=False, description="Reciprocal rank fusion constant: score = weight / (rrf_k + rank)."
+    )
+    dense_weight: float = Field(1.0, ge=0, allow_inf_nan=False, description="Weight of the bi-encoder's ranks.")
+    lexical_weight: float = Field(1.0, ge=0, allow_inf_nan=False, description="Weight of BM25's ranks.")
+    lexical_dir: Path | None = Field(
+        None,
+        description="Folder of the BM25 indexes (one per collection). Unset: persist_dir/twostage-lexical for an "
+        "embedded store, ./.twostage/lexical/<host>-<port> for a server, in memory for the in-memory store.",
     )
 
     # Stage-2 speed.
@@ -404,6 +422,8 @@ class RetrieverSettings(BaseSettings):
             raise ValueError("chroma_mode 'server' needs chroma_host (and chroma_port)")
         if self.rerank_backend == "http" and not self.rerank_url:
             raise ValueError("rerank_backend 'http' needs rerank_url, e.g. 'http://127.0.0.1:7997/rerank'")
+        if self.stage1_mode == "hybrid" and self.dense_weight + self.lexical_weight == 0:
+            raise ValueError("dense_weight and lexical_weight are both 0: give at least one side a positive weight")
         return self
 
     @model_validator(mode="after")
@@ -469,6 +489,15 @@ class RetrieverSettings(BaseSettings):
     def server_address(self) -> str:
         """``host:port`` of the Chroma server, for messages."""
         return f"{self.chroma_host}:{self.chroma_port}"
+
+    def describe_stage1(self) -> str:
+        """How stage 1 finds candidates, for ``twostage info`` and the demo."""
+        if self.stage1_mode != "hybrid":
+            return f"{self.stage1_mode} (recall_k={self.recall_k})"
+        return (
+            f"hybrid: bi-encoder + BM25 by reciprocal rank fusion (k={self.rrf_k:g}, dense weight "
+            f"{self.dense_weight:g}, lexical weight {self.lexical_weight:g}), recall_k={self.recall_k}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe settings with the secrets masked: safe to log, print or write to a report."""

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
-from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.vector_stores.types import MetadataFilters
-from llama_index.core.vector_stores.utils import metadata_dict_to_node
-from pydantic_core import from_json
 
 from llama_index_twostage.errors import CollectionNotFoundError, ConfigurationError
-from llama_index_twostage.models import embedding_model_name, sentence_transformer_of
-from llama_index_twostage.nodes import query_text, stage_fields, with_stage_info
+from llama_index_twostage.models import embedding_dimension, embedding_model_name, sentence_transformer_of
+from llama_index_twostage.nodes import node_from_record, query_text
 from llama_index_twostage.settings import DistanceSpace
 from llama_index_twostage.stage1.filters import to_chroma_where
 from llama_index_twostage.store.chroma import ChromaStore
@@ -34,6 +34,34 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _INCLUDE = ["documents", "metadatas", "distances"]
+_RECORD_FIELDS = ["documents", "metadatas"]
+
+
+@dataclass(frozen=True)
+class Recalled:
+    """What one side of stage 1 found, best first: Chroma records, that side's scores, and what it noticed about the
+    query (``notes``: ``query_truncated``, ``recall_starved``), which every node it yields carries."""
+
+    ids: list[str]
+    documents: list[str | None]
+    metadatas: list[dict[str, Any] | None]
+    scores: list[float]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def records(self) -> dict[str, tuple[str | None, dict[str, Any] | None]]:
+        """Id -> (document, metadata)."""
+        return {node_id: (doc, meta) for node_id, doc, meta in zip(self.ids, self.documents, self.metadatas)}
+
+
+def ranked_nodes(recalled: Recalled, elapsed_ms: float) -> list[NodeWithScore]:
+    """Nodes in ``recalled``'s order, each with its ``stage1_rank``, ``stage1_score``, ``stage1_ms`` and the notes."""
+    nodes = []
+    for rank, (node_id, document, metadata, score) in enumerate(
+        zip(recalled.ids, recalled.documents, recalled.metadatas, recalled.scores), 1
+    ):
+        info = {"stage1_rank": rank, "stage1_score": score, "stage1_ms": elapsed_ms, **recalled.notes}
+        nodes.append(NodeWithScore(node=node_from_record(node_id, document, metadata, info), score=score))
+    return nodes
 
 
 def recall_starved(similarities: list[float], recall_k: int, gap: float) -> bool:
@@ -44,32 +72,6 @@ def recall_starved(similarities: list[float], recall_k: int, gap: float) -> bool
     equally plausible candidates, and relevant documents likely sit just beyond it, out of the reranker's reach.
     """
     return len(similarities) >= recall_k > 0 and similarities[0] - similarities[recall_k - 1] <= gap
-
-
-def _node_from_record(
-    node_id: str, document: str | None, metadata: dict[str, Any] | None, info: dict[str, Any] | None = None
-) -> BaseNode:
-    """Rebuild a node from a Chroma record in LlamaIndex's layout (or wrap a plain record written by other code),
-    with ``info`` already in its stage metadata.
-
-    Text nodes, a hundred per query, are parsed by pydantic's JSON parser and built, stage metadata included, in one
-    validated construction; other node types go through LlamaIndex's own ``metadata_dict_to_node``.
-    """
-    metadata = metadata or {}
-    if metadata.get("_node_type", TextNode.class_name()) != TextNode.class_name():
-        node = metadata_dict_to_node(metadata, text=document).model_copy(update={"id_": node_id})
-        return with_stage_info(node, **info) if info else node
-    if "_node_content" in metadata:
-        fields = from_json(metadata["_node_content"])
-        fields.pop("class_name", None)
-        if document is not None:
-            fields["text"] = document
-    else:
-        fields = {"text": document or "", "metadata": metadata}
-    fields["id_"] = node_id
-    if info:
-        fields.update(stage_fields(fields, info))
-    return TextNode(**fields)
 
 
 class ChromaRecallRetriever(BaseRetriever):
@@ -119,6 +121,21 @@ class ChromaRecallRetriever(BaseRetriever):
             self._space = distance_space(collection)
             self._collection = collection
         return self._collection
+
+    def collection(self) -> Collection:
+        """The verified collection (opened on first use; a retried read)."""
+        if self._collection is not None:
+            return self._collection
+        dimension = embedding_dimension(self.embed_model)
+        return self.store.with_retries(lambda: self._collection_for(dimension))
+
+    async def _opened_async_collection(self) -> AsyncCollection:
+        """Server mode: the collection through the async client, its contract verified once through the sync one."""
+        if self._collection is None:
+            await asyncio.to_thread(self.collection)
+        if self._async_collection is None:
+            self._async_collection = await self.store.open_async_collection()
+        return self._async_collection
 
     def _warn_if_truncated(self, text: str) -> bool:
         model = sentence_transformer_of(self.embed_model)
@@ -189,59 +206,85 @@ class ChromaRecallRetriever(BaseRetriever):
         )
         return True
 
-    def _to_nodes(self, result: dict[str, Any], elapsed_ms: float, query_truncated: bool) -> list[NodeWithScore]:
-        ids, documents = result["ids"][0], result["documents"][0]
-        metadatas, distances = result["metadatas"][0], result["distances"][0]
+    def _recalled(self, result: dict[str, Any], query_truncated: bool) -> Recalled:
+        distances = result["distances"][0]
         similarities = [distance_to_similarity(float(distance), self._space) for distance in distances]
-        starved = self._guard_recall(similarities)
-        nodes = []
-        for rank, (node_id, document, metadata, similarity) in enumerate(
-            zip(ids, documents, metadatas, similarities), 1
-        ):
-            info: dict[str, Any] = {"stage1_rank": rank, "stage1_score": similarity, "stage1_ms": elapsed_ms}
-            if query_truncated:
-                info["query_truncated"] = True
-            if starved:
-                info["recall_starved"] = True
-            node = _node_from_record(node_id, document, metadata, info)
-            nodes.append(NodeWithScore(node=node, score=similarity))
-        return nodes
+        notes: dict[str, Any] = {}
+        if query_truncated:
+            notes["query_truncated"] = True
+        if self._guard_recall(similarities):
+            notes["recall_starved"] = True
+        return Recalled(result["ids"][0], result["documents"][0], result["metadatas"][0], similarities, notes)
+
+    def recall(self, query_bundle: QueryBundle) -> Recalled:
+        """The ``recall_k`` nearest records by cosine similarity, best first."""
+        text = query_text(query_bundle)
+        truncated = self._warn_if_truncated(text)
+        return self._recalled(self._search(self._query_embedding(query_bundle, text)), truncated)
+
+    async def arecall(self, query_bundle: QueryBundle) -> Recalled:
+        """:meth:`recall` off the event loop (local models block; hosted APIs are awaited)."""
+        text = query_text(query_bundle)
+        if sentence_transformer_of(self.embed_model) is None and query_bundle.embedding is None:
+            embedding = await self.embed_model.aget_query_embedding(text)
+            truncated = False
+        else:
+            truncated = await asyncio.to_thread(self._warn_if_truncated, text)
+            embedding = await asyncio.to_thread(self._query_embedding, query_bundle, text)
+        return self._recalled(await self._asearch(embedding), truncated)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        text = query_text(query_bundle)
         with Stopwatch() as watch:
-            truncated = self._warn_if_truncated(text)
-            result = self._search(self._query_embedding(query_bundle, text))
-        return self._to_nodes(result, watch.ms, truncated)
+            recalled = self.recall(query_bundle)
+        return ranked_nodes(recalled, watch.ms)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        """Embedding and search run off the event loop (local models block; hosted APIs are awaited)."""
-        text = query_text(query_bundle)
         with Stopwatch() as watch:
-            if sentence_transformer_of(self.embed_model) is None and query_bundle.embedding is None:
-                embedding = await self.embed_model.aget_query_embedding(text)
-                truncated = False
-            else:
-                truncated = await asyncio.to_thread(self._warn_if_truncated, text)
-                embedding = await asyncio.to_thread(self._query_embedding, query_bundle, text)
-            result = await self._asearch(embedding)
-        return self._to_nodes(result, watch.ms, truncated)
+            recalled = await self.arecall(query_bundle)
+        return ranked_nodes(recalled, watch.ms)
 
     async def _asearch(self, embedding: list[float]) -> dict[str, Any]:
         """Server mode uses Chroma's async client; the in-process modes run the same search in a worker thread."""
         store = self.store
         if store.mode != "server":
             return await asyncio.to_thread(self._search, embedding)
-        if self._collection is None:  # open and verify the contract once, through the synchronous path
-            await asyncio.to_thread(store.with_retries, lambda: self._collection_for(len(embedding)))
 
         async def search() -> dict[str, Any]:
-            if self._async_collection is None:
-                self._async_collection = await store.open_async_collection()
-            collection = self._async_collection
+            collection = await self._opened_async_collection()
             result = await store.bounded(self._query(collection, embedding))
             if len(result["ids"][0]) < self.recall_k:
                 self._explain_short(len(result["ids"][0]), await store.bounded(collection.count()))
             return result
 
         return await store.awith_retries(search)
+
+    def fetch(self, ids: Sequence[str]) -> Recalled:
+        """The records of ``ids`` that pass this retriever's filters, in the order given, scored 0 (another side's
+        candidates, checked against Chroma: a deleted or filtered-out record is left out)."""
+        if not ids:
+            return Recalled([], [], [], [])
+        result = self.store.with_retries(
+            lambda: self.collection().get(ids=list(ids), where=self._where, include=_RECORD_FIELDS)
+        )
+        return _in_order(ids, result)
+
+    async def afetch(self, ids: Sequence[str]) -> Recalled:
+        """:meth:`fetch` through the async client in server mode, in a worker thread otherwise."""
+        store = self.store
+        if store.mode != "server" or not ids:
+            return await asyncio.to_thread(self.fetch, ids)
+
+        async def read() -> Any:
+            collection = await self._opened_async_collection()
+            return await store.bounded(collection.get(ids=list(ids), where=self._where, include=_RECORD_FIELDS))
+
+        return _in_order(ids, await store.awith_retries(read))
+
+
+def _in_order(ids: Sequence[str], result: Any) -> Recalled:
+    """Chroma's ``get`` result in the order of ``ids`` (Chroma returns its own order)."""
+    found = {
+        node_id: (doc, meta) for node_id, doc, meta in zip(result["ids"], result["documents"], result["metadatas"])
+    }
+    kept = [node_id for node_id in ids if node_id in found]
+    return Recalled(kept, [found[i][0] for i in kept], [found[i][1] for i in kept], [0.0] * len(kept))

@@ -70,7 +70,7 @@ def test_ingest_query_info(runner, cli_env, text_folder):
     assert "stage1 -> final" in lines[0] and "rerank score" in lines[0]
     assert len(lines) == 1 + 2 + 1  # header, top_k rows, timings
     assert "-> 1" in lines[1] and "Insulin is a hormone" in lines[1]
-    assert lines[-1].startswith("stage 1: ") and "stage 2: " in lines[-1] and "for 3 pairs" in lines[-1]
+    assert lines[-1].startswith("stage 1 (hybrid): ") and "stage 2: " in lines[-1] and "for 3 pairs" in lines[-1]
 
     info = invoke(runner, "info")
     assert info.exit_code == 0, info.output

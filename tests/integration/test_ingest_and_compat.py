@@ -89,7 +89,7 @@ def test_reads_a_collection_written_by_chroma_vector_store(llamaindex_collection
     records = collection.get(include=["documents", "embeddings"])
     vectors = dict(zip(records["ids"], np.asarray(records["embeddings"])))
     written = dict(zip(records["ids"], records["documents"]))
-    results = pipeline.retriever().retrieve(FACTS["insulin"])
+    results = pipeline.retriever(stage1_mode="dense").retrieve(FACTS["insulin"])
 
     assert len(results) == len(FACTS)  # recall_k 10 > 6 nodes: all of them
     assert {r.node.node_id for r in results} == set(written)
@@ -109,6 +109,20 @@ def test_reads_a_collection_written_by_chroma_vector_store(llamaindex_collection
         assert result.node.get_content() == FACTS[result.node.ref_doc_id]
 
 
+def test_hybrid_reads_a_foreign_collection_once_it_is_indexed(llamaindex_collection):
+    """The in-memory store's BM25 index is built from Chroma on first use; the dense side keeps its cosines."""
+    pipeline, _ = llamaindex_collection
+    dense = {r.node.node_id: r.score for r in pipeline.retriever(stage1_mode="dense").retrieve(FACTS["insulin"])}
+    results = pipeline.retriever().retrieve(FACTS["insulin"])
+    assert results[0].node.ref_doc_id == "insulin"
+    assert stage_info(results[0])["lexical_rank"] == stage_info(results[0])["dense_rank"] == 1
+    for result in results:
+        info = stage_info(result)
+        if "dense_rank" in info:
+            assert info["dense_score"] == pytest.approx(dense[result.node.node_id])
+    assert pipeline.lexical.count() == len(FACTS)
+
+
 def test_filters_apply_to_foreign_collections(llamaindex_collection):
     from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
 
@@ -126,7 +140,7 @@ def test_chroma_vector_store_reads_what_we_ingested(ingested, some_queries):
         ChromaVectorStore(chroma_collection=pipeline.store.open_collection()), embed_model=pipeline.embed_model
     )
     theirs = index.as_retriever(similarity_top_k=5).retrieve(some_queries[0])
-    ours = pipeline.retriever(recall_k=5).retrieve(some_queries[0])
+    ours = pipeline.retriever(recall_k=5, stage1_mode="dense").retrieve(some_queries[0])
     assert [n.node.node_id for n in theirs] == [n.node.node_id for n in ours]
     assert [n.node.get_content() for n in theirs] == [n.node.get_content() for n in ours]
     # Scores are not compared: ChromaVectorStore maps distances to scores by its own convention.

@@ -26,7 +26,7 @@ def stored(ingested):
 
 @pytest.fixture(scope="module")
 def recall(ingested):
-    return ingested.pipeline.retriever(recall_k=RECALL_K)
+    return ingested.pipeline.retriever(recall_k=RECALL_K, stage1_mode="dense")
 
 
 @pytest.fixture(scope="module")

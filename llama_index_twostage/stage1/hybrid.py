@@ -1,0 +1,186 @@
+"""Stage 1 from two signals: the bi-encoder over Chroma and BM25 over the lexical index, fused by reciprocal rank.
+
+A bi-encoder smooths away what only exact words carry (gene and drug names, identifiers, rare terms); BM25 keeps
+them. Each side proposes ``recall_k`` candidates, :func:`~llama_index_twostage.stage1.fusion.reciprocal_rank_fusion`
+merges them, and the best ``recall_k`` go on: more of the relevant documents reach the reranker for the same number
+of cross-encoder passes. Every lexical hit is read back from Chroma with the retriever's filters, so a chunk that
+is filtered out, or deleted since the lexical index last saw it, never appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import TYPE_CHECKING, Any, Literal
+
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.schema import NodeWithScore, QueryBundle
+
+from llama_index_twostage.errors import ConfigurationError
+from llama_index_twostage.nodes import node_from_record, query_text
+from llama_index_twostage.stage1.fusion import reciprocal_rank_fusion
+from llama_index_twostage.stage1.retriever import ChromaRecallRetriever, Recalled
+from llama_index_twostage.store.chroma import ChromaStore
+from llama_index_twostage.store.lexical import LexicalHits, LexicalIndex
+from llama_index_twostage.store.reconcile import ensure_in_step
+from llama_index_twostage.timing import Stopwatch
+
+if TYPE_CHECKING:
+    from llama_index.core.base.embeddings.base import BaseEmbedding
+
+logger = logging.getLogger(__name__)
+
+NO_TERMS = "no searchable terms in the query (only stop words or punctuation): dense candidates only"
+_WIDENING = 4  # with filters, lexical hits that fail them are replaced by asking for this many times more
+
+
+def found_by(info: dict[str, Any]) -> str:
+    """Which side of stage 1 found a candidate, from its stage metadata: ``dense``, ``lexical`` or ``both``
+    (candidates of a dense-only retriever carry no side ranks: ``dense``)."""
+    sides = [side for side in ("dense", "lexical") if f"{side}_rank" in info]
+    return "both" if len(sides) == 2 else sides[0] if sides else "dense"
+
+
+class HybridRecallRetriever(BaseRetriever):
+    """Stage 1 as dense + BM25 candidates fused by reciprocal rank (``mode="hybrid"``), or BM25 alone
+    (``mode="lexical"``).
+
+    Each node's ``metadata["twostage"]`` holds ``stage1_rank`` and ``stage1_score`` (the fused score; with one side,
+    that side's score), ``stage1_mode``, and ``dense_rank``/``dense_score`` (cosine) and ``lexical_rank``/
+    ``lexical_score`` (BM25) for each side that found it. A query without searchable terms falls back to dense
+    candidates and says so in ``stage1_fallback``.
+
+    Args:
+        dense: the bi-encoder side; its store, filters and ``recall_k`` are this retriever's.
+        lexical: the BM25 index kept in step with ``dense.store`` (repaired on the first query if counts differ).
+        mode: ``hybrid`` or ``lexical``.
+        rrf_k: the fusion constant; dense_weight, lexical_weight: each side's weight in the fusion.
+    """
+
+    def __init__(
+        self,
+        dense: ChromaRecallRetriever,
+        lexical: LexicalIndex,
+        *,
+        mode: Literal["hybrid", "lexical"] = "hybrid",
+        rrf_k: float = 60.0,
+        dense_weight: float = 1.0,
+        lexical_weight: float = 1.0,
+        callback_manager: CallbackManager | None = None,
+    ) -> None:
+        if mode not in ("hybrid", "lexical"):
+            raise ConfigurationError(f"mode must be 'hybrid' or 'lexical', got {mode!r} (dense: ChromaRecallRetriever)")
+        if rrf_k <= 0 or min(dense_weight, lexical_weight) < 0 or dense_weight + lexical_weight == 0:
+            raise ConfigurationError(
+                f"rrf_k must be positive and the weights >= 0, not both 0; got rrf_k={rrf_k}, "
+                f"dense_weight={dense_weight}, lexical_weight={lexical_weight}"
+            )
+        super().__init__(callback_manager=callback_manager or dense.callback_manager)
+        self.dense = dense
+        self.lexical = lexical
+        self.mode = mode
+        self.rrf_k = rrf_k
+        self.weights = {"dense": dense_weight, "lexical": lexical_weight}
+        self._in_step = False
+        self._step_lock = threading.Lock()
+
+    @property
+    def recall_k(self) -> int:
+        return self.dense.recall_k
+
+    @property
+    def store(self) -> ChromaStore:
+        """The Chroma store both sides read (the dense side's)."""
+        return self.dense.store
+
+    @property
+    def embed_model(self) -> BaseEmbedding:
+        return self.dense.embed_model
+
+    def _ensure_in_step(self) -> None:
+        """Once per retriever: repair a lexical index whose count differs from Chroma's (see ``ensure_in_step``)."""
+        with self._step_lock:
+            if not self._in_step:
+                ensure_in_step(self.dense.store, self.dense.collection(), self.lexical)
+                self._in_step = True
+
+    def _search(self, text: str, limit: int) -> LexicalHits:
+        self._ensure_in_step()
+        return self.lexical.search(text, limit)
+
+    def _widened(self, hits: LexicalHits, checked: Recalled, limit: int) -> int | None:
+        """The next, larger limit when filters left fewer than ``recall_k`` hits and the index has more; else None."""
+        return limit * _WIDENING if len(checked.ids) < self.recall_k and len(hits.ids) == limit else None
+
+    def _lexical_side(self, hits: LexicalHits, checked: Recalled) -> Recalled | None:
+        if not hits.terms:
+            return None
+        scores = dict(zip(hits.ids, hits.scores))
+        kept = slice(0, self.recall_k)
+        ids = checked.ids[kept]
+        return Recalled(ids, checked.documents[kept], checked.metadatas[kept], [scores[node_id] for node_id in ids])
+
+    def lexical_candidates(self, text: str) -> Recalled | None:
+        """BM25's ``recall_k`` best records that Chroma holds and the filters pass; None when the query has no
+        searchable terms."""
+        limit: int | None = self.recall_k
+        while limit:
+            hits = self._search(text, limit)
+            checked = self.dense.fetch(hits.ids)
+            limit = self._widened(hits, checked, limit)
+        return self._lexical_side(hits, checked)
+
+    async def alexical_candidates(self, text: str) -> Recalled | None:
+        """:meth:`lexical_candidates`; the index is searched in a worker thread, Chroma read by its async client."""
+        limit: int | None = self.recall_k
+        while limit:
+            hits = await asyncio.to_thread(self._search, text, limit)
+            checked = await self.dense.afetch(hits.ids)
+            limit = self._widened(hits, checked, limit)
+        return self._lexical_side(hits, checked)
+
+    def _ranking(self, sides: dict[str, Recalled]) -> list[tuple[str, float]]:
+        """Fused by reciprocal rank when both sides answered; one side's own order and scores otherwise."""
+        if len(sides) == 1:
+            (side,) = sides.values()
+            return list(zip(side.ids, side.scores))
+        return reciprocal_rank_fusion({name: side.ids for name, side in sides.items()}, self.weights, k=self.rrf_k)
+
+    def _fuse(self, dense: Recalled | None, lexical: Recalled | None, elapsed_ms: float) -> list[NodeWithScore]:
+        sides = {name: side for name, side in (("dense", dense), ("lexical", lexical)) if side is not None}
+        common: dict[str, Any] = {"stage1_mode": self.mode if lexical is not None else "dense", "stage1_ms": elapsed_ms}
+        if lexical is None:
+            common["stage1_fallback"] = NO_TERMS
+        if dense is not None:
+            common.update(dense.notes)
+        records = {node_id: record for side in sides.values() for node_id, record in side.records().items()}
+        positions = {name: {node_id: rank for rank, node_id in enumerate(side.ids)} for name, side in sides.items()}
+        nodes = []
+        for rank, (node_id, score) in enumerate(self._ranking(sides)[: self.recall_k], 1):
+            info = {**common, "stage1_rank": rank, "stage1_score": score}
+            for name, side in sides.items():
+                if node_id in positions[name]:
+                    position = positions[name][node_id]
+                    info[f"{name}_rank"], info[f"{name}_score"] = position + 1, side.scores[position]
+            nodes.append(NodeWithScore(node=node_from_record(node_id, *records[node_id], info), score=score))
+        return nodes
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        text = query_text(query_bundle)
+        with Stopwatch() as watch:
+            lexical = self.lexical_candidates(text)
+            dense = self.dense.recall(query_bundle) if self.mode == "hybrid" or lexical is None else None
+        return self._fuse(dense, lexical, watch.ms)
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        """Both sides at once: the lexical search in a worker thread while the dense side awaits Chroma."""
+        text = query_text(query_bundle)
+        with Stopwatch() as watch:
+            if self.mode == "hybrid":
+                lexical, dense = await asyncio.gather(self.alexical_candidates(text), self.dense.arecall(query_bundle))
+            else:
+                lexical = await self.alexical_candidates(text)
+                dense = await self.dense.arecall(query_bundle) if lexical is None else None
+        return self._fuse(dense, lexical, watch.ms)
