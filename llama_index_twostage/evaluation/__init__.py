@@ -1,5 +1,6 @@
 """Retrieval evaluation: benchmark loaders, BEIR-compatible metrics, and the two-stage evaluation report."""
 
+from llama_index_twostage.evaluation.compare import Stage1Comparison, compare_stage1, parse_modes, write_comparison
 from llama_index_twostage.evaluation.datasets import (
     DatasetError,
     RetrievalDataset,
@@ -20,7 +21,7 @@ from llama_index_twostage.evaluation.metrics import (
     relevant_ranks,
 )
 from llama_index_twostage.evaluation.report import EvaluationReport, SweepPoint, format_table, write_report
-from llama_index_twostage.evaluation.runner import collection_name, evaluate
+from llama_index_twostage.evaluation.runner import collection_name, evaluate, evaluate_stage1_modes
 from llama_index_twostage.evaluation.sweep import QueryTrace, parse_sweep
 
 __all__ = [
@@ -29,11 +30,16 @@ __all__ = [
     "EvaluationReport",
     "QueryDiagnosis",
     "QueryTrace",
+    "Stage1Comparison",
     "SweepPoint",
     "collection_name",
+    "compare_stage1",
     "evaluate",
+    "evaluate_stage1_modes",
     "format_table",
+    "parse_modes",
     "parse_sweep",
+    "write_comparison",
     "write_report",
     "Qrels",
     "RetrievalDataset",

@@ -25,13 +25,15 @@ OUTCOMES = (HIT, RERANKER_MISS, LOST)
 
 @dataclass(frozen=True)
 class DocDiagnosis:
-    """One relevant document: stage-1 rank (None: beyond the largest recall_k retrieved) and final rank (None: not
-    delivered to the reranker at the evaluated recall_k, or set aside by its cascade or threshold)."""
+    """One relevant document: stage-1 rank (None: beyond the largest recall_k retrieved), final rank (None: not
+    delivered to the reranker at the evaluated recall_k, or set aside by its cascade or threshold), and which side
+    of stage 1 found it (``dense``, ``lexical``, ``both``; None when neither did)."""
 
     doc_id: str
     stage1_rank: int | None
     final_rank: int | None
     outcome: str
+    found_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,13 @@ def diagnose(trace: QueryTrace, relevance: Mapping[str, int], *, recall_k: int, 
     stage1 = relevant_ranks(trace.stage1_ranking(), relevance)
     final = relevant_ranks(trace.two_stage_ranking(recall_k), relevance)
     docs = [
-        DocDiagnosis(doc_id, stage1[doc_id], final[doc_id], _outcome(stage1[doc_id], final[doc_id], recall_k, top_k))
+        DocDiagnosis(
+            doc_id,
+            stage1[doc_id],
+            final[doc_id],
+            _outcome(stage1[doc_id], final[doc_id], recall_k, top_k),
+            trace.found_by.get(doc_id),
+        )
         for doc_id in stage1
     ]
     worst = max((OUTCOMES.index(doc.outcome) for doc in docs), default=0)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 
+import numpy as np
+
 Qrels = Mapping[str, Mapping[str, int]]
 """Query id -> doc id -> graded relevance; a grade > 0 means relevant."""
 
@@ -92,6 +94,22 @@ def relevant_ranks(ranked: Sequence[str], relevance: Mapping[str, int]) -> dict[
     None if it was not retrieved; for diagnosing individual queries."""
     ranks = {doc_id: rank for rank, doc_id in enumerate(_unique(ranked), start=1)}
     return {doc_id: ranks.get(doc_id) for doc_id in sorted(_relevant(relevance))}
+
+
+def recall_curve(run: Run, qrels: Qrels, depth: int) -> list[float]:
+    """Mean recall@k for k = 1..depth over the judged queries with relevant docs: the recall ceiling a reranker
+    gets at every recall_k, from one ranking per query."""
+    curve = np.zeros(depth)
+    judged = 0
+    for query_id, relevance in qrels.items():
+        relevant = _relevant(relevance)
+        if not relevant:
+            continue
+        judged += 1
+        ranks = [rank for rank in relevant_ranks(run.get(query_id, []), relevance).values() if rank is not None]
+        found = np.bincount(np.minimum(np.asarray(ranks, dtype=int), depth + 1), minlength=depth + 2)[1 : depth + 1]
+        curve += np.cumsum(found) / len(relevant)
+    return (curve / max(judged, 1)).tolist()
 
 
 def per_query_metrics(

@@ -2,6 +2,8 @@
 
 - ``sweep.png``: two-stage nDCG@10 and stage-1 recall@recall_k against recall_k, stage-2 milliseconds (p50) on a
   second axis, the recommended recall_k marked: quality bought per millisecond of reranking.
+- ``stage1_recall.png`` (when stage-1 modes are compared): recall@k against k for each mode, and the smallest k at
+  which each reaches the reference mode's recall at the largest sweep point.
 - ``rank_movement.png``: each relevant document's stage-1 rank against its final rank. Points left of the recall_k
   cutoff moved through the reranker; documents stage 1 did not deliver are drawn beyond the cutoff on a
   "lost" row, those it never retrieved at the far right.
@@ -18,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 if TYPE_CHECKING:
+    from llama_index_twostage.evaluation.compare import Stage1Comparison
     from llama_index_twostage.evaluation.report import EvaluationReport
 
 
@@ -64,6 +67,25 @@ def plot_rank_movement(report: EvaluationReport, path: Path) -> None:
     axes.invert_yaxis()
     axes.legend(fontsize="small")
     axes.set_title(f"{report.dataset}: where relevant documents go")
+    _save(figure, path)
+
+
+def plot_stage1_recall(comparison: Stage1Comparison, path: Path) -> None:
+    """Stage-1 recall against recall_k for each mode, with the reference's ceiling and where each mode reaches it."""
+    ks = list(range(1, comparison.depth + 1))
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for mode in comparison.reports:
+        line = axes.plot(ks, comparison.curve(mode), label=f"{mode}")[0]
+        matching = comparison.recall_k_matching(mode)
+        if matching is not None:
+            axes.axvline(matching, color=line.get_color(), linestyle=":", alpha=0.7)
+            axes.annotate(f"k={matching}", (matching, comparison.reference_recall), color=line.get_color())
+    reference = f"{comparison.reference} recall@{comparison.depth}"
+    axes.axhline(comparison.reference_recall, color="grey", linestyle="--", label=reference)
+    axes.set_xlabel("recall_k (candidates handed to the reranker)")
+    axes.set_ylabel("stage-1 recall@recall_k")
+    axes.legend(loc="lower right", fontsize="small")
+    axes.set_title(f"{next(iter(comparison.reports.values())).dataset}: recall ceiling per stage-1 mode")
     _save(figure, path)
 
 

@@ -6,12 +6,13 @@ to a folder and :func:`format_table` renders the summary a terminal prints.
 ``report.json`` schema (version 1; keys are stable, new keys may be added):
 
 - ``schema_version``: 1.
-- ``dataset``: dataset name; ``queries``: number of evaluated queries.
+- ``dataset``: dataset name; ``stage1_mode``: dense, hybrid or lexical; ``queries``: number of evaluated queries.
 - ``top_k``: final results per query; ``recall_k``: the operating recall_k of ``two_stage`` and ``diagnosis``
   (the settings' recall_k when it is in the sweep, else the largest sweep point).
 - ``stage1``: the bi-encoder alone, over its candidates in stage-1 order: ``ndcg@10``, ``mrr@10``,
   ``recall@<top_k>``, ``recall@<recall_k>`` (the ceiling: share of relevant docs handed to the reranker),
-  ``p50_ms``, ``p95_ms`` (stage-1 time per query: query embedding and Chroma search).
+  ``p50_ms``, ``p95_ms`` (stage-1 time per query: query embedding, Chroma search and, in hybrid or lexical mode, the
+  BM25 search and fusion).
 - ``two_stage``: the candidates at ``recall_k`` reordered by the cross-encoder: the same metric keys, where
   ``p50_ms``/``p95_ms`` are the stage-2 (scoring) time per query, plus ``pairs_per_query`` and
   ``total_p50_ms``/``total_p95_ms`` (stage 1 + stage 2 per query).
@@ -26,8 +27,9 @@ to a folder and :func:`format_table` renders the summary a terminal prints.
 - ``settings``: ``RetrieverSettings.to_dict()`` of the evaluation (Chroma token masked).
 
 ``per_query.csv``: one row per query: ``query_id``, ``outcome``, ``stage1_<metric>`` and ``two_stage_<metric>`` for
-the four quality metrics, ``stage1_ms``, ``stage2_ms``, ``pairs`` and ``relevant`` (``doc:stage1->final`` for each
-relevant doc, ``none`` for no rank). ``sweep.png`` and ``rank_movement.png``: see
+the four quality metrics, ``stage1_ms``, ``stage2_ms``, ``pairs`` and ``relevant`` (``doc:stage1->final(side)`` for
+each relevant doc: ``none`` for no rank; side, for a retrieved doc, is the stage-1 side that found it: ``dense``,
+``lexical`` or ``both``). ``sweep.png`` and ``rank_movement.png``: see
 :mod:`llama_index_twostage.evaluation.plots`.
 """
 
@@ -42,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from llama_index_twostage.evaluation.diagnosis import QueryDiagnosis, diagnose, summarize
+from llama_index_twostage.evaluation.diagnosis import DocDiagnosis, QueryDiagnosis, diagnose, summarize
 from llama_index_twostage.evaluation.metrics import Qrels, evaluate_run, per_query_metrics
 from llama_index_twostage.evaluation.sweep import QueryTrace
 
@@ -94,6 +96,10 @@ class EvaluationReport:
     ingest: dict[str, Any]
 
     @property
+    def stage1_mode(self) -> str:
+        return str(self.settings.get("stage1_mode", "dense"))
+
+    @property
     def quality_keys(self) -> list[str]:
         return quality_keys(self.top_k, self.recall_k)
 
@@ -101,6 +107,7 @@ class EvaluationReport:
         return {
             "schema_version": SCHEMA_VERSION,
             "dataset": self.dataset,
+            "stage1_mode": self.stage1_mode,
             "queries": len(self.traces),
             "top_k": self.top_k,
             "recall_k": self.recall_k,
@@ -217,6 +224,11 @@ def _rank(rank: int | None) -> str:
     return "none" if rank is None else str(rank)
 
 
+def _movement(doc: DocDiagnosis) -> str:
+    side = f"({doc.found_by})" if doc.found_by else ""
+    return f"{doc.doc_id}:{_rank(doc.stage1_rank)}->{_rank(doc.final_rank)}{side}"
+
+
 def _csv_rows(report: EvaluationReport) -> list[dict[str, Any]]:
     rows = []
     for trace, diagnosis in zip(report.traces, report.diagnoses):
@@ -227,9 +239,7 @@ def _csv_rows(report: EvaluationReport) -> list[dict[str, Any]]:
         row["stage1_ms"] = round(trace.stage1_ms, 3)
         row["stage2_ms"] = round(trace.stage2_ms[report.recall_k], 3)
         row["pairs"] = trace.pairs(report.recall_k)
-        row["relevant"] = " ".join(
-            f"{doc.doc_id}:{_rank(doc.stage1_rank)}->{_rank(doc.final_rank)}" for doc in diagnosis.docs
-        )
+        row["relevant"] = " ".join(_movement(doc) for doc in diagnosis.docs)
         rows.append(row)
     return rows
 
@@ -255,7 +265,8 @@ def write_report(report: EvaluationReport, out_dir: str | Path) -> dict[str, Pat
 def format_table(report: EvaluationReport) -> str:
     """The summary a terminal prints: both stages side by side, the sweep, the knee and the diagnosis."""
     lines = [
-        f"{report.dataset}: {len(report.traces)} queries, top_k={report.top_k}, recall_k={report.recall_k}",
+        f"{report.dataset}: {len(report.traces)} queries, top_k={report.top_k}, recall_k={report.recall_k}, "
+        f"stage 1 {report.stage1_mode}",
         f"{'metric':<14}{'stage 1':>10}{'two-stage':>11}",
     ]
     for key in [*report.quality_keys, "p50_ms", "p95_ms"]:

@@ -21,13 +21,14 @@ from llama_index_twostage.evaluation.sweep import QueryTrace, sweep_points
 from llama_index_twostage.models import ModelPool
 from llama_index_twostage.nodes import stage_info
 from llama_index_twostage.pipeline import TwoStagePipeline
-from llama_index_twostage.settings import RetrieverSettings
-from llama_index_twostage.stage1 import ChromaRecallRetriever
+from llama_index_twostage.settings import RetrieverSettings, Stage1Mode
+from llama_index_twostage.stage1 import found_by
 from llama_index_twostage.stage2 import CrossEncoderRerank, ScoreCache
 from llama_index_twostage.store import model_identity
 from llama_index_twostage.timing import Stopwatch
 
 if TYPE_CHECKING:
+    from llama_index.core.base.base_retriever import BaseRetriever
     from llama_index.core.schema import NodeWithScore
 
 WHOLE_DOCUMENT_CHUNK = 100_000
@@ -69,7 +70,7 @@ def _doc_id(scored: NodeWithScore) -> str:
 def trace_query(
     query_id: str,
     query: str,
-    retriever: ChromaRecallRetriever,
+    retriever: BaseRetriever,
     reranker: CrossEncoderRerank,
     points: Sequence[int],
 ) -> QueryTrace:
@@ -97,6 +98,7 @@ def trace_query(
         pairs_scored=pairs,
         stage1_ms=float(stage_info(nodes[0])["stage1_ms"]) if nodes else 0.0,
         stage2_ms=stage2_ms,
+        found_by={_doc_id(scored): found_by(stage_info(scored)) for scored in nodes},
     )
 
 
@@ -114,7 +116,8 @@ def evaluate(
 
     Args:
         dataset: corpus, queries and qrels (see :mod:`llama_index_twostage.evaluation.datasets`).
-        settings: models, store, ``top_k`` and ``recall_k``; the collection is derived from the dataset.
+        settings: models, store, ``stage1_mode``, ``top_k`` and ``recall_k``; the collection is derived from the
+            dataset.
         sweep: recall_k values to compare; the report's operating point is ``settings.recall_k`` when it is one of
             them, else the largest.
         limit: evaluate only the first N judged queries (the full corpus is still searched).
@@ -122,29 +125,60 @@ def evaluate(
         reranker: a stage-2 reranker to evaluate instead of the one the settings describe.
         models: a pool to load models from (to share them with the caller).
     """
+    mode = settings.stage1_mode
+    reports = evaluate_stage1_modes(
+        dataset,
+        settings,
+        [mode],
+        sweep=sweep,
+        limit=limit,
+        knee_tolerance=knee_tolerance,
+        reranker=reranker,
+        models=models,
+    )
+    return reports[mode]
+
+
+def evaluate_stage1_modes(
+    dataset: RetrievalDataset,
+    settings: RetrieverSettings,
+    modes: Sequence[Stage1Mode],
+    *,
+    sweep: Sequence[int] | None = None,
+    limit: int | None = None,
+    knee_tolerance: float = 0.005,
+    reranker: CrossEncoderRerank | None = None,
+    models: ModelPool | None = None,
+) -> dict[Stage1Mode, EvaluationReport]:
+    """:func:`evaluate` once per stage-1 mode, on one ingestion and one reranker: only stage 1 differs, and a pair
+    both modes hand the reranker is scored once."""
     points = sweep_points(sweep, default=settings.recall_k, top_k=settings.top_k)
     operating = settings.recall_k if settings.recall_k in points else points[-1]
     if limit is not None:
         dataset = dataset.limit(limit)
     eval_settings = evaluation_settings(dataset, settings)
+    reports: dict[Stage1Mode, EvaluationReport] = {}
     with TwoStagePipeline(eval_settings, models=models) as pipeline:
         ingested = pipeline.ingest(list(dataset.corpus.values()))
-        retriever = pipeline.retriever(recall_k=points[-1])
         ranker = reranker or pipeline.reranker()
         # Room for every pair of the evaluation, cascade included: each pair is scored once whatever the user's cache.
-        sweep_ranker = ranker.with_score_cache(ScoreCache(max(1, 2 * points[-1] * len(dataset.queries))))
-        traces = [
-            trace_query(query_id, dataset.queries[query_id], retriever, sweep_ranker, points)
-            for query_id in tqdm(dataset.queries, desc="evaluating", unit="query", disable=not settings.show_progress)
-        ]
-    return build_report(
-        traces,
-        dataset.qrels,
-        dataset=dataset.name,
-        points=points,
-        operating_recall_k=operating,
-        top_k=ranker.top_k,
-        knee_tolerance=knee_tolerance,
-        settings=eval_settings.to_dict(),
-        ingest=ingested.to_dict(),
-    )
+        pairs = 2 * points[-1] * len(dataset.queries) * len(modes)
+        sweep_ranker = ranker.with_score_cache(ScoreCache(max(1, pairs)))
+        for mode in modes:
+            retriever = pipeline.retriever(recall_k=points[-1], stage1_mode=mode)
+            queries = tqdm(
+                dataset.queries, desc=f"evaluating ({mode})", unit="query", disable=not settings.show_progress
+            )
+            traces = [trace_query(qid, dataset.queries[qid], retriever, sweep_ranker, points) for qid in queries]
+            reports[mode] = build_report(
+                traces,
+                dataset.qrels,
+                dataset=dataset.name,
+                points=points,
+                operating_recall_k=operating,
+                top_k=ranker.top_k,
+                knee_tolerance=knee_tolerance,
+                settings=eval_settings.model_copy(update={"stage1_mode": mode}).to_dict(),
+                ingest=ingested.to_dict(),
+            )
+    return reports

@@ -10,7 +10,7 @@ is the measured cumulative time of the calls up to k: what was newly scored at e
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llama_index_twostage.errors import ConfigurationError
 
@@ -22,6 +22,7 @@ class QueryTrace:
     ``candidates`` are doc ids in stage-1 order (rank 1 first). Per sweep point: ``rankings`` is what the reranker
     ranked (best first, before the cut to top_k: fewer than recall_k when the cascade or the threshold set some
     aside), ``pairs_scored`` the pairs its ranking scorer read, ``stage2_ms`` the cumulative scoring time.
+    ``found_by`` names, per candidate, the side of stage 1 that found it (``dense``, ``lexical`` or ``both``).
     """
 
     query_id: str
@@ -30,6 +31,7 @@ class QueryTrace:
     pairs_scored: dict[int, int]
     stage1_ms: float
     stage2_ms: dict[int, float]
+    found_by: dict[str, str] = field(default_factory=dict)
 
     def _point(self, recall_k: int) -> int:
         if recall_k not in self.rankings:

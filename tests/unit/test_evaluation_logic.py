@@ -152,7 +152,7 @@ def test_report_json_has_the_documented_schema(tmp_path: Path) -> None:
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == sorted(paths)
     data = json.loads(paths["report.json"].read_text())
     assert set(data) == {
-        "schema_version", "dataset", "queries", "top_k", "recall_k", "stage1", "two_stage", "sweep",
+        "schema_version", "dataset", "stage1_mode", "queries", "top_k", "recall_k", "stage1", "two_stage", "sweep",
         "recommended_recall_k", "knee_tolerance", "diagnosis", "ingest", "settings",
     }  # fmt: skip
     assert (data["dataset"], data["queries"], data["top_k"], data["recall_k"]) == ("toy", 2, 1, 4)

@@ -13,6 +13,7 @@ from llama_index_twostage.evaluation.metrics import (
     ndcg_at_k,
     per_query_metrics,
     recall_at_k,
+    recall_curve,
     relevant_ranks,
 )
 
@@ -130,3 +131,15 @@ def test_evaluate_run_with_no_judged_queries_is_all_zero() -> None:
         "mrr@10": 0.0,
         "recall@5": 0.0,
     }
+
+
+def test_recall_curve_by_hand() -> None:
+    """q: a@1 and b@3 of three relevant; r: its only relevant doc at 1; u: none retrieved; s: nothing relevant
+    (excluded). Recall@k averaged over q, r and u."""
+    run = {"q": ["a", "x", "b"], "r": ["z"], "u": ["x"]}
+    qrels = {"q": {"a": 1, "b": 2, "c": 1}, "r": {"z": 1}, "u": {"w": 1}, "s": {"a": 0}}
+    curve = recall_curve(run, qrels, 4)
+    assert curve == pytest.approx([(1 / 3 + 1) / 3, (1 / 3 + 1) / 3, (2 / 3 + 1) / 3, (2 / 3 + 1) / 3])
+    judged = ["q", "r", "u"]
+    for k in range(1, 5):
+        assert curve[k - 1] == pytest.approx(sum(recall_at_k(run[q], qrels[q], k) for q in judged) / 3)
