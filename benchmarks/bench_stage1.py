@@ -1,17 +1,23 @@
 """Stage-1 and ingestion benchmark: what our retriever and ingestion add over their engines, and how Chroma scales.
 
-1. Ingestion: ``ingest_documents`` docs/s vs raw batched ``SentenceTransformer.encode`` docs/s on the same texts.
-2. Query latency on that collection, same queries, taking turns: ours (``ChromaRecallRetriever``) vs raw
-   (``SentenceTransformer.encode`` of the query + ``collection.query``) vs LlamaIndex ``VectorIndexRetriever`` over
-   ``ChromaVectorStore`` on the same collection.
+1. Ingestion: our docs/s writing both indexes (Chroma + BM25, the default) and Chroma alone, vs raw batched
+   ``SentenceTransformer.encode`` docs/s on the same texts.
+2. Query latency on that collection, same queries, taking turns: ours dense (``ChromaRecallRetriever``), ours
+   hybrid (``HybridRecallRetriever``: dense + BM25, fused), the BM25 search alone, raw (``SentenceTransformer.encode``
+   of the query + ``collection.query``) and LlamaIndex ``VectorIndexRetriever`` over ``ChromaVectorStore``.
 3. Scale: raw Chroma p50 and recall@recall_k against exact search as the store grows (``--scales``), at each HNSW
    search breadth in ``--ef-search`` (the store is built once per size, then reopened with each breadth: a running
    process does not see a changed ``ef_search``). The vectors are SciFact's real document embeddings plus
    noise-perturbed, unit-normalised copies of them (synthetic: they say how HNSW behaves at that size, not what
    SciFact would retrieve).
+4. Lexical scale (``--lexical-scale``): a Chroma collection of that many chunks (SciFact's documents and embeddings,
+   copied with a copy-number word added: synthetic) and its BM25 index built from Chroma as ``twostage reindex``
+   does. Prints the rebuild time, index size on disk, process memory, the reconcile check that every ingestion
+   runs (ids and doc hashes of both compared), BM25 query p50, and dense vs hybrid stage-1 p50 at that size.
 
     python benchmarks/bench_stage1.py --corpus-size 1000 --scales 10000,100000,1000000 --ef-search 100,500,1000
     python benchmarks/bench_stage1.py --sections latency      # only the stage-1 latency comparison
+    python benchmarks/bench_stage1.py --sections lexical --lexical-scale 100000
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ from sentence_transformers import SentenceTransformer
 from llama_index_twostage import ModelPool, RetrieverSettings, TwoStagePipeline
 from llama_index_twostage.evaluation import load_beir
 from llama_index_twostage.evaluation.runner import WHOLE_DOCUMENT_CHUNK
+from llama_index_twostage.ingest import Chunking, ingest_into
+from llama_index_twostage.models import embedding_dimension, embedding_model_name
+from llama_index_twostage.store import CollectionContract, find_drift
+from llama_index_twostage.store.contract import HASH_KEY, SOURCE_KEY
 from llama_index_twostage.timing import Stopwatch
 
 
@@ -48,30 +58,46 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ef-search", default="100,1000", help="HNSW search breadths of the scale runs")
     parser.add_argument("--max-neighbors", type=int, default=None, help="HNSW links per vector (unset: Chroma's)")
     parser.add_argument("--ef-construction", type=int, default=None, help="HNSW build breadth (unset: Chroma's)")
-    parser.add_argument("--sections", default="ingestion,latency,scale", help="which parts to run (comma-separated)")
+    parser.add_argument("--lexical-scale", type=int, default=100_000, help="chunks of the lexical scale run")
+    parser.add_argument(
+        "--sections", default="ingestion,latency,scale,lexical", help="which parts to run (comma-separated)"
+    )
     return parser.parse_args()
 
 
 def ingestion(
     documents: list, settings: RetrieverSettings, encoder: SentenceTransformer, models: ModelPool, rounds: int = 2
 ) -> None:
-    """docs/s of raw encode and of ours, taking turns ``rounds`` times (ours into a fresh collection each time, the
-    last being the one the latency section reads), so a change in background load hits both alike."""
+    """docs/s of raw encode, of ours into Chroma alone and of ours into both indexes, taking turns ``rounds`` times
+    (ours into fresh collections each time, the last being the one the latency section reads), so a change in
+    background load hits all alike."""
     texts = [document.text for document in documents]
-    raw_ms, our_ms = 0.0, 0.0
+    spent = {"raw encode": 0.0, "ours, Chroma only": 0.0, "ours, Chroma + BM25": 0.0}
     for round_ in range(rounds, 0, -1):
         with Stopwatch() as raw:
             encoder.encode(texts, batch_size=settings.embed_batch_size, normalize_embeddings=True)
-        target = settings if round_ == 1 else settings.model_copy(update={"collection": f"ingest-round-{round_}"})
-        with TwoStagePipeline(target, models=models) as pipeline:
-            _ = pipeline.embed_model  # loaded once for all rounds, before timing (raw encode's model is loaded too)
-            with Stopwatch() as ours:
-                pipeline.ingest(documents)
-        raw_ms, our_ms = raw_ms + raw.ms, our_ms + ours.ms
-    raw_rate, our_rate = rounds * len(texts) / raw_ms * 1000, rounds * len(texts) / our_ms * 1000
+        spent["raw encode"] += raw.ms
+        for name, lexical in (("ours, Chroma only", False), ("ours, Chroma + BM25", True)):
+            last = round_ == 1 and lexical
+            target = settings if last else settings.model_copy(update={"collection": f"ingest-{round_}-{lexical}"})
+            with TwoStagePipeline(target, models=models) as pipeline:
+                embed_model = pipeline.embed_model  # loaded before timing, as raw encode's model is
+                with Stopwatch() as ours:
+                    ingest_into(
+                        pipeline.store,
+                        embed_model,
+                        documents,
+                        chunking=Chunking(target.chunk_size, target.chunk_overlap),
+                        show_progress=False,
+                        lexical=pipeline.lexical if lexical else None,
+                    )
+            spent[name] += ours.ms
+    rates = {name: rounds * len(texts) / ms * 1000 for name, ms in spent.items()}
+    both, alone = rates["ours, Chroma + BM25"], rates["ours, Chroma only"]
     print(
-        f"ingestion ({rounds} rounds): raw encode {raw_rate:.1f} docs/s, ours {our_rate:.1f} docs/s, "
-        f"ours/raw {our_rate / raw_rate:.2f}"
+        f"ingestion ({rounds} rounds): "
+        + ", ".join(f"{name} {rate:.1f} docs/s" for name, rate in rates.items())
+        + f"; both/Chroma only {both / alone:.2f}, both/raw {both / rates['raw encode']:.2f}"
     )
 
 
@@ -93,7 +119,6 @@ def query_latency(
 ) -> None:
     pipeline = TwoStagePipeline(settings, models=models)
     collection = pipeline.store.open_collection()
-    ours = pipeline.retriever()
     embed = HuggingFaceEmbedding(model_name=settings.embed_model)
     stock = VectorStoreIndex.from_vector_store(ChromaVectorStore(chroma_collection=collection), embed_model=embed)
     stock_retriever = stock.as_retriever(similarity_top_k=settings.recall_k)
@@ -102,11 +127,23 @@ def query_latency(
         vector = encoder.encode([query], normalize_embeddings=True)
         return collection.query(query_embeddings=vector, n_results=settings.recall_k)
 
-    times = latencies({"raw": raw, "ours": ours.retrieve, "llamaindex": stock_retriever.retrieve}, queries)
-    base = statistics.median(times["raw"])
+    contenders = {
+        "raw": raw,
+        "ours dense": pipeline.retriever(stage1_mode="dense").retrieve,
+        "ours hybrid": pipeline.retriever(stage1_mode="hybrid").retrieve,
+        "BM25 alone": lambda query: pipeline.lexical.search(query, settings.recall_k),
+        "llamaindex": stock_retriever.retrieve,
+    }
+    print_latencies(latencies(contenders, queries), anchors=("raw", "ours dense"))
+
+
+def print_latencies(times: dict[str, list[float]], anchors: tuple[str, ...]) -> None:
+    """p50/p95 per contender and p50 ratios against both anchors."""
+    base = {anchor: statistics.median(times[anchor]) for anchor in anchors}
     for name, values in times.items():
         p50 = statistics.median(values)
-        print(f"stage 1 {name:>10}: p50 {p50:.1f} ms, p95 {percentile(values, 95):.1f} ms, p50/raw {p50 / base:.2f}")
+        ratios = ", ".join(f"p50/{anchor} {p50 / base[anchor]:.2f}" for anchor in anchors)
+        print(f"stage 1 {name:>12}: p50 {p50:.1f} ms, p95 {percentile(values, 95):.1f} ms, {ratios}")
 
 
 def synthetic(vectors: np.ndarray, size: int, noise: float, rng: np.random.Generator) -> np.ndarray:
@@ -164,6 +201,62 @@ def scale_rows(
     return rows
 
 
+def rss_mb() -> float:
+    """This process's resident memory, from /proc (Linux)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) / 1024
+
+
+def lexical_scale(
+    size: int,
+    documents: list,
+    settings: RetrieverSettings,
+    encoder: SentenceTransformer,
+    models: ModelPool,
+    queries: list[str],
+) -> None:
+    """Chroma with ``size`` synthetic chunks, its BM25 index rebuilt from it, and what that costs at query time."""
+    texts = [document.text for document in documents]
+    vectors = encoder.encode(texts, normalize_embeddings=True)
+    scaled = settings.model_copy(update={"collection": "lexical-scale", "upsert_batch_size": 5000})
+    with TwoStagePipeline(scaled, models=models) as pipeline:
+        collection = pipeline.store.client.create_collection(
+            "lexical-scale", configuration={"hnsw": {"space": "cosine"}}, metadata=contract_of(pipeline).to_metadata()
+        )
+        with Stopwatch() as chroma_build:
+            for start in range(0, size, 5000):
+                rows = range(start, min(start + 5000, size))
+                collection.add(
+                    ids=[f"chunk-{row}" for row in rows],
+                    embeddings=vectors[[row % len(texts) for row in rows]],
+                    documents=[f"{texts[row % len(texts)]} copy{row // len(texts)}" for row in rows],
+                    metadatas=[{HASH_KEY: f"hash-{row}", SOURCE_KEY: f"doc-{row}"} for row in rows],
+                )
+        before = rss_mb()
+        with Stopwatch() as rebuild_watch:
+            pipeline.reindex()
+        folder = pipeline.lexical.path
+        on_disk = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) / 1e6
+        with Stopwatch() as drift_watch:
+            drift = find_drift(pipeline.store, collection, pipeline.lexical, 5000)
+        print(
+            f"lexical scale ({size:,} synthetic chunks; Chroma add {chroma_build.ms / 1000:.0f} s): reindex from "
+            f"Chroma {rebuild_watch.ms / 1000:.1f} s, index {on_disk:.0f} MB on disk, RSS +{rss_mb() - before:.0f} MB, "
+            f"reconcile check (both sides' ids and hashes) {drift_watch.ms / 1000:.1f} s, in step: {drift.ok}"
+        )
+        contenders = {
+            "ours dense": pipeline.retriever(stage1_mode="dense").retrieve,
+            "ours hybrid": pipeline.retriever(stage1_mode="hybrid").retrieve,
+            "BM25 alone": lambda query: pipeline.lexical.search(query, settings.recall_k),
+        }
+        print_latencies(latencies(contenders, queries), anchors=("ours dense",))
+
+
+def contract_of(pipeline: TwoStagePipeline) -> CollectionContract:
+    model = pipeline.embed_model
+    return CollectionContract(embedding_model_name(model), embedding_dimension(model), "cosine")
+
+
 def main() -> None:
     args = parse_args()
     sections = set(args.sections.split(","))
@@ -186,6 +279,8 @@ def main() -> None:
         ingestion(documents, settings, encoder, models)
     if "latency" in sections:
         query_latency(settings, encoder, models, queries)
+    if "lexical" in sections:
+        lexical_scale(args.lexical_scale, documents, settings, encoder, models, queries)
     if "scale" in sections:
         real = encoder.encode([document.text for document in documents], normalize_embeddings=True)
         query_vectors = encoder.encode(queries, normalize_embeddings=True)
