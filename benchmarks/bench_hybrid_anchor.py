@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from bench_anchor_quality import STOCK_MAX_LENGTH, Pipeline, corpus_subset, run, stock
+from bench_anchor_quality import STOCK_MAX_LENGTH, Pipeline, corpus_subset, print_table, run, stock
 from bench_rerank import data_parser
 from llama_index.core.schema import Document
 
 from llama_index_twostage import ModelPool, RetrieverSettings, TwoStagePipeline
-from llama_index_twostage.evaluation import RetrievalDataset, evaluate_run, load_beir
+from llama_index_twostage.evaluation import RetrievalDataset, load_beir
 from llama_index_twostage.evaluation.metrics import recall_curve
 from llama_index_twostage.evaluation.runner import WHOLE_DOCUMENT_CHUNK
 from llama_index_twostage.stage2.auto import cpu
@@ -93,15 +91,7 @@ def main() -> None:
             f"ours hybrid, recall_k={recall_k}": ours(pipeline, settings, recall_k, "hybrid"),
         }
         rankings, times = run(pipelines, test.queries)
-    anchor = next(iter(pipelines))
-    p50 = {name: statistics.median(values) for name, values in times.items()}
-    print("| pipeline | nDCG@10 | p50 ms/query | p95 ms | p50 / stock |\n|---|---|---|---|---|")
-    for name in pipelines:
-        ndcg = evaluate_run(rankings[name], test.qrels)["ndcg@10"]
-        print(
-            f"| {name} | {ndcg:.4f} | {p50[name]:,.0f} | {float(np.percentile(times[name], 95)):,.0f} | "
-            f"{p50[name] / p50[anchor]:.2f} |"
-        )
+    print_table(rankings, times, test.qrels)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,16 @@ def lexical_record(record_id: str, document: str | None, metadata: dict[str, Any
     return LexicalRecord(record_id, model_text(node) or "", str((metadata or {}).get(HASH_KEY) or ""))
 
 
+def named_ids(*kinds: tuple[Sequence[str], str]) -> list[str]:
+    """``"<count> <what>: <first ids>"`` for each kind of problem that has ids."""
+    lines = []
+    for ids, what in kinds:
+        if ids:
+            more = ", ..." if len(ids) > _SHOWN_IDS else ""
+            lines.append(f"{len(ids)} {what}: {', '.join(ids[:_SHOWN_IDS])}{more}")
+    return lines
+
+
 @dataclass(frozen=True)
 class LexicalDrift:
     """How the lexical index differs from Chroma; ``ok`` when it holds exactly Chroma's records and versions."""
@@ -53,16 +63,11 @@ class LexicalDrift:
     @property
     def problems(self) -> list[str]:
         """One line per kind of difference, with a few of the ids concerned."""
-        found = []
-        for ids, what in (
+        return named_ids(
             (self.missing, "records missing from the lexical index"),
             (self.extra, "lexical records of chunks Chroma no longer holds"),
             (self.changed, "lexical records of an older version of their chunk"),
-        ):
-            if ids:
-                more = ", ..." if len(ids) > _SHOWN_IDS else ""
-                found.append(f"{len(ids)} {what}: {', '.join(ids[:_SHOWN_IDS])}{more}")
-        return found
+        )
 
 
 def chroma_versions(store: ChromaStore, collection: Collection, page_size: int) -> dict[str, str]:

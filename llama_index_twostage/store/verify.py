@@ -21,12 +21,10 @@ from llama_index_twostage.store.contract import (
     model_identity,
 )
 from llama_index_twostage.store.lexical import LexicalIndex
-from llama_index_twostage.store.reconcile import LexicalDrift, find_drift
+from llama_index_twostage.store.reconcile import LexicalDrift, find_drift, named_ids
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
-
-_SHOWN_IDS = 5
 
 
 @dataclass
@@ -60,15 +58,12 @@ class VerifyReport:
     def problems(self) -> list[str]:
         """One line per kind of problem, with a few of the ids concerned."""
         found = [self.contract_problem] if self.contract_problem else []
-        for ids, what in (
+        found += named_ids(
             (self.bad_embeddings, f"chunks without a {self.dimension}-dimensional embedding"),
             (self.orphans, "stale chunks of an older version of their document (re-run ingest to remove them)"),
             (self.incomplete_sources, "documents missing chunks of their newest version (re-run ingest)"),
             (self.sourceless, "chunks without a source document id"),
-        ):
-            if ids:
-                more = ", ..." if len(ids) > _SHOWN_IDS else ""
-                found.append(f"{len(ids)} {what}: {', '.join(ids[:_SHOWN_IDS])}{more}")
+        )
         if self.lexical is not None and not self.lexical.ok:
             found += [f"{line} (run `twostage verify --repair`)" for line in self.lexical.problems]
         return found
