@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 NO_TERMS = "no searchable terms in the query (only stop words or punctuation): dense candidates only"
-_WIDENING = 4  # with filters, lexical hits that fail them are replaced by asking for this many times more
+_WIDENING = 4  # with filters, lexical hits that fail them are replaced by asking for this many times more ...
+_DEEPEST = 64  # ... down to this many times recall_k: a filter that passes fewer hits leaves the lexical side short
 
 
 def found_by(info: dict[str, Any]) -> str:
@@ -111,8 +112,11 @@ class HybridRecallRetriever(BaseRetriever):
         return self.lexical.search(text, limit)
 
     def _widened(self, hits: LexicalHits, checked: Recalled, limit: int) -> int | None:
-        """The next, larger limit when filters left fewer than ``recall_k`` hits and the index has more; else None."""
-        return limit * _WIDENING if len(checked.ids) < self.recall_k and len(hits.ids) == limit else None
+        """The next, larger limit when filters left fewer than ``recall_k`` hits and the index has more, down to
+        ``_DEEPEST`` times recall_k (each step reads its hits back from Chroma); else None."""
+        wider = limit * _WIDENING
+        short = len(checked.ids) < self.recall_k and len(hits.ids) == limit
+        return wider if short and wider <= _DEEPEST * self.recall_k else None
 
     def _lexical_side(self, hits: LexicalHits, checked: Recalled) -> Recalled | None:
         if not hits.terms:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from llama_index_twostage.errors import ConfigurationError, LexicalIndexError
+from llama_index_twostage.stage1 import HybridRecallRetriever, Recalled
 from llama_index_twostage.stage1.fusion import reciprocal_rank_fusion
-from llama_index_twostage.store.lexical import LexicalRecord, TantivyIndex, english_analyzer
+from llama_index_twostage.store.lexical import LexicalHits, LexicalRecord, TantivyIndex, english_analyzer
 
 CORPUS = {
     "a": "Vitamin D supplementation reduces hip fractures in elderly women.",
@@ -155,3 +156,33 @@ def test_fusion_honours_weights() -> None:
 def test_fusion_refuses_bad_parameters(weights: dict[str, float], k: float) -> None:
     with pytest.raises(ConfigurationError):
         reciprocal_rank_fusion({"dense": ["a"], "lexical": ["b"]}, weights, k=k)
+
+
+class EndlessIndex:
+    """A lexical index with more hits than asked for, whatever the limit (records the limits asked)."""
+
+    def __init__(self) -> None:
+        self.limits: list[int] = []
+
+    def search(self, query: str, limit: int) -> LexicalHits:
+        self.limits.append(limit)
+        return LexicalHits([f"id-{i}" for i in range(limit)], [1.0] * limit, terms=1)
+
+
+class RejectingChroma:
+    """The dense side's read-back: a filter that passes none of the lexical hits."""
+
+    recall_k = 10
+    callback_manager = None
+
+    def fetch(self, ids: list[str]) -> Recalled:
+        return Recalled([], [], [], [])
+
+
+def test_a_selective_filter_widens_the_lexical_search_within_a_bound() -> None:
+    index = EndlessIndex()
+    hybrid = HybridRecallRetriever(RejectingChroma(), index)  # type: ignore[arg-type]
+    hybrid._in_step = True  # no Chroma to reconcile with here
+    side = hybrid.lexical_candidates("vitamin")
+    assert side is not None and side.ids == []
+    assert index.limits == [10, 40, 160, 640]  # x4 each time, at most 64 x recall_k
