@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from chromadb.api.models.Collection import Collection
 from llama_index.core import Document, StorageContext, VectorStoreIndex
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.postprocessor import SentenceTransformerRerank
@@ -79,9 +80,11 @@ def ours(documents: list[Document], settings: RetrieverSettings) -> dict[str, Pi
     }
 
 
-def stock(documents: list[Document], settings: RetrieverSettings) -> Pipeline:
-    """LlamaIndex as its documentation wires it, on the same embedded Chroma store."""
-    collection = ChromaStore.from_settings(settings).client.get_or_create_collection(f"{settings.collection}-stock")
+def stock(documents: list[Document], settings: RetrieverSettings, collection: Collection | None = None) -> Pipeline:
+    """LlamaIndex as its documentation wires it, on the same embedded Chroma store: its own collection, or
+    ``collection`` (one our ingestion wrote, which ``ChromaVectorStore`` reads as its own: the same vectors)."""
+    if collection is None:
+        collection = ChromaStore.from_settings(settings).client.get_or_create_collection(f"{settings.collection}-stock")
     vector_store = ChromaVectorStore(chroma_collection=collection)
     embed_model = HuggingFaceEmbedding(model_name=settings.embed_model)
     if collection.count():

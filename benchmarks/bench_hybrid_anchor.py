@@ -3,11 +3,13 @@
 1. Calibrate on the train split (not the measured queries): the smallest recall_k at which our hybrid stage 1
    reaches the recall@100 of dense stage 1, over the same corpus.
 2. Measure on the test split, queries alternating between pipelines, each warmed up first, all exact fp32 scores:
-   stock LlamaIndex (``VectorStoreIndex`` over ``ChromaVectorStore`` + ``SentenceTransformerRerank``) at
-   recall_k=100; ours dense at recall_k=100 (what our own overhead is); ours hybrid at the calibrated recall_k.
-   Prints nDCG@10 and p50/p95 per query, and p50 / stock.
+   stock LlamaIndex (``VectorStoreIndex`` over ``ChromaVectorStore`` on the collection our ingestion wrote, so the
+   same vectors, + ``SentenceTransformerRerank``) at recall_k=100; ours dense at recall_k=100 (what our own
+   overhead is); ours hybrid at the calibrated recall_k. Prints nDCG@10 and p50/p95 per query, and p50 / stock.
 
     python benchmarks/bench_hybrid_anchor.py --limit 20 --corpus-size 0 --persist-dir /tmp/hybrid-anchor
+    # reuse `twostage eval`'s embeddings of SciFact:
+    python benchmarks/bench_hybrid_anchor.py --persist-dir .twostage/chroma --collection eval-scifact-all-MiniLM-L6-v2
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--corpus-size", type=int, default=0, help="documents to ingest (0: the whole corpus)")
     parser.add_argument("--calibration-queries", type=int, default=200, help="train queries to pick recall_k on")
     parser.add_argument("--persist-dir", type=Path, default=None, help="Chroma folder (default: a fresh temp dir)")
+    parser.add_argument(
+        "--collection", default="hybrid-anchor", help="e.g. an evaluation's collection, to reuse its embeddings"
+    )
     return parser.parse_args()
 
 
@@ -68,7 +73,7 @@ def main() -> None:
         embed_model=args.embed_model,
         rerank_model=args.rerank_model,
         persist_dir=args.persist_dir or Path(tempfile.mkdtemp(prefix="hybrid-anchor-")),
-        collection="hybrid-anchor",
+        collection=args.collection,
         top_k=args.top_k,
         recall_k=DEPTH,
         max_length=STOCK_MAX_LENGTH,
@@ -86,7 +91,7 @@ def main() -> None:
             f"test queries, top_k={args.top_k}, fp32 scores"
         )
         pipelines = {
-            f"stock LlamaIndex, recall_k={DEPTH}": stock(documents, settings),
+            f"stock LlamaIndex, recall_k={DEPTH}": stock(documents, settings, pipeline.store.open_collection()),
             f"ours dense, recall_k={DEPTH}": ours(pipeline, settings, DEPTH, "dense"),
             f"ours hybrid, recall_k={recall_k}": ours(pipeline, settings, recall_k, "hybrid"),
         }
