@@ -126,22 +126,36 @@ class HybridRecallRetriever(BaseRetriever):
         ids = checked.ids[kept]
         return Recalled(ids, checked.documents[kept], checked.metadatas[kept], [scores[node_id] for node_id in ids])
 
-    def lexical_candidates(self, text: str) -> Recalled | None:
+    @staticmethod
+    def _unknown(hits: LexicalHits, known: Recalled | None) -> list[str]:
+        """The hits to read back from Chroma: those the dense side did not already return."""
+        held = set(known.ids) if known is not None else set()
+        return [node_id for node_id in hits.ids if node_id not in held]
+
+    @staticmethod
+    def _checked(hits: LexicalHits, known: Recalled | None, fetched: Recalled) -> Recalled:
+        """The hits Chroma holds and the filters pass, in BM25 order: records the dense side returned (they passed
+        the same filters) and those read back."""
+        records = {**fetched.records(), **(known.records() if known is not None else {})}
+        ids = [node_id for node_id in hits.ids if node_id in records]
+        return Recalled(ids, [records[node_id][0] for node_id in ids], [records[node_id][1] for node_id in ids], [])
+
+    def lexical_candidates(self, text: str, known: Recalled | None = None) -> Recalled | None:
         """BM25's ``recall_k`` best records that Chroma holds and the filters pass; None when the query has no
-        searchable terms."""
+        searchable terms. ``known``: the dense side's candidates, whose records need no second read."""
         limit: int | None = self.recall_k
         while limit:
             hits = self._search(text, limit)
-            checked = self.dense.fetch(hits.ids)
+            checked = self._checked(hits, known, self.dense.fetch(self._unknown(hits, known)))
             limit = self._widened(hits, checked, limit)
         return self._lexical_side(hits, checked)
 
-    async def alexical_candidates(self, text: str) -> Recalled | None:
+    async def alexical_candidates(self, text: str, known: Recalled | None = None) -> Recalled | None:
         """:meth:`lexical_candidates`; the index is searched in a worker thread, Chroma read by its async client."""
         limit: int | None = self.recall_k
         while limit:
             hits = await asyncio.to_thread(self._search, text, limit)
-            checked = await self.dense.afetch(hits.ids)
+            checked = self._checked(hits, known, await self.dense.afetch(self._unknown(hits, known)))
             limit = self._widened(hits, checked, limit)
         return self._lexical_side(hits, checked)
 
@@ -174,17 +188,19 @@ class HybridRecallRetriever(BaseRetriever):
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         text = query_text(query_bundle)
         with Stopwatch() as watch:
-            lexical = self.lexical_candidates(text)
-            dense = self.dense.recall(query_bundle) if self.mode == "hybrid" or lexical is None else None
+            dense = self.dense.recall(query_bundle) if self.mode == "hybrid" else None
+            lexical = self.lexical_candidates(text, known=dense)
+            if lexical is None and dense is None:  # lexical mode, a query without terms: dense after all
+                dense = self.dense.recall(query_bundle)
         return self._fuse(dense, lexical, watch.ms)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        """Both sides at once: the lexical search in a worker thread while the dense side awaits Chroma."""
+        """The dense side first (its records need no second read), then BM25 in a worker thread and the read-back
+        through Chroma's async client: nothing blocks the event loop."""
         text = query_text(query_bundle)
         with Stopwatch() as watch:
-            if self.mode == "hybrid":
-                lexical, dense = await asyncio.gather(self.alexical_candidates(text), self.dense.arecall(query_bundle))
-            else:
-                lexical = await self.alexical_candidates(text)
-                dense = await self.dense.arecall(query_bundle) if lexical is None else None
+            dense = await self.dense.arecall(query_bundle) if self.mode == "hybrid" else None
+            lexical = await self.alexical_candidates(text, known=dense)
+            if lexical is None and dense is None:
+                dense = await self.dense.arecall(query_bundle)
         return self._fuse(dense, lexical, watch.ms)
