@@ -157,7 +157,8 @@ class ChromaRecallRetriever(BaseRetriever):
         return self.embed_model.get_query_embedding(text)
 
     def _explain_short(self, returned: int, count: int) -> None:
-        """Fewer than ``recall_k`` came back: an empty collection is an error, a small one is said in a warning.
+        """Fewer than ``recall_k`` came back: an empty collection is an error; a small one, or an approximate index
+        that found fewer than the collection holds (candidates lost before any reranker), is said in a warning.
 
         Only then is the collection counted, so a normal query costs Chroma one request, not two.
         """
@@ -165,13 +166,24 @@ class ChromaRecallRetriever(BaseRetriever):
             raise CollectionNotFoundError(
                 f"collection {self.store.collection_name!r} is empty: ingest documents first (`twostage ingest PATH`)"
             )
-        if self._where is None:
+        if self._where is not None:
+            return
+        if count > returned:
             logger.warning(
-                "recall_k=%d but collection %r holds only %d nodes: returning all of them",
+                "recall_k=%d but Chroma's approximate index returned only %d of the %d nodes in collection %r: raise "
+                "hnsw_ef_search (or rebuild the collection with a wider hnsw_ef_construction)",
                 self.recall_k,
-                self.store.collection_name,
                 returned,
+                count,
+                self.store.collection_name,
             )
+            return
+        logger.warning(
+            "recall_k=%d but collection %r holds only %d nodes: returning all of them",
+            self.recall_k,
+            self.store.collection_name,
+            returned,
+        )
 
     def _query(self, collection: Any, embedding: list[float]) -> Any:
         """``collection.query`` for the ``recall_k`` nearest (a sync call, or a coroutine on the async client)."""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from llama_index.core.schema import IndexNode, MetadataMode, NodeRelationship, RelatedNodeInfo, TextNode
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
 from llama_index_twostage.nodes import STAGE_KEY, node_from_record
+from llama_index_twostage.stage1 import ChromaRecallRetriever
+from llama_index_twostage.store import ChromaStore
 
 
 def stored(node: TextNode) -> tuple[str, str, dict]:
@@ -81,3 +85,15 @@ def test_stage_info_reaches_every_kind_of_record(kind):
     rebuilt = node_from_record(node_id, document, metadata, {"stage1_rank": 1})
     assert rebuilt.node_id == node_id and rebuilt.metadata[STAGE_KEY] == {"stage1_rank": 1}
     assert STAGE_KEY in rebuilt.excluded_llm_metadata_keys and STAGE_KEY not in metadata
+
+
+def test_an_index_that_finds_fewer_than_the_collection_holds_is_named(hash_embedding, caplog) -> None:
+    """Fewer than recall_k back from a large collection: the approximate index lost candidates (say what to raise);
+    from a small collection: it simply holds no more."""
+    retriever = ChromaRecallRetriever(ChromaStore("warned", mode="memory"), hash_embedding, recall_k=100)
+    with caplog.at_level(logging.WARNING):
+        retriever._explain_short(returned=74, count=100_000)
+        retriever._explain_short(returned=12, count=12)
+    first, second = caplog.messages
+    assert "approximate index returned only 74 of the 100000 nodes" in first and "hnsw_ef_search" in first
+    assert "holds only 12 nodes" in second
