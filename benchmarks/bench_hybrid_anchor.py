@@ -20,14 +20,13 @@ import tempfile
 from pathlib import Path
 
 from bench_anchor_quality import STOCK_MAX_LENGTH, Pipeline, corpus_subset, print_table, run, stock
-from bench_rerank import data_parser
+from bench_rerank import cpu_header, data_parser
 from llama_index.core.schema import Document
 
 from llama_index_twostage import ModelPool, RetrieverSettings, TwoStagePipeline
 from llama_index_twostage.evaluation import RetrievalDataset, load_beir
 from llama_index_twostage.evaluation.metrics import recall_curve
 from llama_index_twostage.evaluation.runner import WHOLE_DOCUMENT_CHUNK
-from llama_index_twostage.stage2.auto import cpu
 
 DEPTH = 100  # the stock pipeline's recall_k, and the recall ceiling hybrid is held to
 
@@ -85,8 +84,9 @@ def main() -> None:
     with TwoStagePipeline(settings, models=ModelPool()) as pipeline:
         pipeline.ingest(documents)
         recall_k, target = matching_recall_k(pipeline, calibration)
+        print(cpu_header())
         print(
-            f"{cpu()}\n{len(documents)} documents; calibrated on {len(calibration.queries)} train queries: hybrid "
+            f"{len(documents)} documents; calibrated on {len(calibration.queries)} train queries: hybrid "
             f"reaches dense recall@{DEPTH} ({target:.4f}) at recall_k={recall_k}; measured on {len(test.queries)} "
             f"test queries, top_k={args.top_k}, fp32 scores"
         )
