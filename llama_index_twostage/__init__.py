@@ -2,7 +2,8 @@
 
 Data flows one way::
 
-    documents -> ingest -> ChromaStore -> ChromaRecallRetriever (stage 1, recall_k)
+    documents -> ingest -> ChromaStore + TantivyIndex (BM25, kept in step)
+              -> HybridRecallRetriever / ChromaRecallRetriever (stage 1, recall_k)
               -> CrossEncoderRerank (stage 2, top_k) -> RetrieverQueryEngine / TwoStageRetriever
 
 ``TwoStagePipeline`` builds and owns that graph from one ``RetrieverSettings``.
@@ -17,6 +18,7 @@ from llama_index_twostage.errors import (
     DocumentError,
     EmptyQueryError,
     InvalidQueryError,
+    LexicalIndexError,
     ModelLoadError,
     ModelOutputError,
     RerankAuthenticationError,
@@ -37,7 +39,7 @@ from llama_index_twostage.pipeline import (
     verify_collection_integrity,
 )
 from llama_index_twostage.settings import RetrieverSettings
-from llama_index_twostage.stage1 import ChromaRecallRetriever
+from llama_index_twostage.stage1 import ChromaRecallRetriever, HybridRecallRetriever
 from llama_index_twostage.stage2 import (
     CrossEncoderRerank,
     CrossEncoderScorer,
@@ -46,7 +48,7 @@ from llama_index_twostage.stage2 import (
     PairTemplate,
     ScoreCache,
 )
-from llama_index_twostage.store import ChromaStore, VerifyReport
+from llama_index_twostage.store import ChromaStore, LexicalIndex, TantivyIndex, VerifyReport
 
 __all__ = [
     "STAGE_KEY",
@@ -56,6 +58,9 @@ __all__ = [
     "Chunking",
     "CrossEncoderScorer",
     "HttpRerankScorer",
+    "HybridRecallRetriever",
+    "LexicalIndex",
+    "LexicalIndexError",
     "ModelPool",
     "PairScorer",
     "PairTemplate",
@@ -75,6 +80,7 @@ __all__ = [
     "RerankAuthenticationError",
     "RerankServerError",
     "RetrieverSettings",
+    "TantivyIndex",
     "TwoStageError",
     "TwoStageRetriever",
     "VerifyReport",
