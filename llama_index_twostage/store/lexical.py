@@ -174,12 +174,17 @@ class TantivyIndex:
             raise LexicalIndexError(
                 f"{self.describe()} is being written by another process ({error}); retry when it has finished"
             ) from error
-        for record_id in ids:
-            writer.delete_documents_by_term("id", record_id)
-        for record in records:
-            writer.add_document(tantivy.Document(id=record.id, doc_hash=record.doc_hash, text=record.text))
-        writer.commit()
-        writer.wait_merging_threads()  # releases the writer lock
+        try:
+            for record_id in ids:
+                writer.delete_documents_by_term("id", record_id)
+            for record in records:
+                writer.add_document(tantivy.Document(id=record.id, doc_hash=record.doc_hash, text=record.text))
+            writer.commit()
+        except BaseException:
+            writer.rollback()  # nothing of this batch lands; the next ingestion's reconciliation sees the gap
+            raise
+        finally:
+            writer.wait_merging_threads()  # releases the writer lock, even when the batch failed
         index.reload()
 
     def add(self, records: Sequence[LexicalRecord]) -> None:

@@ -186,3 +186,11 @@ def test_a_selective_filter_widens_the_lexical_search_within_a_bound() -> None:
     side = hybrid.lexical_candidates("vitamin")
     assert side is not None and side.ids == []
     assert index.limits == [10, 40, 160, 640]  # x4 each time, at most 64 x recall_k
+
+
+def test_a_failed_batch_lands_nothing_and_releases_the_writer(tmp_path: Path) -> None:
+    with TantivyIndex(tmp_path / "failing") as index:
+        with pytest.raises(ValueError):
+            index.add([LexicalRecord("a", "vitamin", ""), LexicalRecord("b", None, "")])  # type: ignore[arg-type]
+        index.add([LexicalRecord("c", "vitamin", "")])  # the lock was released
+        assert sorted(index.versions()) == ["c"]
