@@ -21,7 +21,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index_twostage.errors import ConfigurationError
 from llama_index_twostage.nodes import node_from_record, query_text
 from llama_index_twostage.stage1.fusion import reciprocal_rank_fusion
-from llama_index_twostage.stage1.retriever import ChromaRecallRetriever, Recalled
+from llama_index_twostage.stage1.retriever import ChromaRecallRetriever, Recalled, Record
 from llama_index_twostage.store.chroma import ChromaStore
 from llama_index_twostage.store.lexical import LexicalHits, LexicalIndex
 from llama_index_twostage.store.reconcile import ensure_in_step
@@ -111,53 +111,47 @@ class HybridRecallRetriever(BaseRetriever):
         self._ensure_in_step()
         return self.lexical.search(text, limit)
 
-    def _widened(self, hits: LexicalHits, checked: Recalled, limit: int) -> int | None:
+    def _widened(self, hits: LexicalHits, records: dict[str, Record], limit: int) -> int | None:
         """The next, larger limit when filters left fewer than ``recall_k`` hits and the index has more, down to
         ``_DEEPEST`` times recall_k (each step reads its hits back from Chroma); else None."""
         wider = limit * _WIDENING
-        short = len(checked.ids) < self.recall_k and len(hits.ids) == limit
+        short = sum(node_id in records for node_id in hits.ids) < self.recall_k and len(hits.ids) == limit
         return wider if short and wider <= _DEEPEST * self.recall_k else None
 
-    def _lexical_side(self, hits: LexicalHits, checked: Recalled) -> Recalled | None:
+    def _lexical_side(self, hits: LexicalHits, records: dict[str, Record]) -> Recalled | None:
+        """The best ``recall_k`` hits that Chroma holds and the filters pass, with their BM25 scores."""
         if not hits.terms:
             return None
-        scores = dict(zip(hits.ids, hits.scores))
-        kept = slice(0, self.recall_k)
-        ids = checked.ids[kept]
-        return Recalled(ids, checked.documents[kept], checked.metadatas[kept], [scores[node_id] for node_id in ids])
+        kept = [(node_id, score) for node_id, score in zip(hits.ids, hits.scores) if node_id in records]
+        ids = [node_id for node_id, _ in kept[: self.recall_k]]
+        scores = [score for _, score in kept[: self.recall_k]]
+        return Recalled(ids, [records[i][0] for i in ids], [records[i][1] for i in ids], scores)
 
     @staticmethod
-    def _unknown(hits: LexicalHits, known: Recalled | None) -> list[str]:
-        """The hits to read back from Chroma: those the dense side did not already return."""
-        held = set(known.ids) if known is not None else set()
-        return [node_id for node_id in hits.ids if node_id not in held]
-
-    @staticmethod
-    def _checked(hits: LexicalHits, known: Recalled | None, fetched: Recalled) -> Recalled:
-        """The hits Chroma holds and the filters pass, in BM25 order: records the dense side returned (they passed
-        the same filters) and those read back."""
-        records = {**fetched.records(), **(known.records() if known is not None else {})}
-        ids = [node_id for node_id in hits.ids if node_id in records]
-        return Recalled(ids, [records[node_id][0] for node_id in ids], [records[node_id][1] for node_id in ids], [])
+    def _unknown(hits: LexicalHits, known: dict[str, Record]) -> list[str]:
+        """The hits to read back from Chroma: those the dense side did not already return (with the same filters)."""
+        return [node_id for node_id in hits.ids if node_id not in known]
 
     def lexical_candidates(self, text: str, known: Recalled | None = None) -> Recalled | None:
         """BM25's ``recall_k`` best records that Chroma holds and the filters pass; None when the query has no
         searchable terms. ``known``: the dense side's candidates, whose records need no second read."""
+        records = known.records() if known is not None else {}
         limit: int | None = self.recall_k
         while limit:
             hits = self._search(text, limit)
-            checked = self._checked(hits, known, self.dense.fetch(self._unknown(hits, known)))
-            limit = self._widened(hits, checked, limit)
-        return self._lexical_side(hits, checked)
+            records.update(self.dense.fetch(self._unknown(hits, records)))
+            limit = self._widened(hits, records, limit)
+        return self._lexical_side(hits, records)
 
     async def alexical_candidates(self, text: str, known: Recalled | None = None) -> Recalled | None:
         """:meth:`lexical_candidates`; the index is searched in a worker thread, Chroma read by its async client."""
+        records = known.records() if known is not None else {}
         limit: int | None = self.recall_k
         while limit:
             hits = await asyncio.to_thread(self._search, text, limit)
-            checked = self._checked(hits, known, await self.dense.afetch(self._unknown(hits, known)))
-            limit = self._widened(hits, checked, limit)
-        return self._lexical_side(hits, checked)
+            records.update(await self.dense.afetch(self._unknown(hits, records)))
+            limit = self._widened(hits, records, limit)
+        return self._lexical_side(hits, records)
 
     def _ranking(self, sides: dict[str, Recalled]) -> list[tuple[str, float]]:
         """Fused by reciprocal rank when both sides answered; one side's own order and scores otherwise."""

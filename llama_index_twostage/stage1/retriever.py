@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 _INCLUDE = ["documents", "metadatas", "distances"]
 _RECORD_FIELDS = ["documents", "metadatas"]
+Record = tuple[str | None, dict[str, Any] | None]
+"""A Chroma record's document and metadata."""
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,9 @@ class Recalled:
     scores: list[float]
     notes: dict[str, Any] = field(default_factory=dict)
 
-    def records(self) -> dict[str, tuple[str | None, dict[str, Any] | None]]:
+    def records(self) -> dict[str, Record]:
         """Id -> (document, metadata)."""
-        return {node_id: (doc, meta) for node_id, doc, meta in zip(self.ids, self.documents, self.metadatas)}
+        return dict(zip(self.ids, zip(self.documents, self.metadatas)))
 
 
 def ranked_nodes(recalled: Recalled, elapsed_ms: float) -> list[NodeWithScore]:
@@ -270,17 +272,17 @@ class ChromaRecallRetriever(BaseRetriever):
 
         return await store.awith_retries(search)
 
-    def fetch(self, ids: Sequence[str]) -> Recalled:
-        """The records of ``ids`` that pass this retriever's filters, in the order given, scored 0 (another side's
-        candidates, checked against Chroma: a deleted or filtered-out record is left out)."""
+    def fetch(self, ids: Sequence[str]) -> dict[str, Record]:
+        """The records of ``ids`` that pass this retriever's filters, by id (another side's candidates, checked
+        against Chroma: a deleted or filtered-out record is left out)."""
         if not ids:
-            return Recalled([], [], [], [])
+            return {}
         result = self.store.with_retries(
             lambda: self.collection().get(ids=list(ids), where=self._where, include=_RECORD_FIELDS)
         )
-        return _in_order(ids, result)
+        return _by_id(result)
 
-    async def afetch(self, ids: Sequence[str]) -> Recalled:
+    async def afetch(self, ids: Sequence[str]) -> dict[str, Record]:
         """:meth:`fetch` through the async client in server mode, in a worker thread otherwise."""
         store = self.store
         if store.mode != "server" or not ids:
@@ -290,13 +292,9 @@ class ChromaRecallRetriever(BaseRetriever):
             collection = await self._opened_async_collection()
             return await store.bounded(collection.get(ids=list(ids), where=self._where, include=_RECORD_FIELDS))
 
-        return _in_order(ids, await store.awith_retries(read))
+        return _by_id(await store.awith_retries(read))
 
 
-def _in_order(ids: Sequence[str], result: Any) -> Recalled:
-    """Chroma's ``get`` result in the order of ``ids`` (Chroma returns its own order)."""
-    found = {
-        node_id: (doc, meta) for node_id, doc, meta in zip(result["ids"], result["documents"], result["metadatas"])
-    }
-    kept = [node_id for node_id in ids if node_id in found]
-    return Recalled(kept, [found[i][0] for i in kept], [found[i][1] for i in kept], [0.0] * len(kept))
+def _by_id(result: Any) -> dict[str, Record]:
+    """Chroma's ``get`` result as id -> (document, metadata)."""
+    return dict(zip(result["ids"], zip(result["documents"], result["metadatas"])))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llama_index_twostage.errors import ConfigurationError, LexicalIndexError
-from llama_index_twostage.stage1 import HybridRecallRetriever, Recalled
+from llama_index_twostage.stage1 import HybridRecallRetriever
 from llama_index_twostage.stage1.fusion import reciprocal_rank_fusion
 from llama_index_twostage.store.lexical import LexicalHits, LexicalRecord, TantivyIndex, english_analyzer
 
@@ -175,8 +175,8 @@ class RejectingChroma:
     recall_k = 10
     callback_manager = None
 
-    def fetch(self, ids: list[str]) -> Recalled:
-        return Recalled([], [], [], [])
+    def fetch(self, ids: list[str]) -> dict:
+        return {}
 
 
 def test_a_selective_filter_widens_the_lexical_search_within_a_bound() -> None:
