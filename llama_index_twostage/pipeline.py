@@ -21,6 +21,7 @@ Stage 1 and stage 2 know nothing of each other; only this module wires them. The
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +39,8 @@ from llama_index_twostage.store import (
     LexicalIndex,
     TantivyIndex,
     VerifyReport,
-    find_drift,
     rebuild,
-    repair,
+    reconcile,
     verify_store,
 )
 
@@ -48,6 +48,24 @@ if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
     from llama_index.core.llms import LLM
     from llama_index.core.vector_stores.types import MetadataFilters
+
+
+SERVER_LEXICAL_ROOT = Path("./.twostage/lexical")  # a Chroma server's records, BM25-indexed on this host
+
+
+def lexical_path(settings: RetrieverSettings) -> Path | None:
+    """Where the settings' collection keeps its BM25 index: ``lexical_dir/<collection>``, by default beside an
+    embedded store (``persist_dir/twostage-lexical``) or, for a server, in a local folder per host; None (in memory)
+    for the in-memory store."""
+    if settings.lexical_dir is not None:
+        root = settings.lexical_dir
+    elif settings.chroma_mode == "memory":
+        return None
+    elif settings.chroma_mode == "server":
+        root = SERVER_LEXICAL_ROOT / f"{settings.chroma_host}-{settings.chroma_port}"
+    else:
+        root = settings.persist_dir / "twostage-lexical"
+    return root / settings.collection
 
 
 class TwoStageRetriever(BaseRetriever):
@@ -99,7 +117,7 @@ class TwoStagePipeline:
         self._owns_lexical = lexical is None
         self.models = models if models is not None else ModelPool()
         self.store = store if store is not None else ChromaStore.from_settings(settings)
-        self.lexical: LexicalIndex = lexical if lexical is not None else TantivyIndex.from_settings(settings)
+        self.lexical: LexicalIndex = lexical if lexical is not None else TantivyIndex(lexical_path(settings))
         self.score_cache = ScoreCache(settings.score_cache_size) if settings.score_cache_size else None
         self._embed_model = embed_model
 
@@ -182,15 +200,8 @@ class TwoStagePipeline:
         page_size = self.settings.upsert_batch_size
         if repair_lexical or self.store.mode == "memory":  # an in-memory index is this pipeline's own, built on use
             collection = self.store.with_retries(self.store.open_collection)
-            drift = find_drift(self.store, collection, self.lexical, page_size)
-            repair(
-                self.store,
-                collection,
-                self.lexical,
-                drift,
-                page_size=page_size,
-                show_progress=self.settings.show_progress,
-            )
+            progress = self.settings.show_progress
+            reconcile(self.store, collection, self.lexical, page_size=page_size, show_progress=progress)
         return verify_store(
             self.store, embed_model=self.settings.embed_model, page_size=page_size, lexical=self.lexical
         )

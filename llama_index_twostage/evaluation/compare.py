@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, get_args
 
@@ -45,11 +46,19 @@ class Stage1Comparison:
     def depth(self) -> int:
         return self.reports[self.reference].sweep[-1].recall_k
 
+    @cached_property
+    def curves(self) -> dict[str, list[float]]:
+        """Stage-1 recall@k of each mode for k = 1..depth (computed once: the table, the JSON and the plot read it)."""
+        curves = {}
+        for mode, report in self.reports.items():
+            qrels = {trace.query_id: self.qrels[trace.query_id] for trace in report.traces}
+            run = {trace.query_id: trace.candidates for trace in report.traces}
+            curves[mode] = recall_curve(run, qrels, self.depth)
+        return curves
+
     def curve(self, mode: str) -> list[float]:
         """Stage-1 recall@k of ``mode`` for k = 1..depth."""
-        traces = self.reports[mode].traces
-        qrels = {trace.query_id: self.qrels[trace.query_id] for trace in traces}
-        return recall_curve({trace.query_id: trace.candidates for trace in traces}, qrels, self.depth)
+        return self.curves[mode]
 
     @property
     def reference_recall(self) -> float:

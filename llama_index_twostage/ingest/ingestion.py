@@ -38,7 +38,7 @@ from llama_index_twostage.nodes import model_text
 from llama_index_twostage.store.chroma import ChromaStore
 from llama_index_twostage.store.contract import CHUNKS_KEY, HASH_KEY, SOURCE_KEY, STAMP_KEY, CollectionContract
 from llama_index_twostage.store.lexical import LexicalIndex, LexicalRecord
-from llama_index_twostage.store.reconcile import find_drift, repair
+from llama_index_twostage.store.reconcile import reconcile
 from llama_index_twostage.timing import Stopwatch
 
 if TYPE_CHECKING:
@@ -298,16 +298,6 @@ def _open_for_writing(store: ChromaStore, embed_model: BaseEmbedding, batch_size
     return collection, min(batch_size, store.max_batch_size())
 
 
-def _reconcile(store: ChromaStore, collection: Collection, lexical: LexicalIndex | None, page_size: int) -> int:
-    """Repair whatever differs between the lexical index and Chroma (0 when the mirrored writes all landed)."""
-    if lexical is None:
-        return 0
-    drift = find_drift(store, collection, lexical, page_size)
-    if not drift.ok:
-        logger.warning("the lexical index was out of step with Chroma, repairing: %s", "; ".join(drift.problems))
-    return repair(store, collection, lexical, drift, page_size=page_size)
-
-
 def ingest_into(
     store: ChromaStore,
     embed_model: BaseEmbedding,
@@ -354,7 +344,8 @@ def ingest_into(
         writer.relabel(plan.to_relabel)
         writer.delete(plan.stale_ids)
         stored_total = store.with_retries(collection.count)
-        lexical_repaired = _reconcile(store, collection, lexical, batch_size)
+        # 0 when the mirrored writes all landed; else what an earlier crash left behind, now repaired
+        lexical_repaired = 0 if lexical is None else reconcile(store, collection, lexical, page_size=batch_size)
     return IngestReport(
         collection=store.collection_name,
         documents=len(documents),

@@ -10,7 +10,7 @@ from llama_index_twostage.store.contract import (
     verify_collection,
 )
 from llama_index_twostage.store.lexical import LexicalHits, LexicalIndex, LexicalRecord, TantivyIndex
-from llama_index_twostage.store.reconcile import LexicalDrift, ensure_in_step, find_drift, rebuild, repair
+from llama_index_twostage.store.reconcile import LexicalDrift, ensure_in_step, find_drift, rebuild, reconcile, repair
 from llama_index_twostage.store.verify import VerifyReport, verify_store
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "find_drift",
     "model_identity",
     "rebuild",
+    "reconcile",
     "repair",
     "verify_collection",
     "verify_store",

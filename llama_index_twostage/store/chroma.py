@@ -428,12 +428,10 @@ class ChromaStore:
             yield page
             offset += len(page["ids"])
 
-    def records(self, collection: Collection, ids: Sequence[str], include: Include, page_size: int) -> GetResult:
-        """The records of these ids (absent ones are left out), read ``page_size`` ids per request."""
-        merged: dict[str, list] = {"ids": [], **{field: [] for field in include}}
+    def records(
+        self, collection: Collection, ids: Sequence[str], include: Include, page_size: int
+    ) -> Iterator[GetResult]:
+        """The records of these ids (absent ones are left out), ``page_size`` ids per retried read."""
+        page_size = min(page_size, self.max_batch_size())
         for start in range(0, len(ids), page_size):
-            read = partial(collection.get, ids=list(ids[start : start + page_size]), include=include)
-            page = self.with_retries(read)
-            for key, values in merged.items():
-                values.extend(page[key] or [])  # type: ignore[literal-required]
-        return merged  # type: ignore[return-value]
+            yield self.with_retries(partial(collection.get, ids=list(ids[start : start + page_size]), include=include))

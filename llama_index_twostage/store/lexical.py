@@ -27,13 +27,11 @@ from typing import Protocol, runtime_checkable
 import tantivy
 
 from llama_index_twostage.errors import LexicalIndexError
-from llama_index_twostage.settings import RetrieverSettings
 
 logger = logging.getLogger(__name__)
 
 ANALYZER = "twostage_english"
 WRITER_HEAP_BYTES = 64_000_000  # tantivy's writer buffers this much before flushing a segment itself
-DEFAULT_SERVER_ROOT = Path("./.twostage/lexical")  # server mode: the server's records, indexed on this host
 _LONGEST_TOKEN = 40  # longer "words" (base64, hashes) are dropped, as tantivy's default analyser does
 
 
@@ -93,15 +91,6 @@ def english_analyzer() -> tantivy.TextAnalyzer:
     )
 
 
-def lexical_root(settings: RetrieverSettings) -> Path:
-    """The folder holding one lexical index per collection of the settings' Chroma store."""
-    if settings.lexical_dir is not None:
-        return settings.lexical_dir
-    if settings.chroma_mode == "server":
-        return DEFAULT_SERVER_ROOT / f"{settings.chroma_host}-{settings.chroma_port}"
-    return settings.persist_dir / "twostage-lexical"
-
-
 def _schema() -> tantivy.Schema:
     builder = tantivy.SchemaBuilder()
     builder.add_text_field("id", stored=True, tokenizer_name="raw")  # raw: deletable by exact id
@@ -125,14 +114,6 @@ class TantivyIndex:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one tantivy writer per index: this process's writes take turns
         self._index: tantivy.Index | None = None
-
-    @classmethod
-    def from_settings(cls, settings: RetrieverSettings) -> TantivyIndex:
-        """The index of the settings' collection: ``lexical_dir/<collection>``, by default beside an embedded store
-        (``persist_dir/twostage-lexical``) or, for a server, in a local folder per host; in memory for ``memory``."""
-        if settings.chroma_mode == "memory" and settings.lexical_dir is None:
-            return cls(None)
-        return cls(lexical_root(settings) / settings.collection)
 
     def describe(self) -> str:
         return "the in-memory lexical index" if self.path is None else f"the lexical index at {str(self.path)!r}"

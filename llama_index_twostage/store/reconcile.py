@@ -3,14 +3,15 @@
 Ingestion writes Chroma first and mirrors each write into the lexical index; a crash between the two leaves the
 lexical side behind. :func:`find_drift` compares Chroma's ids and doc hashes with the lexical index's, and
 :func:`repair` adds what is missing or out of date (text read back from Chroma) and deletes what Chroma no longer
-holds. Ingestion repairs after every run, stage 1 when the counts differ on open (:func:`ensure_in_step`), and
-``twostage verify --repair`` on demand; :func:`rebuild` (``twostage reindex``) starts over from Chroma alone.
+holds; :func:`reconcile` does both. Ingestion reconciles after every run, stage 1 when the counts differ on open
+(:func:`ensure_in_step`), and ``twostage verify --repair`` on demand; :func:`rebuild` (``twostage reindex``)
+starts over from Chroma alone.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,16 +25,23 @@ from llama_index_twostage.store.lexical import LexicalIndex, LexicalRecord
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
+    from chromadb.api.types import GetResult, Include
 
 logger = logging.getLogger(__name__)
 
 _SHOWN_IDS = 5
+_TEXT: Include = ["documents", "metadatas"]  # what a lexical record is made from
+
+
+def record_version(metadata: dict[str, Any] | None) -> str:
+    """The version both indexes record for a Chroma record: its doc hash (empty for records of other tools)."""
+    return str((metadata or {}).get(HASH_KEY) or "")
 
 
 def lexical_record(record_id: str, document: str | None, metadata: dict[str, Any] | None) -> LexicalRecord:
     """A Chroma record as the lexical index holds it: the text its bi-encoder read (metadata included, as embedded)."""
     node = node_from_record(record_id, document, metadata)
-    return LexicalRecord(record_id, model_text(node) or "", str((metadata or {}).get(HASH_KEY) or ""))
+    return LexicalRecord(record_id, model_text(node) or "", record_version(metadata))
 
 
 def named_ids(*kinds: tuple[Sequence[str], str]) -> list[str]:
@@ -73,7 +81,7 @@ class LexicalDrift:
 def chroma_versions(store: ChromaStore, collection: Collection, page_size: int) -> dict[str, str]:
     """Every record id in Chroma with its doc hash (empty for records written by other tools)."""
     return {
-        record_id: str((metadata or {}).get(HASH_KEY) or "")
+        record_id: record_version(metadata)
         for page in store.pages(collection, ["metadatas"], page_size)
         for record_id, metadata in zip(page["ids"], page["metadatas"] or [])
     }
@@ -81,7 +89,11 @@ def chroma_versions(store: ChromaStore, collection: Collection, page_size: int) 
 
 def find_drift(store: ChromaStore, collection: Collection, lexical: LexicalIndex, page_size: int) -> LexicalDrift:
     """Compare every id and doc hash of Chroma with the lexical index (reads both in full)."""
-    truth = chroma_versions(store, collection, page_size)
+    return drift_from(chroma_versions(store, collection, page_size), lexical)
+
+
+def drift_from(truth: dict[str, str], lexical: LexicalIndex) -> LexicalDrift:
+    """How ``lexical`` differs from Chroma's ids and doc hashes (``truth``, read by the caller)."""
     indexed = lexical.versions()
     return LexicalDrift(
         chroma_records=len(truth),
@@ -92,19 +104,14 @@ def find_drift(store: ChromaStore, collection: Collection, lexical: LexicalIndex
     )
 
 
-def _copy_from_chroma(
-    store: ChromaStore,
-    collection: Collection,
-    lexical: LexicalIndex,
-    ids: Sequence[str],
-    page_size: int,
-    progress: tqdm,
-) -> None:
-    for start in range(0, len(ids), page_size):
-        batch = store.records(collection, ids[start : start + page_size], ["documents", "metadatas"], page_size)
-        records = [lexical_record(*fields) for fields in zip(batch["ids"], batch["documents"], batch["metadatas"])]
-        lexical.add(records)
-        progress.update(len(ids[start : start + page_size]))
+def _index_pages(pages: Iterable[GetResult], lexical: LexicalIndex, progress: tqdm) -> int:
+    """Add each page of Chroma records to the lexical index (a commit per page); returns the records added."""
+    added = 0
+    for page in pages:
+        lexical.add([lexical_record(*record) for record in zip(page["ids"], page["documents"], page["metadatas"])])
+        added += len(page["ids"])
+        progress.update(len(page["ids"]))
+    return added
 
 
 def repair(
@@ -119,11 +126,26 @@ def repair(
     """Bring the lexical index to Chroma's state; returns how many records were added, replaced or deleted."""
     to_copy = [*drift.missing, *drift.changed]
     with tqdm(total=len(to_copy), desc="lexical repair", unit="record", disable=not show_progress) as progress:
-        _copy_from_chroma(store, collection, lexical, to_copy, page_size, progress)
+        _index_pages(store.records(collection, to_copy, _TEXT, page_size), lexical, progress)
     lexical.delete(drift.extra)
-    if not drift.ok:
-        logger.info("lexical index repaired: %s", "; ".join(drift.problems))
     return len(to_copy) + len(drift.extra)
+
+
+def reconcile(
+    store: ChromaStore, collection: Collection, lexical: LexicalIndex, *, page_size: int, show_progress: bool = False
+) -> int:
+    """Find how the lexical index differs from Chroma and repair it, saying so in a warning when it did; returns
+    the records added, replaced or deleted (0 when the two were in step)."""
+    drift = find_drift(store, collection, lexical, page_size)
+    if drift.ok:
+        return 0
+    logger.warning(
+        "the lexical index (%d records) was out of step with Chroma (%d), repairing: %s",
+        drift.lexical_records,
+        drift.chroma_records,
+        "; ".join(drift.problems),
+    )
+    return repair(store, collection, lexical, drift, page_size=page_size, show_progress=show_progress)
 
 
 def rebuild(
@@ -132,14 +154,8 @@ def rebuild(
     """Drop the lexical index and index every Chroma record again, a page at a time; returns the records indexed."""
     lexical.reset()
     total = store.with_retries(collection.count)
-    indexed = 0
     with tqdm(total=total, desc="reindexing", unit="record", disable=not show_progress) as progress:
-        for page in store.pages(collection, ["documents", "metadatas"], page_size):
-            fields = zip(page["ids"], page["documents"] or [], page["metadatas"] or [])
-            lexical.add([lexical_record(*record) for record in fields])
-            indexed += len(page["ids"])
-            progress.update(len(page["ids"]))
-    return indexed
+        return _index_pages(store.pages(collection, _TEXT, page_size), lexical, progress)
 
 
 def ensure_in_step(store: ChromaStore, collection: Collection, lexical: LexicalIndex, *, page_size: int = 1000) -> int:
@@ -158,11 +174,4 @@ def ensure_in_step(store: ChromaStore, collection: Collection, lexical: LexicalI
             f"{lexical.describe()} is empty but collection {store.collection_name!r} holds {chroma_count} records: "
             "build it from Chroma with `twostage reindex` (same settings), or set stage1_mode='dense'"
         )
-    drift = find_drift(store, collection, lexical, page_size)
-    logger.warning(
-        "the lexical index holds %d records, Chroma %d: repairing (%s)",
-        lexical_count,
-        chroma_count,
-        "; ".join(drift.problems),
-    )
-    return repair(store, collection, lexical, drift, page_size=page_size)
+    return reconcile(store, collection, lexical, page_size=page_size)

@@ -21,7 +21,7 @@ from llama_index_twostage.store.contract import (
     model_identity,
 )
 from llama_index_twostage.store.lexical import LexicalIndex
-from llama_index_twostage.store.reconcile import LexicalDrift, find_drift, named_ids
+from llama_index_twostage.store.reconcile import LexicalDrift, drift_from, named_ids, record_version
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
@@ -125,9 +125,11 @@ def verify_store(
     dimension = contract.dimension if contract else None
     nodes, bad_embeddings, sourceless, unversioned = 0, [], [], 0
     sources: dict[str, _Version] = {}
+    versions: dict[str, str] = {}  # what the lexical index must hold, from this same pass
     for page in store.pages(collection, ["embeddings", "metadatas"], page_size):
         for node_id, embedding, metadata in zip(page["ids"], page["embeddings"], page["metadatas"]):
             nodes += 1
+            versions[node_id] = record_version(metadata)
             dimension = dimension or (len(embedding) if embedding is not None else None)
             if embedding is None or len(embedding) != dimension:
                 bad_embeddings.append(node_id)
@@ -153,5 +155,5 @@ def verify_store(
         incomplete_sources=incomplete,
         sourceless=sourceless,
         unversioned=unversioned,
-        lexical=None if lexical is None else find_drift(store, collection, lexical, page_size),
+        lexical=None if lexical is None else drift_from(versions, lexical),
     )
