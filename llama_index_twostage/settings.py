@@ -277,7 +277,11 @@ class RetrieverSettings(BaseSettings):
         None, description="Bearer token for the rerank server; never printed, logged or echoed in errors."
     )
     rerank_timeout_s: float = Field(
-        30.0, gt=0, allow_inf_nan=False, description="Bound on each phase (connect, send, read) of a rerank request."
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Bound on one rerank request, the whole answer included; a call ends within (rerank_retries + 1) "
+        "x rerank_timeout_s, retries and their waits included.",
     )
     rerank_retries: int = Field(
         2, ge=0, description="Retries of a rerank request that failed in transport or got 429/503; 0: none."
@@ -297,6 +301,11 @@ class RetrieverSettings(BaseSettings):
     )
     rerank_max_concurrency: int = Field(
         16, gt=0, description="Rerank requests in flight at once: for sync callers, and for each event loop."
+    )
+    rerank_max_response_bytes: int = Field(
+        4 * 1024 * 1024,
+        gt=0,
+        description="The most bytes of one rerank answer read, after decompression; a larger answer is an error.",
     )
 
     # What the cross-encoder reads (README "What the reranker reads").

@@ -16,20 +16,28 @@ Two schemas cover the servers people run:
 Every answer is checked: invalid JSON, fewer or more results than documents, a missing, repeated or out-of-range
 index, a score that is not a finite number and any HTTP error status end in a :class:`RerankServerError` naming the
 URL and status (never the key), not in a silently short list. Transport failures, 429 and 503 are retried with
-exponential backoff (``Retry-After`` wins, each wait at most ``timeout_s``), so a request fails within about
-``(retries + 1) * timeout_s`` per phase plus ``retries * timeout_s`` of waiting.
+exponential backoff (``Retry-After`` wins, each wait at most ``timeout_s``).
+
+Every call is bounded, whatever the server does: one attempt ends within ``timeout_s`` (connect, send and the
+whole answer, even one that trickles in a byte at a time), and the call, retries and waits included, within its
+deadline of ``(retries + 1) * timeout_s``. An answer is read up to ``max_response_bytes`` after decompression (an
+error status only as far as the excerpt its message quotes), and a redirect is never followed: it is an error that
+names its ``Location``. The key is masked, in any piece of six or more characters, in every error and log line,
+also where a server echoes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import math
 import threading
 import time
 import weakref
 from email.utils import parsedate_to_datetime
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -37,13 +45,83 @@ from pydantic import SecretStr
 
 from llama_index_twostage.errors import ConfigurationError, RerankAuthenticationError, RerankServerError
 from llama_index_twostage.models import ModelPool
+from llama_index_twostage.redaction import Redactor
 from llama_index_twostage.settings import RerankApi, RetrieverSettings
 
 logger = logging.getLogger(__name__)
 
 RETRIED_STATUSES = frozenset({429, 503})  # rate-limited, or overloaded / still loading: worth another try
 REFUSED_STATUSES = frozenset({401, 403})
-Outcome = httpx.Response | httpx.TransportError
+ERROR_EXCERPT_BYTES = 4096  # what is read of an error answer: its message quotes the first 300 characters
+ERROR_EXCERPT_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A server's answer: its status line and headers (``response``), and the body as far as it was read."""
+
+    response: httpx.Response
+    body: bytes
+
+    @property
+    def status(self) -> int:
+        return self.response.status_code
+
+
+Outcome = Answer | httpx.TransportError
+
+
+class Deadline:
+    """A point in time a call must end by; each attempt gets what is left, at most ``attempt_s``."""
+
+    def __init__(self, seconds: float, attempt_s: float) -> None:
+        self.seconds, self.attempt_s = seconds, attempt_s
+        self._ends = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self._ends - time.monotonic()
+
+    def for_attempt(self) -> float:
+        return max(0.0, min(self.attempt_s, self.remaining()))
+
+
+class BoundedBody:
+    """An answer's decoded bytes as they arrive, within the attempt's time and the size allowed.
+
+    A success is read whole, up to ``limit`` bytes (more is an error: a server gone wrong, or a decompression bomb);
+    an error status only up to :data:`ERROR_EXCERPT_BYTES`, the rest left unread. A body still arriving when the
+    attempt's time is up ends it as a read timeout, like a server that sends nothing.
+    """
+
+    def __init__(self, response: httpx.Response, limit: int, seconds: float) -> None:
+        self.response = response
+        self.limit = limit
+        self.wanted = limit if response.is_success else ERROR_EXCERPT_BYTES
+        self._ends = time.monotonic() + seconds
+        self._seconds = seconds
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def take(self, chunk: bytes) -> bool:
+        """Keep ``chunk``; False once enough is read. Raises when the body is too large or too slow."""
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        if self._size > self.wanted and self.response.is_success:
+            raise AnswerTooLarge(self.limit)
+        if time.monotonic() > self._ends:
+            raise httpx.ReadTimeout(f"the answer was still arriving after {self._seconds:g}s")
+        return self._size < self.wanted
+
+    def answer(self) -> Answer:
+        return Answer(self.response, b"".join(self._chunks)[: self.wanted])
+
+
+class AnswerTooLarge(Exception):
+    """An answer passed the byte limit (turned into a :class:`RerankServerError` by the scorer)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
 
 
 def request_body(api: RerankApi, model: str, query: str, texts: list[str], normalize: bool) -> dict[str, Any]:
@@ -73,10 +151,23 @@ def read_scores(api: RerankApi, payload: Any, documents: int) -> list[float]:
             raise ValueError(f"result index {index!r} is not a document index (0 to {documents - 1})")
         if index in scores:
             raise ValueError(f"document {index} is scored twice")
-        if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
-            raise ValueError(f"document {index} has no finite {field} (got {score!r})")
-        scores[index] = float(score)
+        number = finite(score)
+        if number is None:
+            shown = repr(score) if len(repr(score)) <= 40 else f"{repr(score)[:40]}..."
+            raise ValueError(f"document {index} has no finite {field} (got {shown})")
+        scores[index] = number
     return [scores[index] for index in range(documents)]
+
+
+def finite(value: Any) -> float | None:
+    """``value`` as a finite float, or None (not a number, NaN, infinite, or an integer too large for a float)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # a 400-digit integer is valid JSON
+        return None
+    return number if math.isfinite(number) else None
 
 
 def retry_after_s(response: httpx.Response) -> float | None:
@@ -114,10 +205,12 @@ class HttpRerankScorer:
         api: ``"cohere"`` or ``"tei"`` (see the module's description).
         api_key: sent as ``Authorization: Bearer``; never printed, logged or echoed in errors.
         normalize: 0-1 scores (see the module's description for what each schema does).
-        timeout_s: bound on each phase (connect, send, read) of a request.
+        timeout_s: bound on one attempt, the whole answer included; a call ends within ``(retries + 1) *
+            timeout_s``, retries and their waits included.
         retries, retry_backoff_s: retries of transport failures, 429 and 503, and the first wait (doubling).
         max_documents: documents per request.
         max_concurrency: requests in flight at once (sync callers; each event loop).
+        max_response_bytes: the most bytes of one answer read, after decompression.
     """
 
     backend = "http"
@@ -136,21 +229,25 @@ class HttpRerankScorer:
         retry_backoff_s: float = 0.5,
         max_documents: int = 32,
         max_concurrency: int = 16,
+        max_response_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         if not (0 < timeout_s < math.inf and 0 <= retry_backoff_s < math.inf) or retries < 0:
             raise ConfigurationError(
                 "timeout_s must be positive and finite, retry_backoff_s finite and not negative, retries not negative"
             )
-        if max_documents <= 0 or max_concurrency <= 0:
-            raise ConfigurationError("max_documents and max_concurrency must be positive")
+        if max_documents <= 0 or max_concurrency <= 0 or max_response_bytes <= 0:
+            raise ConfigurationError("max_documents, max_concurrency and max_response_bytes must be positive")
         self.url, self.model, self.api, self.normalize = url, model, api, normalize
         self.timeout_s, self.retries, self.retry_backoff_s = timeout_s, retries, retry_backoff_s
-        self.max_documents = max_documents
-        self._api_key = api_key
+        self.max_documents, self.max_response_bytes = max_documents, max_response_bytes
+        self.deadline_s = (retries + 1) * timeout_s
+        self._redact = Redactor([api_key])
+        self._redact.watch()
         secret = api_key.get_secret_value() if api_key is not None else ""
         self._client_options: dict[str, Any] = {
             "headers": {"Authorization": f"Bearer {secret}"} if secret else {},
             "timeout": httpx.Timeout(timeout_s, pool=None),  # waiting for a free connection is the concurrency bound
+            "follow_redirects": False,  # a redirect could carry the key elsewhere: it is an error
             "limits": httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
         }
         self._client = httpx.Client(**self._client_options)
@@ -177,6 +274,7 @@ class HttpRerankScorer:
             "retry_backoff_s": settings.rerank_retry_backoff_s,
             "max_documents": settings.rerank_max_documents,
             "max_concurrency": settings.rerank_max_concurrency,
+            "max_response_bytes": settings.rerank_max_response_bytes,
         }
         if pool is None:
             return cls(**options)
@@ -208,36 +306,65 @@ class HttpRerankScorer:
         return [score for chunk in scored for score in chunk]
 
     def _post(self, body: dict[str, Any], documents: int) -> list[float]:
+        deadline = Deadline(self.deadline_s, self.timeout_s)
         for attempt in itertools.count():
-            try:
-                outcome: Outcome = self._client.post(self.url, json=body)
-            except httpx.TransportError as error:
-                outcome = error
-            wait = self._retry_wait(outcome, attempt)
+            wait = self._retry_wait(outcome := self._attempt(body, deadline), attempt, deadline)
             if wait is None:
                 return self._scores(outcome, documents)
             time.sleep(wait)
 
     async def _apost(self, client: httpx.AsyncClient, body: dict[str, Any], documents: int) -> list[float]:
+        deadline = Deadline(self.deadline_s, self.timeout_s)
         for attempt in itertools.count():
-            try:
-                outcome: Outcome = await client.post(self.url, json=body)
-            except httpx.TransportError as error:
-                outcome = error
-            wait = self._retry_wait(outcome, attempt)
+            wait = self._retry_wait(outcome := await self._aattempt(client, body, deadline), attempt, deadline)
             if wait is None:
                 return self._scores(outcome, documents)
             await asyncio.sleep(wait)
 
-    def _retry_wait(self, outcome: Outcome, attempt: int) -> float | None:
-        """None when ``outcome`` is a response to read; else the wait before the next attempt (``Retry-After`` or
-        the backoff, at most ``timeout_s``). Raises once no retry is left."""
-        if isinstance(outcome, httpx.Response) and outcome.status_code not in RETRIED_STATUSES:
+    def _attempt(self, body: dict[str, Any], deadline: Deadline) -> Outcome:
+        """One request, its answer read within the attempt's share of the deadline and the byte limit."""
+        seconds = deadline.for_attempt()
+        try:
+            with self._client.stream("POST", self.url, json=body, timeout=httpx.Timeout(seconds, pool=None)) as sent:
+                reader = BoundedBody(sent, self.max_response_bytes, seconds)
+                for chunk in sent.iter_bytes():
+                    if not reader.take(chunk):
+                        break
+                return reader.answer()
+        except httpx.TransportError as error:
+            return error
+        except AnswerTooLarge as error:
+            raise self._too_large(error) from None
+
+    async def _aattempt(self, client: httpx.AsyncClient, body: dict[str, Any], deadline: Deadline) -> Outcome:
+        """:meth:`_attempt` on the event loop: the attempt's share of the deadline bounds it whole."""
+        seconds = deadline.for_attempt()
+        try:
+            async with asyncio.timeout(seconds):
+                async with client.stream("POST", self.url, json=body, timeout=httpx.Timeout(seconds)) as sent:
+                    reader = BoundedBody(sent, self.max_response_bytes, seconds)
+                    async for chunk in sent.aiter_bytes():
+                        if not reader.take(chunk):
+                            break
+                    return reader.answer()
+        except httpx.TransportError as error:
+            return error
+        except TimeoutError:
+            return httpx.ReadTimeout(f"no whole answer within {seconds:g}s")
+        except AnswerTooLarge as error:
+            raise self._too_large(error) from None
+
+    def _retry_wait(self, outcome: Outcome, attempt: int, deadline: Deadline) -> float | None:
+        """None when ``outcome`` is an answer to read; else the wait before the next attempt (``Retry-After`` or
+        the backoff, at most ``timeout_s``). Raises once no retry is left, or no time for one."""
+        if isinstance(outcome, Answer) and outcome.status not in RETRIED_STATUSES:
             return None
         if attempt >= self.retries:
             raise self._failure(outcome, attempts=attempt + 1)
-        asked = retry_after_s(outcome) if isinstance(outcome, httpx.Response) else None
+        asked = retry_after_s(outcome.response) if isinstance(outcome, Answer) else None
         wait = min(self.retry_backoff_s * 2**attempt if asked is None else asked, self.timeout_s)
+        if wait >= deadline.remaining():
+            raise self._failure(outcome, attempts=attempt + 1, out_of_time=True)
         logger.warning(
             "rerank request to %s failed (attempt %d of %d: %s), retrying in %.2fs",
             self.url,
@@ -249,13 +376,13 @@ class HttpRerankScorer:
         return wait
 
     def _scores(self, outcome: Outcome, documents: int) -> list[float]:
-        """The scores in a final response, checked; any other outcome is the error it deserves."""
-        if not isinstance(outcome, httpx.Response) or outcome.is_error:
+        """The scores in a final answer, checked; any other outcome (a redirect too) is the error it deserves."""
+        if not isinstance(outcome, Answer) or not outcome.response.is_success:
             raise self._failure(outcome, attempts=1)
         try:
-            scores = read_scores(self.api, outcome.json(), documents)
-        except ValueError as error:  # invalid JSON is a ValueError too
-            raise self._error(f"answered HTTP {outcome.status_code} with no valid scores ({error})") from None
+            scores = read_scores(self.api, json.loads(outcome.body), documents)
+        except (ValueError, RecursionError) as error:  # invalid JSON is a ValueError; 200,000 nested [ recurse
+            raise self._error(f"answered HTTP {outcome.status} with no valid scores ({error})") from None
         if self.normalize and self.api == "cohere" and any(not 0 <= score <= 1 for score in scores):
             raise self._error(
                 f"returned scores outside 0-1 (e.g. {max(scores, key=lambda s: abs(s - 0.5)):g}) though "
@@ -263,35 +390,51 @@ class HttpRerankScorer:
             )
         return scores
 
-    def _failure(self, outcome: Outcome, attempts: int) -> RerankServerError:
+    def _failure(self, outcome: Outcome, attempts: int, out_of_time: bool = False) -> RerankServerError:
         tried = f" after {attempts} attempts" if attempts > 1 else ""
-        if not isinstance(outcome, httpx.Response):
+        bound = (
+            f"within the call's deadline of {self.deadline_s:g}s ((rerank_retries + 1) x rerank_timeout_s, "
+            "retries and waits included)"
+        )
+        if out_of_time:
+            return self._error(f"failed{tried} and no time was left to retry {bound}: {self._describe(outcome)}")
+        if not isinstance(outcome, Answer):
             return self._error(
-                f"did not answer{tried} ({self._describe(outcome)}; each phase bounded by {self.timeout_s:g}s): "
-                "check that it is up and the URL is right, then retry"
+                f"did not answer{tried} ({self._describe(outcome)}) {bound}: check that it is up and the URL is "
+                "right, or raise rerank_timeout_s"
             )
-        if outcome.status_code in REFUSED_STATUSES:
+        if outcome.status in REFUSED_STATUSES:
             return RerankAuthenticationError(
                 self._redact(
-                    f"rerank server at {self.url} refused the credentials (HTTP {outcome.status_code}): set "
+                    f"rerank server at {self.url} refused the credentials (HTTP {outcome.status}): set "
                     "rerank_api_key to a key it accepts"
                 )
             )
+        if outcome.response.is_redirect:
+            location = outcome.response.headers.get("location", "nowhere")
+            return self._error(
+                f"answered HTTP {outcome.status} redirecting to {location}: redirects are not followed (the key "
+                "would go along); set rerank_url to the endpoint itself"
+            )
         return self._error(f"failed{tried}: {self._describe(outcome)}")
 
+    def _too_large(self, error: AnswerTooLarge) -> RerankServerError:
+        return self._error(
+            f"answered more than rerank_max_response_bytes ({error.limit:,} bytes after decompression): a rerank "
+            "answer is a few bytes per document; check the URL, or raise rerank_max_response_bytes"
+        )
+
     def _describe(self, outcome: Outcome) -> str:
-        if isinstance(outcome, httpx.Response):
-            body = outcome.text[:300].strip()
-            return f"HTTP {outcome.status_code} {outcome.reason_phrase}" + (f": {body}" if body else "")
-        return f"{type(outcome).__name__}: {outcome}" if str(outcome) else type(outcome).__name__
+        """The outcome for a message: the status line and the start of the body, or the transport error; masked."""
+        if isinstance(outcome, Answer):
+            excerpt = self._redact(outcome.body.decode("utf-8", "replace")).strip()[:ERROR_EXCERPT_CHARS]
+            described = f"HTTP {outcome.status} {outcome.response.reason_phrase}" + (f": {excerpt}" if excerpt else "")
+        else:
+            described = f"{type(outcome).__name__}: {outcome}" if str(outcome) else type(outcome).__name__
+        return self._redact(described)
 
     def _error(self, problem: str) -> RerankServerError:
         return RerankServerError(self._redact(f"rerank server at {self.url} {problem}"))
-
-    def _redact(self, message: str) -> str:
-        """The message with the key masked, wherever a server's answer may have echoed it."""
-        secret = self._api_key.get_secret_value() if self._api_key is not None else ""
-        return message.replace(secret, "**********") if secret else message
 
     def _closed_error(self) -> ConfigurationError:
         return ConfigurationError(f"the scorer for {self.url} is closed (its pipeline was closed): build a new one")
@@ -315,6 +458,7 @@ class HttpRerankScorer:
             clients = list(self._async_clients.items())
             self._async_clients.clear()
         self._client.close()
+        self._redact.unwatch()
         for loop, client in clients:
             if loop.is_closed():
                 continue

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import gzip
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -31,8 +33,10 @@ TEXTS = ["a", "bbbb", "cc", "dddddd", "eee"]
 @dataclass
 class Reply:
     status: int = 200
-    body: Any = None  # JSON-encoded unless bytes
+    body: Any = None  # JSON-encoded unless bytes or str; in a str and in headers, {authorization} echoes the header
     headers: dict[str, str] = field(default_factory=dict)
+    chunks: Iterable[bytes] | None = None  # sent one by one instead of body (give content-length in headers)
+    pause_s: float = 0.0  # between chunks
 
 
 def sorted_results(body: dict[str, Any]) -> Any:
@@ -50,6 +54,7 @@ class StubServer:
 
     def __init__(self) -> None:
         self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.sent: list[int] = []  # bytes of each chunked body that reached the socket before the client left
         self.script: list[Callable[[dict[str, Any]], Reply]] = []
         self._lock = threading.Lock()
         stub = self
@@ -61,13 +66,37 @@ class StubServer:
                     stub.requests.append((dict(self.headers), body))
                     answer = stub.script.pop(0) if stub.script else (lambda b: Reply(body=sorted_results(b)))
                 reply = answer(body)
-                payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+                echo = self.headers.get("authorization", "")
+                headers = {"content-type": "application/json", **reply.headers}
                 self.send_response(reply.status)
-                for name, value in {"content-type": "application/json", **reply.headers}.items():
-                    self.send_header(name, value)
+                for name, value in headers.items():
+                    self.send_header(name, value.replace("{authorization}", echo))
+                if reply.chunks is not None:
+                    self.end_headers()
+                    self.send_chunks(reply)
+                    return
+                payload = (
+                    reply.body
+                    if isinstance(reply.body, bytes)
+                    else reply.body.replace("{authorization}", echo).encode()
+                    if isinstance(reply.body, str)
+                    else json.dumps(reply.body).encode()
+                )
                 self.send_header("content-length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
+
+            def send_chunks(self, reply: Reply) -> None:
+                sent = 0
+                try:
+                    for chunk in reply.chunks or ():
+                        self.wfile.write(chunk)
+                        self.wfile.flush()
+                        sent += len(chunk)
+                        time.sleep(reply.pause_s)
+                except OSError:  # the client stopped reading and closed the connection
+                    pass
+                stub.sent.append(sent)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -284,3 +313,111 @@ def test_settings_build_one_scorer_per_pool_and_the_pool_closes_it(stub):
     pool.close()
     with pytest.raises(ValueError, match="is closed"):
         scorers[0].score("q", ["a"])
+
+
+# Secrets: a server that echoes the Authorization header never gets the key into a log line or an error.
+
+
+def shows_the_key(text: str) -> bool:
+    """Whether ``text`` holds any piece of six or more characters of the key."""
+    return any(KEY[start : start + 6] in text for start in range(len(KEY) - 5))
+
+
+@pytest.mark.parametrize("status", [503, 429, 400, 404, 500, 302, 301, 307, 401, 403])
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_key_echoed_by_the_server_reaches_no_log_line_and_no_error(stub, scorer_for, caplog, status, path):
+    caplog.set_level(logging.DEBUG)  # every logger, httpx's and httpcore's included, at every level
+    echo = Reply(status, "overloaded; your header was {authorization}", {"location": "http://x/?auth={authorization}"})
+    stub.reply(echo, echo)
+    scorer = scorer_for(retries=1)
+    with pytest.raises(RerankServerError) as raised:
+        scorer.score("q", TEXTS) if path == "sync" else asyncio.run(scorer.ascore("q", TEXTS))
+    assert stub.requests[0][0]["Authorization"] == f"Bearer {KEY}"  # the key was sent, and echoed
+    assert not shows_the_key(str(raised.value)) and not shows_the_key(caplog.text)
+    if status not in (401, 403):  # the message quotes the body (refused credentials quote nothing)
+        assert "**********" in str(raised.value)
+    if status in (503, 429):  # the retry's warning quoted the echoing body
+        assert "retrying" in caplog.text and "your header was Bearer **********" in caplog.text
+
+
+def test_a_key_cut_by_the_excerpt_is_masked_in_every_piece(stub, scorer_for):
+    for padding in range(280, 300):  # the 300-character excerpt ends inside "Bearer <key>"
+        stub.reply(Reply(500, "x" * padding + " {authorization} tail"))
+        with pytest.raises(RerankServerError) as raised:
+            scorer_for(retries=0).score("q", TEXTS)
+        assert not shows_the_key(str(raised.value)), padding
+
+
+# Bounds: every call ends within its deadline, reads a bounded answer, and never follows a redirect.
+
+
+def trickle(seconds: float) -> Reply:
+    """A correct-looking answer sent one byte every ``pause_s`` (a stuck proxy, a slowloris)."""
+    return Reply(200, headers={"content-length": "100000"}, chunks=(b" " for _ in range(int(seconds / 0.5))), pause_s=0.5)
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_trickling_server_cannot_hold_a_call_past_its_deadline(stub, scorer_for, path):
+    stub.reply(trickle(20), trickle(20))
+    scorer = scorer_for(timeout_s=1.0, retries=1)
+    started = time.monotonic()
+    with pytest.raises(RerankServerError, match=r"within the call's deadline of 2s") as raised:
+        scorer.score("q", TEXTS) if path == "sync" else asyncio.run(scorer.ascore("q", TEXTS))
+    assert time.monotonic() - started < 4  # the deadline (2s) plus at most one byte's pause; was 20s
+    assert "after 2 attempts" in str(raised.value) and "ReadTimeout" in str(raised.value)
+
+
+def test_a_retry_that_would_outlast_the_deadline_is_not_waited_for(stub, scorer_for):
+    stub.reply(trickle(20), trickle(20), trickle(20))  # each attempt takes its whole 1s
+    scorer = scorer_for(timeout_s=1.0, retries=3, retry_backoff_s=1.0)  # waits 1s, then 2s: past the 4s deadline
+    with pytest.raises(RerankServerError, match="after 2 attempts and no time was left to retry within the call's"):
+        scorer.score("q", TEXTS)
+    assert len(stub.requests) == 2
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_compressed_answer_is_capped_after_decompression(stub, scorer_for, path):
+    bomb = gzip.compress(b" " * 100_000_000, compresslevel=9)  # 97 KB that inflate to 100 MB of valid JSON space
+    stub.reply(Reply(200, bomb, {"content-encoding": "gzip"}))
+    scorer = scorer_for(max_response_bytes=1_000_000)
+    with pytest.raises(RerankServerError, match=r"more than rerank_max_response_bytes \(1,000,000 bytes after decomp"):
+        scorer.score("q", TEXTS) if path == "sync" else asyncio.run(scorer.ascore("q", TEXTS))
+
+
+def test_an_endless_error_body_is_read_only_as_far_as_the_message_quotes(stub, scorer_for):
+    endless = (b"e" * 1_000_000 for _ in range(200))  # 200 MB, if anyone read it
+    stub.reply(Reply(500, headers={"content-length": str(200_000_000)}, chunks=endless))
+    with pytest.raises(RerankServerError, match=r"HTTP 500 Internal Server Error: e{300}$"):
+        scorer_for(retries=0).score("q", TEXTS)
+    deadline = time.monotonic() + 5
+    while not stub.sent and time.monotonic() < deadline:  # the server notices the closed connection
+        time.sleep(0.05)
+    assert stub.sent and stub.sent[0] < 50_000_000  # socket buffers, not the body
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_redirect_is_an_error_naming_its_location_even_with_valid_scores(stub, scorer_for, path):
+    scores = {"results": [{"index": i, "relevance_score": 0.5} for i in range(len(TEXTS))]}
+    stub.reply(Reply(302, scores, {"location": "http://elsewhere.example/rerank"}))
+    scorer = scorer_for()
+    with pytest.raises(RerankServerError, match=r"HTTP 302 redirecting to http://elsewhere.example/rerank.*rerank_url"):
+        scorer.score("q", TEXTS) if path == "sync" else asyncio.run(scorer.ascore("q", TEXTS))
+    assert len(stub.requests) == 1  # not followed
+
+
+# Faults: answers that broke Python's own parsing are clear errors too.
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        (b'{"results": [{"index": 0, "relevance_score": ' + b"9" * 401 + b"}]}", "no finite relevance_score"),
+        (b"[" * 200_000, "no valid scores"),
+    ],
+    ids=["401-digit score", "200000 nested brackets"],
+)
+def test_numbers_too_large_and_nesting_too_deep_are_server_errors(stub, scorer_for, payload, problem):
+    stub.reply(Reply(200, payload))
+    with pytest.raises(RerankServerError, match=problem) as raised:
+        scorer_for().score("q", ["one text"])
+    assert len(str(raised.value)) < 400
