@@ -62,3 +62,13 @@ class RerankAuthenticationError(RerankServerError, PermissionError):
 
 class LexicalIndexError(TwoStageError, RuntimeError):
     """The lexical (BM25) index cannot be used: missing while Chroma holds records, damaged, or locked by a writer."""
+
+
+class LexicalIndexBusy(LexicalIndexError):
+    """Another process holds the lexical index's writer lock; a query answers from what the index holds and catches
+    up later, a writer retries."""
+
+
+class EmbeddedStoreInUseError(TwoStageError, RuntimeError):
+    """Another process has the embedded Chroma store open: Chroma caches an embedded store per process, so two
+    processes would each see their own, diverging copy; serve it with ``chroma run`` instead."""

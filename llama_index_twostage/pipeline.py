@@ -4,7 +4,8 @@ Object graph of one :class:`TwoStagePipeline`::
 
     TwoStagePipeline (owner: close() releases what it created)
       ├── store: ChromaStore ─────────────── sync + async Chroma clients, collection contract, retries, timeouts
-      ├── lexical: TantivyIndex ──────────── BM25 index of the same records, kept in step with the store
+      ├── lexical: LexicalFolder ─────────── BM25 index of the same records on this host (generations, atomic reindex)
+      ├── follower: LexicalFollower ──────── keeps it in step through Chroma's change feed (every lexical_refresh_s)
       ├── models: ModelPool ──────────────── each bi-encoder / cross-encoder (or rerank server client) once
       ├── score_cache: ScoreCache ─────────── shared by every reranker it builds
       ├── retriever()   -> ChromaRecallRetriever(store, embed_model, recall_k, filters)      stage 1 (dense)
@@ -12,7 +13,7 @@ Object graph of one :class:`TwoStagePipeline`::
       ├── reranker()    -> CrossEncoderRerank(CrossEncoderScorer, cascade scorer, score_cache,  stage 2
       │                                      PairTemplate, long-document mode)
       ├── two_stage_retriever() / query_engine(llm)                                          both stages
-      └── ingest(documents) (writes both indexes), verify(repair), reindex()
+      └── ingest(documents), delete(ref_doc_ids) (write both indexes and the feed), verify(repair), reindex()
 
 Stage 1 and stage 2 know nothing of each other; only this module wires them. The module-level ``build_*`` and
 ``ingest_documents`` functions are the two-line conveniences: each builds a pipeline for the call.
@@ -20,6 +21,7 @@ Stage 1 and stage 2 know nothing of each other; only this module wires them. The
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -30,12 +32,15 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import Document, NodeWithScore, QueryBundle
 
 from llama_index_twostage.ingest import Chunking, IngestReport, ingest_into
+from llama_index_twostage.ingest.ingestion import DeleteReport, delete_documents
 from llama_index_twostage.models import ModelPool
 from llama_index_twostage.settings import RetrieverSettings, Stage1Mode
 from llama_index_twostage.stage1 import ChromaRecallRetriever, HybridRecallRetriever
 from llama_index_twostage.stage2 import CrossEncoderRerank, ScoreCache
 from llama_index_twostage.store import (
     ChromaStore,
+    LexicalFolder,
+    LexicalFollower,
     LexicalIndex,
     TantivyIndex,
     VerifyReport,
@@ -56,7 +61,7 @@ SERVER_LEXICAL_ROOT = Path("./.twostage/lexical")  # a Chroma server's records, 
 def lexical_path(settings: RetrieverSettings) -> Path | None:
     """Where the settings' collection keeps its BM25 index: ``lexical_dir/<collection>``, by default beside an
     embedded store (``persist_dir/twostage-lexical``) or, for a server, in a local folder per host; None (in memory)
-    for the in-memory store."""
+    for the in-memory store. Nothing is created until the index is first written."""
     if settings.lexical_dir is not None:
         root = settings.lexical_dir
     elif settings.chroma_mode == "memory":
@@ -117,9 +122,17 @@ class TwoStagePipeline:
         self._owns_lexical = lexical is None
         self.models = models if models is not None else ModelPool()
         self.store = store if store is not None else ChromaStore.from_settings(settings)
-        self.lexical: LexicalIndex = lexical if lexical is not None else TantivyIndex(lexical_path(settings))
+        self.lexical: LexicalIndex = lexical if lexical is not None else self._lexical_index(settings)
+        self.follower = LexicalFollower(
+            self.store, self.lexical, refresh_s=settings.lexical_refresh_s, page_size=settings.upsert_batch_size
+        )
         self.score_cache = ScoreCache(settings.score_cache_size) if settings.score_cache_size else None
         self._embed_model = embed_model
+
+    @staticmethod
+    def _lexical_index(settings: RetrieverSettings) -> LexicalIndex:
+        path = lexical_path(settings)
+        return TantivyIndex(None) if path is None else LexicalFolder(path, root=settings.lexical_dir)
 
     @property
     def embed_model(self) -> BaseEmbedding:
@@ -156,6 +169,7 @@ class TwoStagePipeline:
         return HybridRecallRetriever(
             dense,
             self.lexical,
+            follower=self.follower,
             mode=mode,
             rrf_k=settings.rrf_k,
             dense_weight=settings.dense_weight,
@@ -179,8 +193,10 @@ class TwoStagePipeline:
             self.retriever(filters=filters), llm=llm, node_postprocessors=postprocessors, **engine_kwargs
         )
 
-    def ingest(self, documents: Sequence[Document]) -> IngestReport:
-        """Chunk, embed and store ``documents`` (see :func:`~llama_index_twostage.ingest.ingest_into`)."""
+    def ingest(self, documents: Sequence[Document], *, source: str | None = None, sync: bool = False) -> IngestReport:
+        """Chunk, embed and store ``documents`` (see :func:`~llama_index_twostage.ingest.ingest_into`): ``source``
+        names where they come from (``read_files(...).source`` for a folder); ``sync`` deletes the documents of that
+        source that are no longer given."""
         settings = self.settings
         return ingest_into(
             self.store,
@@ -189,8 +205,24 @@ class TwoStagePipeline:
             chunking=Chunking(settings.chunk_size, settings.chunk_overlap),
             upsert_batch_size=settings.upsert_batch_size,
             show_progress=settings.show_progress,
-            lexical=self.lexical,
+            follower=self.follower,
+            source=source,
+            sync=sync,
         )
+
+    def delete(self, ref_doc_ids: Sequence[str]) -> DeleteReport:
+        """Delete these documents (every chunk of each) from Chroma and the lexical index, and tell every other
+        host's index through the change feed; LlamaIndex's ``delete_ref_doc`` for several ids. Unknown ids are
+        ignored (the report counts what was deleted)."""
+        if isinstance(ref_doc_ids, str):
+            ref_doc_ids = [ref_doc_ids]
+        return delete_documents(
+            self.store, ref_doc_ids, follower=self.follower, batch_size=self.settings.upsert_batch_size
+        )
+
+    async def adelete(self, ref_doc_ids: Sequence[str]) -> DeleteReport:
+        """:meth:`delete` in a worker thread, so the event loop keeps serving queries."""
+        return await asyncio.to_thread(self.delete, ref_doc_ids)
 
     def verify(self, *, repair_lexical: bool = False) -> VerifyReport:
         """Check every stored record and the lexical index against them (see
@@ -207,15 +239,18 @@ class TwoStagePipeline:
         )
 
     def reindex(self) -> int:
-        """Rebuild the lexical index from Chroma alone (``twostage reindex``); returns the records indexed."""
+        """Rebuild the lexical index from Chroma alone (``twostage reindex``), beside the live one, which it replaces
+        atomically; what was written meanwhile comes through the feed. Returns the records indexed."""
         collection = self.store.with_retries(self.store.open_collection)
-        return rebuild(
+        indexed = rebuild(
             self.store,
             collection,
             self.lexical,
             page_size=self.settings.upsert_batch_size,
             show_progress=self.settings.show_progress,
         )
+        self.follower.follow(collection)
+        return indexed
 
     def close(self) -> None:
         """Release the store's clients, the lexical index and the loaded models (a rerank server's HTTP clients too),

@@ -230,7 +230,15 @@ class RetrieverSettings(BaseSettings):
     lexical_dir: Path | None = Field(
         None,
         description="Folder of the BM25 indexes (one per collection). Unset: persist_dir/twostage-lexical for an "
-        "embedded store, ./.twostage/lexical/<host>-<port> for a server, in memory for the in-memory store.",
+        "embedded store, ./.twostage/lexical/<host>-<port> for a server, in memory for the in-memory store; empty "
+        "means unset. The folder must be new, empty or the library's own: one holding other files is refused.",
+    )
+    lexical_refresh_s: float = Field(
+        5.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="How stale a long-lived retriever's BM25 side may be: it reads Chroma's change feed at most this "
+        "often before a query (0: before every query).",
     )
 
     # Stage-2 speed.
@@ -353,6 +361,12 @@ class RetrieverSettings(BaseSettings):
     @classmethod
     def _collection_name(cls, value: str) -> str:
         return _validate_collection_name(value)
+
+    @field_validator("lexical_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """``TWOSTAGE_LEXICAL_DIR=`` means the default location, never the current folder."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("device")
     @classmethod

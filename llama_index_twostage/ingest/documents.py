@@ -17,10 +17,19 @@ from typing import Any
 from llama_index.core.schema import Document
 
 from llama_index_twostage.errors import DocumentError
-from llama_index_twostage.store.contract import CHUNKS_KEY, HASH_KEY, SOURCE_KEY, STAMP_KEY
+from llama_index_twostage.store.contract import (
+    CHUNKS_KEY,
+    HASH_KEY,
+    ORIGIN_KEY,
+    SOURCE_KEY,
+    STAMP_KEY,
+    TEXT_HASH_KEY,
+)
 
 _LLAMA_INDEX_ID_KEYS = ("document_id", "doc_id", SOURCE_KEY)
-_RESERVED_KEYS = frozenset({"_node_content", "_node_type", "chroma:document", HASH_KEY, CHUNKS_KEY, STAMP_KEY})
+_RESERVED_KEYS = frozenset(
+    {"_node_content", "_node_type", "chroma:document", HASH_KEY, CHUNKS_KEY, STAMP_KEY, TEXT_HASH_KEY, ORIGIN_KEY}
+)
 _INT64 = range(-(2**63), 2**63)
 
 

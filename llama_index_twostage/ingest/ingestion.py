@@ -8,7 +8,13 @@ written (``twostage_ingested_at``). A re-run therefore
 - embeds only the chunks a changed document did not have, relabels the ones it kept, and deletes the ones it no
   longer produces, so no stale chunk is left behind;
 - completes an interrupted run: new chunks are written before stale ones are deleted, so a crash at any point
-  leaves every document retrievable, and the next run converges to exactly what a clean run stores.
+  leaves every document retrievable, and the next run converges to exactly what a clean run stores;
+- reuses the stored embedding of any chunk whose embedded text is already in the collection (``twostage_text_hash``):
+  a moved or renamed file is not embedded again.
+
+Every write is stamped with its time and every deletion leaves a tombstone first: the change feed that the lexical
+index on every host follows (:mod:`llama_index_twostage.store.feed`). A run may name its ``source`` (a folder, or a
+name the user gave it); a document id that another source wrote is an error, never a silent replacement.
 
 Records use LlamaIndex's Chroma layout (``_node_content`` and ``ref_doc_id`` metadata), so ``ChromaVectorStore``
 reads them and vice versa.
@@ -16,6 +22,7 @@ reads them and vice versa.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -31,14 +38,22 @@ from llama_index.core.schema import BaseNode, Document, MetadataMode
 from llama_index.core.vector_stores.utils import node_to_metadata_dict
 from tqdm.auto import tqdm
 
-from llama_index_twostage.errors import ConfigurationError, DocumentError
+from llama_index_twostage.errors import ConfigurationError, DocumentError, LexicalIndexBusy
 from llama_index_twostage.ingest.documents import Source, collect_sources
 from llama_index_twostage.models import embedding_dimension, embedding_model_name
 from llama_index_twostage.nodes import model_text
 from llama_index_twostage.store.chroma import ChromaStore
-from llama_index_twostage.store.contract import CHUNKS_KEY, HASH_KEY, SOURCE_KEY, STAMP_KEY, CollectionContract
+from llama_index_twostage.store.contract import (
+    CHUNKS_KEY,
+    HASH_KEY,
+    ORIGIN_KEY,
+    SOURCE_KEY,
+    STAMP_KEY,
+    TEXT_HASH_KEY,
+    CollectionContract,
+)
+from llama_index_twostage.store.feed import LexicalFollower, leave_tombstones
 from llama_index_twostage.store.lexical import LexicalIndex, LexicalRecord
-from llama_index_twostage.store.reconcile import reconcile
 from llama_index_twostage.timing import Stopwatch
 
 if TYPE_CHECKING:
@@ -91,22 +106,36 @@ class IngestReport:
     replaced_documents: int  # held chunks of another version (changed or interrupted) and were brought up to date
     removed_stale: int  # chunks deleted because their source no longer produces them
     stored_total: int
-    lexical_repaired: int  # lexical records a reconciliation with Chroma had to fix (e.g. after a crash); usually 0
+    lexical_repaired: int  # lexical records the end-of-run catch-up had to fix (e.g. after a crash); usually 0
     seconds: float
+    reused_embeddings: int = 0  # chunks whose embedded text was stored already (a moved file): not embedded again
+    deleted_documents: int = 0  # with sync: documents of this source no longer given, deleted with their chunks
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class DeleteReport:
+    """What a deletion did: documents that had chunks, and the chunks deleted from every index."""
+
+    documents: int
+    chunks: int
+    stored_total: int
+
+
 @dataclass
 class StoredSource:
-    """What the collection holds for one source: chunk id -> the (doc hash, chunk count) it recorded."""
+    """What the collection holds for one document: chunk id -> the (doc hash, chunk count, origin) it recorded."""
 
-    chunks: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    chunks: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict)
 
-    def is_current(self, doc_hash: str) -> bool:
+    def is_current(self, doc_hash: str, origin: str | None) -> bool:
         """Every chunk of exactly this version is stored (a crash mid-write leaves fewer than recorded)."""
-        return bool(self.chunks) and set(self.chunks.values()) == {(doc_hash, len(self.chunks))}
+        return bool(self.chunks) and set(self.chunks.values()) == {(doc_hash, len(self.chunks), origin)}
+
+    def origins(self) -> set[str]:
+        return {str(origin) for _, _, origin in self.chunks.values() if origin}
 
 
 @dataclass
@@ -160,17 +189,50 @@ def stored_sources(collection: Collection, source_ids: list[str], store: ChromaS
         lookup = partial(collection.get, where={SOURCE_KEY: {"$in": list(batch)}}, include=["metadatas"])
         result = store.with_retries(lookup)
         for node_id, metadata in zip(result["ids"], result["metadatas"] or []):
-            recorded = (metadata.get(HASH_KEY), metadata.get(CHUNKS_KEY))
+            recorded = (metadata.get(HASH_KEY), metadata.get(CHUNKS_KEY), metadata.get(ORIGIN_KEY))
             held.setdefault(str(metadata[SOURCE_KEY]), StoredSource()).chunks[node_id] = recorded
     return held
 
 
-def _plan_changed(plan: Plan, source: Source, held: StoredSource, splitter: SentenceSplitter) -> None:
+def named_source(origin: str) -> bool:
+    """A source the user named (no path separator) rather than a folder's location."""
+    return "/" not in origin and "\\" not in origin
+
+
+def adopted_origins(held: dict[str, StoredSource], origin: str | None) -> set[str]:
+    """The other sources whose documents this run takes over; a document another source wrote is an error.
+
+    Documents that record no source (written before sources were recorded, or through the API) are taken over; a
+    source the user named takes over a folder's documents (the same folder, moved: its ids kept).
+    """
+    adopted: set[str] = set()
+    for document_id, stored in held.items():
+        for other in stored.origins() - {origin or ""}:
+            if origin is not None and named_source(origin) and not named_source(other):
+                adopted.add(other)
+                continue
+            this = f"source {origin!r}" if origin else "documents given without a source"
+            hint = (
+                "if it is the same folder moved, name it: --source NAME keeps its ids; a different folder needs a "
+                "--source name of its own"
+                if origin and not named_source(origin)
+                else "give the documents other ids, or another source name"
+            )
+            raise DocumentError(
+                f"document {document_id!r} is stored from source {other!r}; this run ingests {this}, which would "
+                f"replace it: {hint}"
+            )
+    return adopted
+
+
+def _plan_changed(
+    plan: Plan, source: Source, held: StoredSource, splitter: SentenceSplitter, origin: str | None
+) -> None:
     """Split a new or changed document: embed the chunks not stored, relabel the kept ones, drop the rest."""
     chunks = split_document(source.document, splitter)
     with_text = [node for node in chunks if model_text(node) is not None]
-    version = (source.doc_hash, len(with_text))
-    plan.versions[source.document.id_] = version
+    plan.versions[source.document.id_] = (source.doc_hash, len(with_text))
+    version = (source.doc_hash, len(with_text), origin)
     plan.chunks += len(chunks)
     plan.skipped_empty += len(chunks) - len(with_text)
     for node in with_text:
@@ -186,76 +248,115 @@ def _plan_changed(plan: Plan, source: Source, held: StoredSource, splitter: Sent
     plan.replaced_documents += bool(held.chunks)
 
 
-def plan_ingestion(sources: dict[str, Source], held: dict[str, StoredSource], chunking: Chunking) -> Plan:
+def plan_ingestion(
+    sources: dict[str, Source], held: dict[str, StoredSource], chunking: Chunking, origin: str | None = None
+) -> Plan:
     """Decide, per document, whether it is unchanged (skipped) or must be (re)written."""
     splitter = chunking.splitter()
     plan = Plan()
     for source_id, source in sources.items():
         stored = held.get(source_id, StoredSource())
-        if stored.is_current(source.doc_hash):
+        if stored.is_current(source.doc_hash, origin):
             plan.unchanged_documents += 1
             plan.chunks += len(stored.chunks)
             plan.already_stored += len(stored.chunks)
         else:
-            _plan_changed(plan, source, stored, splitter)
+            _plan_changed(plan, source, stored, splitter, origin)
     return plan
+
+
+def text_hash(text: str) -> str:
+    """What identifies an embedding within a collection: the text the bi-encoder read."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
 class Writer:
     """Idempotent batched writes of one run; each batch is retried on a flapping server (see ``chroma_retries``).
 
-    Every Chroma write is mirrored into the lexical index right after it (and committed there per batch); what a
-    crash between the two leaves behind is repaired by the reconciliation at the end of the next run.
+    Each write is stamped with its own time (the change feed's clock) and mirrored into this host's lexical index
+    right after it; a mirror that finds the index busy (another process writing it) is left to the feed, as is
+    what a crash between the two writes leaves behind. A deletion leaves its tombstones before it deletes.
     """
 
     collection: Collection
     store: ChromaStore
     versions: dict[str, tuple[str, int]]
     batch_size: int
-    lexical: LexicalIndex | None = None
-    stamp: float = field(default_factory=time.time)
+    follower: LexicalFollower | None = None
+    origin: str | None = None
 
-    def _mirror(self, nodes: Sequence[BaseNode]) -> None:
-        if self.lexical is not None:
-            records = [
-                LexicalRecord(node.node_id, model_text(node) or "", self.versions[str(node.ref_doc_id)][0])
-                for node in nodes
-            ]
-            self.lexical.add(records)
+    def _mirror(self, ids: Sequence[str], stamp: float, records: Sequence[LexicalRecord] = ()) -> None:
+        """Apply a write to the lexical index: ``records`` added, or (none given) ``ids`` deleted."""
+        if self.follower is None:
+            return
+        lexical = self.follower.lexical
+        try:
+            lexical.add(records) if records else lexical.delete(ids)
+        except LexicalIndexBusy:
+            return  # another process is writing the index: the feed brings this write
+        self.follower.mirrored(ids, stamp)
 
-    def _metadatas(self, nodes: Sequence[BaseNode]) -> list[dict[str, Any]]:
+    def _lexical_records(self, nodes: Sequence[BaseNode]) -> list[LexicalRecord]:
+        return [
+            LexicalRecord(node.node_id, model_text(node) or "", self.versions[str(node.ref_doc_id)][0])
+            for node in nodes
+        ]
+
+    def _metadatas(self, nodes: Sequence[BaseNode], stamp: float) -> list[dict[str, Any]]:
         records = []
         for node in nodes:
             doc_hash, chunks = self.versions[str(node.ref_doc_id)]
             metadata = node_to_metadata_dict(node, remove_text=True, flat_metadata=True)
-            records.append({**metadata, HASH_KEY: doc_hash, CHUNKS_KEY: chunks, STAMP_KEY: self.stamp})
+            recorded = {HASH_KEY: doc_hash, CHUNKS_KEY: chunks, STAMP_KEY: stamp}
+            recorded[TEXT_HASH_KEY] = text_hash(model_text(node) or "")
+            if self.origin is not None:
+                recorded[ORIGIN_KEY] = self.origin
+            records.append({**metadata, **recorded})
         return records
 
     def upsert(self, nodes: Sequence[BaseNode], embeddings: list[list[float]]) -> None:
+        stamp = time.time()
+        ids = [node.node_id for node in nodes]
         write = partial(
             self.collection.upsert,
-            ids=[node.node_id for node in nodes],
+            ids=ids,
             embeddings=embeddings,
             documents=[node.get_content(MetadataMode.NONE) for node in nodes],
-            metadatas=self._metadatas(nodes),
+            metadatas=self._metadatas(nodes, stamp),
         )
         self.store.with_retries(write)
-        self._mirror(nodes)
+        self._mirror(ids, stamp, self._lexical_records(nodes))
 
     def relabel(self, nodes: Sequence[BaseNode]) -> None:
         """Record the new version on chunks a changed document kept (metadata only: no re-embedding)."""
         for batch in _batches(nodes, self.batch_size):
+            stamp = time.time()
             ids = [node.node_id for node in batch]
-            update = partial(self.collection.update, ids=ids, metadatas=self._metadatas(batch))
+            update = partial(self.collection.update, ids=ids, metadatas=self._metadatas(batch, stamp))
             self.store.with_retries(update)
-            self._mirror(batch)
+            self._mirror(ids, stamp, self._lexical_records(batch))
 
     def delete(self, ids: Sequence[str]) -> None:
         for batch in _batches(ids, self.batch_size):
+            stamp = time.time()
+            leave_tombstones(self.store, batch, stamp)
             self.store.with_retries(partial(self.collection.delete, ids=list(batch)))
-            if self.lexical is not None:
-                self.lexical.delete(batch)
+            self._mirror(batch, stamp)
+
+    def stored_embeddings(self, texts: Sequence[str]) -> dict[str, list[float]]:
+        """Embeddings the collection already holds for any of these texts, by text hash."""
+        hashes = list(dict.fromkeys(map(text_hash, texts)))
+        lookup = partial(
+            self.collection.get, where={TEXT_HASH_KEY: {"$in": hashes}}, include=["metadatas", "embeddings"]
+        )
+        found = self.store.with_retries(lookup)
+        return {
+            str(metadata[TEXT_HASH_KEY]): [float(value) for value in embedding]
+            for metadata, embedding in zip(
+                found["metadatas"] or [], found["embeddings"] if found["embeddings"] is not None else []
+            )
+        }
 
 
 def by_length(nodes: Sequence[BaseNode]) -> list[tuple[BaseNode, str]]:
@@ -269,8 +370,23 @@ def by_length(nodes: Sequence[BaseNode]) -> list[tuple[BaseNode, str]]:
     return sorted(with_text, key=lambda pair: -len(pair[1]))
 
 
-def _embed_and_write(writer: Writer, nodes: list[BaseNode], embed_model: BaseEmbedding, show_progress: bool) -> None:
-    """Embed batch after batch while a writer thread upserts the previous one, so Chroma I/O hides behind encoding."""
+def _embeddings(writer: Writer, texts: list[str], embed_model: BaseEmbedding, progress: tqdm) -> tuple[list, int]:
+    """One vector per text: stored ones reused, the others embedded; returns them and how many were reused."""
+    stored = writer.stored_embeddings(texts)
+    to_embed = list(dict.fromkeys(text for text in texts if text_hash(text) not in stored))
+    embedded: dict[str, list[float]] = {}
+    for chunk in _batches(to_embed, embed_model.embed_batch_size):
+        embedded.update(zip(chunk, embed_model.get_text_embedding_batch(list(chunk))))
+        progress.update(len(chunk))
+    progress.update(len(texts) - len(to_embed))
+    vectors = [embedded[text] if text in embedded else stored[text_hash(text)] for text in texts]
+    return vectors, sum(text_hash(text) in stored for text in texts)
+
+
+def _embed_and_write(writer: Writer, nodes: list[BaseNode], embed_model: BaseEmbedding, show_progress: bool) -> int:
+    """Embed batch after batch while a writer thread upserts the previous one, so Chroma I/O hides behind encoding.
+    Returns how many stored embeddings were reused."""
+    reused = 0
     with (
         ThreadPoolExecutor(max_workers=1) as pool,
         tqdm(total=len(nodes), desc="embedding", unit="chunk", disable=not show_progress) as progress,
@@ -278,15 +394,14 @@ def _embed_and_write(writer: Writer, nodes: list[BaseNode], embed_model: BaseEmb
         pending: Future[None] | None = None
         for unordered in _batches(nodes, writer.batch_size):
             batch = by_length(unordered)
-            embeddings: list[list[float]] = []
-            for texts in _batches([text for _, text in batch], embed_model.embed_batch_size):
-                embeddings.extend(embed_model.get_text_embedding_batch(list(texts)))
-                progress.update(len(texts))
+            embeddings, found = _embeddings(writer, [text for _, text in batch], embed_model, progress)
+            reused += found
             if pending is not None:
                 pending.result()
             pending = pool.submit(writer.upsert, [node for node, _ in batch], embeddings)
         if pending is not None:
             pending.result()
+    return reused
 
 
 def _open_for_writing(store: ChromaStore, embed_model: BaseEmbedding, batch_size: int) -> tuple[Collection, int]:
@@ -307,6 +422,9 @@ def ingest_into(
     upsert_batch_size: int = 1000,
     show_progress: bool = True,
     lexical: LexicalIndex | None = None,
+    follower: LexicalFollower | None = None,
+    source: str | None = None,
+    sync: bool = False,
 ) -> IngestReport:
     """Chunk, embed and store ``documents`` in the store's collection; safe to re-run and to resume.
 
@@ -318,16 +436,25 @@ def ingest_into(
             replaces its earlier chunks. They are not modified.
         chunking: chunk size and overlap (part of each document's hash: changing it re-splits every document).
         upsert_batch_size: records per Chroma write (capped by the client).
-        lexical: the lexical index to keep in step with Chroma: every write is mirrored, and at the end the whole
-            index is reconciled with Chroma (so a run also repairs what an earlier crash left behind).
+        lexical, follower: the lexical index to keep in step with Chroma (or the follower that keeps it): every
+            write is mirrored, and at the end the index catches up with the change feed (reconciled in full only
+            where the feed cannot answer), so a run also repairs what an earlier crash left behind.
+        source: where the documents come from (a folder's location or a name the user gave it), recorded on every
+            chunk: a document id that another source wrote is refused.
+        sync: delete the documents stored from ``source`` that are not among ``documents`` (a file removed).
 
     Raises:
-        DocumentError: a document Chroma cannot store as given (checked for all before anything is written).
+        DocumentError: a document Chroma cannot store as given, or whose id another source wrote (checked for all
+            before anything is written).
         ChromaUnavailableError: the store is unreachable; re-running completes the ingestion.
     """
     if upsert_batch_size <= 0:
         raise ConfigurationError(f"upsert_batch_size must be positive, got {upsert_batch_size}")
+    if sync and source is None:
+        raise ConfigurationError("sync needs the documents' source: the documents it holds are the ones kept")
     chunking = chunking or Chunking()
+    if follower is None and lexical is not None:
+        follower = LexicalFollower(store, lexical, page_size=upsert_batch_size)
     with Stopwatch() as watch:
         # Every document is checked (refused whole, before anything is written); those without text are not stored.
         validated = collect_sources(documents, (chunking.chunk_size, chunking.chunk_overlap))
@@ -336,16 +463,19 @@ def ingest_into(
         if empty_documents:
             logger.warning("skipped %d documents without text", empty_documents)
         collection, batch_size = _open_for_writing(store, embed_model, upsert_batch_size)
-        plan = plan_ingestion(sources, stored_sources(collection, list(sources), store), chunking)
+        held = stored_sources(collection, list(sources), store)
+        adopted = adopted_origins(held, source)
+        plan = plan_ingestion(sources, held, chunking, source)
         if plan.skipped_empty:
             logger.warning("skipped %d chunks without text", plan.skipped_empty)
-        writer = Writer(collection, store, plan.versions, batch_size, lexical)
-        _embed_and_write(writer, plan.to_embed, embed_model, show_progress)
+        writer = Writer(collection, store, plan.versions, batch_size, follower, source)
+        reused = _embed_and_write(writer, plan.to_embed, embed_model, show_progress)
         writer.relabel(plan.to_relabel)
         writer.delete(plan.stale_ids)
+        gone = _documents_gone(writer, {source, *adopted} if sync else set(), set(validated))
         stored_total = store.with_retries(collection.count)
-        # 0 when the mirrored writes all landed; else what an earlier crash left behind, now repaired
-        lexical_repaired = 0 if lexical is None else reconcile(store, collection, lexical, page_size=batch_size)
+        # 0 when the mirrored writes all landed; else what an earlier crash (or another process) left behind
+        lexical_repaired = 0 if follower is None else follower.follow(collection)
     return IngestReport(
         collection=store.collection_name,
         documents=len(documents),
@@ -360,4 +490,47 @@ def ingest_into(
         stored_total=stored_total,
         lexical_repaired=lexical_repaired,
         seconds=watch.ms / 1000.0,
+        reused_embeddings=reused,
+        deleted_documents=gone,
     )
+
+
+def _documents_gone(writer: Writer, origins: set[str | None], kept: set[str]) -> int:
+    """Delete the documents stored from these sources that are not in ``kept``; returns how many."""
+    origins.discard(None)
+    if not origins:
+        return 0
+    lookup = partial(writer.collection.get, where={ORIGIN_KEY: {"$in": sorted(origins)}}, include=["metadatas"])
+    found = writer.store.with_retries(lookup)
+    gone = {str(metadata[SOURCE_KEY]) for metadata in found["metadatas"] or []} - kept
+    writer.delete(
+        [
+            node_id
+            for node_id, metadata in zip(found["ids"], found["metadatas"] or [])
+            if str(metadata[SOURCE_KEY]) in gone
+        ]
+    )
+    return len(gone)
+
+
+def delete_documents(
+    store: ChromaStore,
+    ref_doc_ids: Sequence[str],
+    *,
+    follower: LexicalFollower | None = None,
+    batch_size: int = 1000,
+) -> DeleteReport:
+    """Delete every chunk of these documents from Chroma and the lexical index, leaving tombstones for every other
+    host's index (LlamaIndex's ``delete_ref_doc``, for several documents). Unknown ids are ignored.
+
+    Raises:
+        CollectionNotFoundError: the collection does not exist.
+    """
+    collection = store.with_retries(store.open_collection)
+    held = stored_sources(collection, list(dict.fromkeys(ref_doc_ids)), store)
+    writer = Writer(collection, store, {}, min(batch_size, store.max_batch_size()), follower)
+    chunks = [node_id for stored in held.values() for node_id in stored.chunks]
+    writer.delete(chunks)
+    if follower is not None:
+        follower.follow(collection)
+    return DeleteReport(len(held), len(chunks), store.with_retries(collection.count))

@@ -4,7 +4,9 @@ A bi-encoder smooths away what only exact words carry (gene and drug names, iden
 them. Each side proposes ``recall_k`` candidates, :func:`~llama_index_twostage.stage1.fusion.reciprocal_rank_fusion`
 merges them, and the best ``recall_k`` go on: more of the relevant documents reach the reranker for the same number
 of cross-encoder passes. Every lexical hit is read back from Chroma with the retriever's filters, so a chunk that
-is filtered out, or deleted since the lexical index last saw it, never appears.
+is filtered out, or deleted since the lexical index last saw it, never appears. Before a query the lexical index
+catches up with Chroma's change feed (at most every ``lexical_refresh_s``); a query never waits for, or fails on,
+another process writing the index: it answers from what the index holds.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from llama_index_twostage.nodes import node_from_record, query_text
 from llama_index_twostage.stage1.fusion import reciprocal_rank_fusion
 from llama_index_twostage.stage1.retriever import ChromaRecallRetriever, Recalled, Record
 from llama_index_twostage.store.chroma import ChromaStore
+from llama_index_twostage.store.feed import LexicalFollower
 from llama_index_twostage.store.lexical import LexicalHits, LexicalIndex
-from llama_index_twostage.store.reconcile import ensure_in_step
 from llama_index_twostage.timing import Stopwatch
 
 if TYPE_CHECKING:
@@ -55,7 +57,9 @@ class HybridRecallRetriever(BaseRetriever):
 
     Args:
         dense: the bi-encoder side; its store, filters and ``recall_k`` are this retriever's.
-        lexical: the BM25 index kept in step with ``dense.store`` (repaired on the first query if counts differ).
+        lexical: the BM25 index that follows ``dense.store``.
+        follower: what keeps ``lexical`` in step through the change feed (the pipeline shares one per index; by
+            default this retriever makes its own, refreshing before every query).
         mode: ``hybrid`` or ``lexical``.
         rrf_k: the fusion constant; dense_weight, lexical_weight: each side's weight in the fusion.
     """
@@ -65,6 +69,7 @@ class HybridRecallRetriever(BaseRetriever):
         dense: ChromaRecallRetriever,
         lexical: LexicalIndex,
         *,
+        follower: LexicalFollower | None = None,
         mode: Literal["hybrid", "lexical"] = "hybrid",
         rrf_k: float = 60.0,
         dense_weight: float = 1.0,
@@ -81,11 +86,12 @@ class HybridRecallRetriever(BaseRetriever):
         super().__init__(callback_manager=callback_manager or dense.callback_manager)
         self.dense = dense
         self.lexical = lexical
+        self.follower = follower or LexicalFollower(dense.store, lexical, refresh_s=0)
         self.mode = mode
         self.rrf_k = rrf_k
         self.weights = {"dense": dense_weight, "lexical": lexical_weight}
-        self._in_step = False
-        self._step_lock = threading.Lock()
+        self._opened = False
+        self._open_lock = threading.Lock()
 
     @property
     def recall_k(self) -> int:
@@ -100,15 +106,23 @@ class HybridRecallRetriever(BaseRetriever):
     def embed_model(self) -> BaseEmbedding:
         return self.dense.embed_model
 
-    def _ensure_in_step(self) -> None:
-        """Once per retriever: repair a lexical index whose count differs from Chroma's (see ``ensure_in_step``)."""
-        with self._step_lock:
-            if not self._in_step:
-                ensure_in_step(self.dense.store, self.dense.collection(), self.lexical)
-                self._in_step = True
+    def _catch_up(self) -> None:
+        """The first query checks the index against Chroma (see ``LexicalFollower.open_check``); each query reads
+        the change feed when ``refresh_s`` has passed. An in-memory store's index is this process's own: it may be
+        rebuilt here."""
+        own = self.dense.store.mode == "memory"
+        collection = self.dense.collection()
+        if not self._opened:
+            with self._open_lock:
+                if not self._opened:
+                    self.follower.open_check(collection, own_index=own)
+                    self._opened = True
+                    return
+        self.follower.refresh(collection, may_rebuild=own)
 
     def _search(self, text: str, limit: int) -> LexicalHits:
-        self._ensure_in_step()
+        if limit == self.recall_k:  # once per query, not per widening step
+            self._catch_up()
         return self.lexical.search(text, limit)
 
     def _widened(self, hits: LexicalHits, records: dict[str, Record], limit: int) -> int | None:

@@ -1,5 +1,6 @@
 """Where the documents live: the Chroma store (clients, collection contract, retries, close), its integrity check,
-and the lexical index kept in step with it (reconcile, rebuild)."""
+the change feed every writer leaves in Chroma, and the lexical index that follows it on each host (catch-up,
+reconcile, atomic reindex)."""
 
 from llama_index_twostage.store.chroma import ChromaStore, HnswParameters
 from llama_index_twostage.store.contract import (
@@ -9,8 +10,10 @@ from llama_index_twostage.store.contract import (
     model_identity,
     verify_collection,
 )
+from llama_index_twostage.store.feed import LexicalFollower
+from llama_index_twostage.store.generations import LexicalFolder
 from llama_index_twostage.store.lexical import LexicalHits, LexicalIndex, LexicalRecord, TantivyIndex
-from llama_index_twostage.store.reconcile import LexicalDrift, ensure_in_step, find_drift, rebuild, reconcile, repair
+from llama_index_twostage.store.reconcile import LexicalDrift, find_drift, rebuild, reconcile, repair
 from llama_index_twostage.store.verify import VerifyReport, verify_store
 
 __all__ = [
@@ -18,6 +21,8 @@ __all__ = [
     "CollectionContract",
     "HnswParameters",
     "LexicalDrift",
+    "LexicalFolder",
+    "LexicalFollower",
     "LexicalHits",
     "LexicalIndex",
     "LexicalRecord",
@@ -25,7 +30,6 @@ __all__ = [
     "VerifyReport",
     "distance_space",
     "distance_to_similarity",
-    "ensure_in_step",
     "find_drift",
     "model_identity",
     "rebuild",

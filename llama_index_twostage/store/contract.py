@@ -23,7 +23,9 @@ DIMENSION_KEY = "twostage:dimension"
 SOURCE_KEY = "ref_doc_id"  # where LlamaIndex's node_to_metadata_dict records the source document id
 HASH_KEY = "twostage_doc_hash"
 CHUNKS_KEY = "twostage_doc_chunks"
-STAMP_KEY = "twostage_ingested_at"
+STAMP_KEY = "twostage_ingested_at"  # when the record was last written: the change feed's clock
+TEXT_HASH_KEY = "twostage_text_hash"  # hash of the text the bi-encoder read: its stored embedding can be reused
+ORIGIN_KEY = "twostage_source"  # where the document came from (a folder's location, or the name a user gave it)
 
 
 def model_identity(model: str) -> str:

@@ -15,10 +15,10 @@ unbalanced parentheses are just characters).
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -26,7 +26,7 @@ from typing import Protocol, runtime_checkable
 
 import tantivy
 
-from llama_index_twostage.errors import LexicalIndexError
+from llama_index_twostage.errors import LexicalIndexBusy, LexicalIndexError
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +66,14 @@ class LexicalIndex(Protocol):
     def delete(self, ids: Sequence[str]) -> None:
         """Remove these ids (absent ones are ignored) and commit."""
 
-    def reset(self) -> None:
-        """Drop everything the index holds (a rebuild from Chroma follows)."""
+    def rebuilding(self) -> Iterator[LexicalIndex]:
+        """A context manager giving an empty index to fill from Chroma; what it holds replaces this index on a clean
+        exit (atomically, where the index lives in a folder of generations)."""
+
+    def feed_mark(self) -> float | None:
+        """The newest change-feed stamp this index has applied (None: unknown, a full reconcile must answer)."""
+
+    def set_feed_mark(self, mark: float) -> None: ...
 
     def count(self) -> int: ...
 
@@ -114,6 +120,7 @@ class TantivyIndex:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one tantivy writer per index: this process's writes take turns
         self._index: tantivy.Index | None = None
+        self._mark: float | None = None
 
     def describe(self) -> str:
         return "the in-memory lexical index" if self.path is None else f"the lexical index at {str(self.path)!r}"
@@ -147,15 +154,20 @@ class TantivyIndex:
         with self._write_lock:
             self._write_locked(ids, records)
 
-    def _write_locked(self, ids: Iterable[str], records: Sequence[LexicalRecord]) -> None:
-        index = self.index
+    def _writer(self, index: tantivy.Index) -> tantivy.IndexWriter:
         try:
-            writer = index.writer(WRITER_HEAP_BYTES, 1)
+            return index.writer(WRITER_HEAP_BYTES, 1)
         except ValueError as error:  # another process holds the writer lock
-            raise LexicalIndexError(
+            raise LexicalIndexBusy(
                 f"{self.describe()} is being written by another process ({error}); retry when it has finished"
             ) from error
+
+    def _write_locked(self, ids: Iterable[str], records: Sequence[LexicalRecord], clear: bool = False) -> None:
+        index = self.index
+        writer = self._writer(index)
         try:
+            if clear:
+                writer.delete_all_documents()
             for record_id in ids:
                 writer.delete_documents_by_term("id", record_id)
             for record in records:
@@ -216,11 +228,21 @@ class TantivyIndex:
         ids = [searcher.doc(address)["id"][0] for _, address in hits]
         return LexicalHits(ids, [float(score) for score, _ in hits], len(terms))
 
-    def reset(self) -> None:
-        """Close and delete the index folder, so a rebuild starts from nothing (even from a damaged index)."""
-        self.close()
-        if self.path is not None and self.path.exists():
-            shutil.rmtree(self.path)
+    @contextmanager
+    def rebuilding(self) -> Iterator[TantivyIndex]:
+        """This index emptied in place (one commit), to be filled again: not atomic for readers, which is why the
+        pipeline keeps its on-disk index in a :class:`~llama_index_twostage.store.generations.LexicalFolder`."""
+        with self._write_lock:
+            self._write_locked((), (), clear=True)
+        self._mark = None
+        yield self
+
+    def feed_mark(self) -> float | None:
+        """Kept in memory: a bare index is this process's own (a folder of generations keeps it on disk)."""
+        return self._mark
+
+    def set_feed_mark(self, mark: float) -> None:
+        self._mark = mark
 
     def close(self) -> None:
         """Release the index (its files and readers); it reopens on next use."""

@@ -1,11 +1,14 @@
 """Keeping the lexical index in step with Chroma, the source of truth.
 
-Ingestion writes Chroma first and mirrors each write into the lexical index; a crash between the two leaves the
-lexical side behind. :func:`find_drift` compares Chroma's ids and doc hashes with the lexical index's, and
-:func:`repair` adds what is missing or out of date (text read back from Chroma) and deletes what Chroma no longer
-holds; :func:`reconcile` does both. Ingestion reconciles after every run, stage 1 when the counts differ on open
-(:func:`ensure_in_step`), and ``twostage verify --repair`` on demand; :func:`rebuild` (``twostage reindex``)
-starts over from Chroma alone.
+Routinely the index follows Chroma through the change feed (:mod:`llama_index_twostage.store.feed`). This is the
+repair for what the feed cannot answer (records written by other tools, an index without a feed mark):
+:func:`find_drift` compares Chroma's ids and doc hashes with the lexical index's, and :func:`repair` adds what is
+missing or out of date (text read back from Chroma) and deletes what Chroma no longer holds; :func:`reconcile` does
+both (``twostage verify --repair``). :func:`rebuild` (``twostage reindex``) builds a new index from Chroma alone.
+
+Other processes write while this runs, so the lexical ids are read before Chroma's (a record added in between is
+then missing, never extra) and every id about to be deleted is looked up in Chroma once more: a record Chroma holds
+when the repair finishes is never deleted from the lexical index.
 """
 
 from __future__ import annotations
@@ -17,10 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from llama_index_twostage.errors import LexicalIndexError
 from llama_index_twostage.nodes import model_text, node_from_record
 from llama_index_twostage.store.chroma import ChromaStore
-from llama_index_twostage.store.contract import HASH_KEY
+from llama_index_twostage.store.contract import HASH_KEY, STAMP_KEY
 from llama_index_twostage.store.lexical import LexicalIndex, LexicalRecord
 
 if TYPE_CHECKING:
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _SHOWN_IDS = 5
-_TEXT: Include = ["documents", "metadatas"]  # what a lexical record is made from
+TEXT_FIELDS: Include = ["documents", "metadatas"]  # what a lexical record is made from
 
 
 def record_version(metadata: dict[str, Any] | None) -> str:
@@ -78,23 +80,31 @@ class LexicalDrift:
         )
 
 
-def chroma_versions(store: ChromaStore, collection: Collection, page_size: int) -> dict[str, str]:
-    """Every record id in Chroma with its doc hash (empty for records written by other tools)."""
-    return {
-        record_id: record_version(metadata)
-        for page in store.pages(collection, ["metadatas"], page_size)
-        for record_id, metadata in zip(page["ids"], page["metadatas"] or [])
-    }
+def record_stamp(metadata: dict[str, Any] | None) -> float:
+    """When ingestion wrote a record (0 for records of other tools): the change feed's clock."""
+    return float((metadata or {}).get(STAMP_KEY) or 0.0)
+
+
+def chroma_versions(store: ChromaStore, collection: Collection, page_size: int) -> tuple[dict[str, str], float]:
+    """Every record id in Chroma with its doc hash (empty for records written by other tools), and the newest
+    stamp among them."""
+    versions: dict[str, str] = {}
+    newest = 0.0
+    for page in store.pages(collection, ["metadatas"], page_size):
+        for record_id, metadata in zip(page["ids"], page["metadatas"] or []):
+            versions[record_id] = record_version(metadata)
+            newest = max(newest, record_stamp(metadata))
+    return versions, newest
 
 
 def find_drift(store: ChromaStore, collection: Collection, lexical: LexicalIndex, page_size: int) -> LexicalDrift:
-    """Compare every id and doc hash of Chroma with the lexical index (reads both in full)."""
-    return drift_from(chroma_versions(store, collection, page_size), lexical)
-
-
-def drift_from(truth: dict[str, str], lexical: LexicalIndex) -> LexicalDrift:
-    """How ``lexical`` differs from Chroma's ids and doc hashes (``truth``, read by the caller)."""
+    """Compare every id and doc hash of Chroma with the lexical index (reads both in full, the index first)."""
     indexed = lexical.versions()
+    return drift_from(chroma_versions(store, collection, page_size)[0], indexed)
+
+
+def drift_from(truth: dict[str, str], indexed: dict[str, str]) -> LexicalDrift:
+    """How the lexical index's ids and doc hashes (``indexed``, read first) differ from Chroma's (``truth``)."""
     return LexicalDrift(
         chroma_records=len(truth),
         lexical_records=len(indexed),
@@ -104,14 +114,21 @@ def drift_from(truth: dict[str, str], lexical: LexicalIndex) -> LexicalDrift:
     )
 
 
-def _index_pages(pages: Iterable[GetResult], lexical: LexicalIndex, progress: tqdm) -> int:
-    """Add each page of Chroma records to the lexical index (a commit per page); returns the records added."""
-    added = 0
+def _index_pages(pages: Iterable[GetResult], lexical: LexicalIndex, progress: tqdm) -> tuple[int, float]:
+    """Add each page of Chroma records to the lexical index (a commit per page); returns the records added and the
+    newest stamp among them."""
+    added, newest = 0, 0.0
     for page in pages:
         lexical.add([lexical_record(*record) for record in zip(page["ids"], page["documents"], page["metadatas"])])
         added += len(page["ids"])
+        newest = max([newest, *map(record_stamp, page["metadatas"] or [])])
         progress.update(len(page["ids"]))
-    return added
+    return added, newest
+
+
+def still_held(store: ChromaStore, collection: Collection, ids: Sequence[str], page_size: int) -> set[str]:
+    """The ids of ``ids`` that Chroma holds now (read by id, just before a deletion)."""
+    return {record_id for page in store.records(collection, ids, [], page_size) for record_id in page["ids"]}
 
 
 def repair(
@@ -126,17 +143,22 @@ def repair(
     """Bring the lexical index to Chroma's state; returns how many records were added, replaced or deleted."""
     to_copy = [*drift.missing, *drift.changed]
     with tqdm(total=len(to_copy), desc="lexical repair", unit="record", disable=not show_progress) as progress:
-        _index_pages(store.records(collection, to_copy, _TEXT, page_size), lexical, progress)
-    lexical.delete(drift.extra)
-    return len(to_copy) + len(drift.extra)
+        _index_pages(store.records(collection, to_copy, TEXT_FIELDS, page_size), lexical, progress)
+    held = still_held(store, collection, drift.extra, page_size)
+    lexical.delete([record_id for record_id in drift.extra if record_id not in held])
+    return len(to_copy) + len(drift.extra) - len(held)
 
 
 def reconcile(
     store: ChromaStore, collection: Collection, lexical: LexicalIndex, *, page_size: int, show_progress: bool = False
 ) -> int:
-    """Find how the lexical index differs from Chroma and repair it, saying so in a warning when it did; returns
-    the records added, replaced or deleted (0 when the two were in step)."""
-    drift = find_drift(store, collection, lexical, page_size)
+    """Find how the lexical index differs from Chroma and repair it, saying so in a warning when it did; the index's
+    feed mark becomes the newest stamp Chroma holds. Returns the records added, replaced or deleted (0 when the two
+    were in step)."""
+    indexed = lexical.versions()
+    truth, newest = chroma_versions(store, collection, page_size)
+    drift = drift_from(truth, indexed)
+    lexical.set_feed_mark(max(newest, lexical.feed_mark() or 0.0))
     if drift.ok:
         return 0
     logger.warning(
@@ -151,27 +173,13 @@ def reconcile(
 def rebuild(
     store: ChromaStore, collection: Collection, lexical: LexicalIndex, *, page_size: int = 1000, show_progress: bool
 ) -> int:
-    """Drop the lexical index and index every Chroma record again, a page at a time; returns the records indexed."""
-    lexical.reset()
+    """Index every Chroma record again, a page at a time, into a new index that replaces the live one when complete
+    (:meth:`LexicalIndex.rebuilding`); returns the records indexed. What is written meanwhile, the feed brings."""
     total = store.with_retries(collection.count)
-    with tqdm(total=total, desc="reindexing", unit="record", disable=not show_progress) as progress:
-        return _index_pages(store.pages(collection, _TEXT, page_size), lexical, progress)
-
-
-def ensure_in_step(store: ChromaStore, collection: Collection, lexical: LexicalIndex, *, page_size: int = 1000) -> int:
-    """Before the first lexical search: repair a lexical index whose count differs from Chroma's.
-
-    An empty index beside a full collection is not rebuilt silently on a query (at 100K records that takes a
-    while): it is an error that says to run ``twostage reindex``, unless the store lives in memory (its index
-    cannot have been built before). Returns the records repaired.
-    """
-    chroma_count = store.with_retries(collection.count)
-    lexical_count = lexical.count()
-    if chroma_count == lexical_count:
-        return 0
-    if lexical_count == 0 and store.mode != "memory":
-        raise LexicalIndexError(
-            f"{lexical.describe()} is empty but collection {store.collection_name!r} holds {chroma_count} records: "
-            "build it from Chroma with `twostage reindex` (same settings), or set stage1_mode='dense'"
-        )
-    return reconcile(store, collection, lexical, page_size=page_size)
+    with (
+        lexical.rebuilding() as fresh,
+        tqdm(total=total, desc="reindexing", unit="record", disable=not show_progress) as progress,
+    ):
+        indexed, newest = _index_pages(store.pages(collection, TEXT_FIELDS, page_size), fresh, progress)
+        fresh.set_feed_mark(newest)
+    return indexed

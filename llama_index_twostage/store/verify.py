@@ -121,6 +121,7 @@ def verify_store(
         ChromaUnavailableError: the store cannot be reached.
     """
     collection = store.with_retries(store.open_collection)
+    indexed = None if lexical is None else lexical.versions()  # before Chroma: a record added meanwhile is not "extra"
     contract = CollectionContract.of(collection)
     dimension = contract.dimension if contract else None
     nodes, bad_embeddings, sourceless, unversioned = 0, [], [], 0
@@ -155,5 +156,5 @@ def verify_store(
         incomplete_sources=incomplete,
         sourceless=sourceless,
         unversioned=unversioned,
-        lexical=None if lexical is None else drift_from(versions, lexical),
+        lexical=None if indexed is None else drift_from(versions, indexed),
     )

@@ -54,7 +54,7 @@ def pipeline(settings, hash_embedding):
 
 def in_step(pipeline: TwoStagePipeline) -> bool:
     collection = pipeline.store.open_collection()
-    truth = chroma_versions(pipeline.store, collection, 1000)
+    truth, _ = chroma_versions(pipeline.store, collection, 1000)
     return pipeline.lexical.versions() == truth and find_drift(pipeline.store, collection, pipeline.lexical, 7).ok
 
 
@@ -66,7 +66,7 @@ def test_both_indexes_hold_the_same_records_through_ingest_replace_and_delete(pi
     assert in_step(pipeline) and report.lexical_repaired == 0
     hits = pipeline.lexical.search("version 0 code0", limit=50).ids
     assert hits and all(
-        stage_id in chroma_versions(pipeline.store, pipeline.store.open_collection(), 100) for stage_id in hits
+        stage_id in chroma_versions(pipeline.store, pipeline.store.open_collection(), 100)[0] for stage_id in hits
     )
 
 
@@ -108,11 +108,14 @@ def test_a_relabel_left_half_done_is_repaired(pipeline):
     pipeline.lexical.add([LexicalRecord(record_id, "stale text", "old-hash") for record_id in some["ids"]])
     drift = find_drift(pipeline.store, collection, pipeline.lexical, 1000)
     assert sorted(drift.changed) == sorted(some["ids"]) and not drift.missing and not drift.extra
-    assert pipeline.ingest(corpus()).lexical_repaired == 3
+    assert pipeline.verify().lexical.changed == drift.changed  # the feed cannot know: verify names it
+    assert pipeline.verify(repair_lexical=True).ok
     assert in_step(pipeline)
 
 
-def test_counts_that_differ_are_repaired_on_open(pipeline, settings, hash_embedding):
+def test_counts_that_differ_are_named_on_open_and_repaired_by_verify(pipeline, settings, hash_embedding, caplog):
+    """Drift the feed cannot explain (writes behind its back): a query answers without writing and says what
+    repairs it; ``verify --repair`` does."""
     pipeline.ingest(corpus())
     lost = pipeline.lexical.search("code3", limit=5).ids
     pipeline.lexical.delete(lost)
@@ -120,14 +123,17 @@ def test_counts_that_differ_are_repaired_on_open(pipeline, settings, hash_embedd
     with TwoStagePipeline(settings, embed_model=hash_embedding) as reopened:
         nodes = reopened.retriever().retrieve("code3")
         assert "ghost" not in {scored.node.node_id for scored in nodes}
+        assert "verify --repair" in caplog.text and not in_step(reopened)
+        assert reopened.verify(repair_lexical=True).ok
+        nodes = reopened.retriever().retrieve("code3")
         assert set(lost) <= {scored.node.node_id for scored in nodes if "lexical_rank" in stage_info(scored)}
         assert in_step(reopened)
 
 
-def test_an_empty_lexical_index_beside_a_full_collection_says_reindex(pipeline, settings, hash_embedding):
+def test_an_empty_lexical_index_beside_a_full_collection_says_reindex(pipeline, settings, hash_embedding, tmp_path):
     pipeline.ingest(corpus())
-    pipeline.lexical.reset()
-    with TwoStagePipeline(settings, embed_model=hash_embedding) as reopened:
+    new_host = settings.model_copy(update={"lexical_dir": tmp_path / "new-host"})
+    with TwoStagePipeline(new_host, embed_model=hash_embedding) as reopened:
         with pytest.raises(LexicalIndexError, match="twostage reindex"):
             reopened.retriever().retrieve("code3")
         assert reopened.retriever(stage1_mode="dense").retrieve("code3")  # dense needs no lexical index

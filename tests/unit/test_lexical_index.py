@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -102,14 +103,15 @@ def test_ids_with_punctuation_are_deleted_exactly(tmp_path: Path) -> None:
         assert sorted(index.versions()) == sorted(ids[1:])
 
 
-def test_the_index_persists_and_reset_empties_it(index: TantivyIndex) -> None:
+def test_the_index_persists_and_rebuilding_starts_empty_without_removing_files(index: TantivyIndex) -> None:
     path = index.path
     index.close()
     reopened = TantivyIndex(path)
     assert reopened.count() == len(CORPUS)
-    reopened.reset()
-    assert not path.exists()
-    assert reopened.count() == 0
+    with reopened.rebuilding() as fresh:
+        assert fresh.count() == 0
+        fresh.set_feed_mark(12.5)
+    assert path.is_dir() and reopened.count() == 0 and reopened.feed_mark() == 12.5
 
 
 def test_a_second_writer_gets_a_clear_error(index: TantivyIndex) -> None:
@@ -174,15 +176,28 @@ class RejectingChroma:
 
     recall_k = 10
     callback_manager = None
+    store = SimpleNamespace(mode="memory")
+
+    def collection(self) -> None:
+        return None
 
     def fetch(self, ids: list[str]) -> dict:
         return {}
 
 
+class NoFeed:
+    """A follower with nothing to catch up on (no Chroma here)."""
+
+    def open_check(self, collection: None, *, own_index: bool) -> None:
+        pass
+
+    def refresh(self, collection: None, *, may_rebuild: bool = False) -> None:
+        pass
+
+
 def test_a_selective_filter_widens_the_lexical_search_within_a_bound() -> None:
     index = EndlessIndex()
-    hybrid = HybridRecallRetriever(RejectingChroma(), index)  # type: ignore[arg-type]
-    hybrid._in_step = True  # no Chroma to reconcile with here
+    hybrid = HybridRecallRetriever(RejectingChroma(), index, follower=NoFeed())  # type: ignore[arg-type]
     side = hybrid.lexical_candidates("vitamin")
     assert side is not None and side.ids == []
     assert index.limits == [10, 40, 160, 640]  # x4 each time, at most 64 x recall_k
