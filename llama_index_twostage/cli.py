@@ -107,8 +107,9 @@ def with_settings(*flags: str) -> Callable[[Callable[..., None]], Callable[..., 
     return decorate
 
 
-def load_documents(path: Path, limit: int | None = None) -> FolderDocuments:
-    """A BEIR corpus (``corpus.jsonl`` or a folder holding one), else the text files of a folder (or one file)."""
+def load_documents(path: Path, limit: int | None = None, source: str | None = None) -> FolderDocuments:
+    """A BEIR corpus (``corpus.jsonl`` or a folder holding one), else the text files of a folder (or one file),
+    named ``source`` where given."""
     from llama_index_twostage.evaluation.datasets import load_beir_corpus
 
     if limit is not None and limit < 1:
@@ -117,7 +118,7 @@ def load_documents(path: Path, limit: int | None = None) -> FolderDocuments:
     if corpus.suffix == ".jsonl" and corpus.is_file():
         read = FolderDocuments(load_beir_corpus(corpus))
     else:
-        read = read_files(path)
+        read = read_files(path, source)
     if read.skipped:
         logger.warning(
             "skipped %d files: %s",
@@ -151,11 +152,24 @@ def ingest(
     settings: RetrieverSettings,
     path: Annotated[Path, typer.Argument(help="Folder or file of documents, or a BEIR corpus.jsonl.", exists=True)],
     limit: Annotated[Optional[int], typer.Option(help="Ingest only the first N documents.")] = None,
+    source: Annotated[
+        Optional[str],
+        typer.Option(help="Name the folder (ids become NAME/<path>, the same on every machine and after a move)."),
+    ] = None,
+    sync: Annotated[
+        bool, typer.Option("--sync", help="Delete documents ingested earlier from this folder whose files are gone.")
+    ] = False,
 ) -> None:
     """Chunk, embed and store documents (re-runs add nothing twice)."""
-    read = load_documents(path, limit)
+    if sync and (limit is not None or not path.is_dir()):
+        raise ConfigurationError(
+            "--sync needs a whole folder: give a folder and no --limit (what is left out is deleted)"
+        )
+    read = load_documents(path, limit, source)
+    if sync and read.source is None:
+        raise ConfigurationError(f"--sync needs a folder of files; {str(path)!r} is a corpus file")
     with TwoStagePipeline(settings) as pipeline:
-        report = pipeline.ingest(read.documents)
+        report = pipeline.ingest(read.documents, source=read.source, sync=sync)
     typer.echo(
         f"{report.documents} documents -> {report.chunks} chunks: {report.added} added, "
         f"{report.already_stored} already stored; collection {report.collection!r} now holds "
@@ -163,7 +177,8 @@ def ingest(
     )
     typer.echo(
         f"{report.unchanged_documents} documents unchanged (skipped), {report.replaced_documents} replaced, "
-        f"{report.removed_stale} stale chunks removed"
+        f"{report.removed_stale} stale chunks removed, {report.reused_embeddings} embeddings reused"
+        + (f", {report.deleted_documents} documents whose files are gone deleted" if sync else "")
     )
     if read.skipped or report.empty_documents:
         typer.echo(
@@ -251,6 +266,22 @@ def verify(
     typer.echo("\n".join(report.describe()))
     if not report.ok:
         raise typer.Exit(code=1)
+
+
+@app.command()
+@with_settings(*STORE_FLAGS)
+def delete(
+    settings: RetrieverSettings,
+    ids: Annotated[list[str], typer.Argument(help="Document ids (ref_doc_id; from a folder: <source>/<path>).")],
+) -> None:
+    """Delete documents (every chunk of each) from Chroma and the lexical index; every other host's index learns of
+    it through the change feed."""
+    with TwoStagePipeline(settings) as pipeline:
+        report = pipeline.delete(ids)
+    typer.echo(
+        f"{report.documents} of {len(set(ids))} documents found, {report.chunks} chunks deleted; collection "
+        f"{settings.collection!r} now holds {report.stored_total}"
+    )
 
 
 @app.command()

@@ -2,9 +2,13 @@
 
 A folder is read as its user means it: each text file becomes one document, decoded from its byte-order mark, UTF-8
 or, failing that, Windows-1252/Latin-1 (accents kept, never silently dropped); files that are not text (images,
-PDFs, archives, random bytes) and empty files are skipped and named, never stored as garbage. A document's id is
-``<folder name>/<path inside the folder>``, so the same folder ingested through a symlink or from another working
-directory maps to the same documents instead of a second copy.
+PDFs, archives, random bytes) and empty files are skipped and named, never stored as garbage.
+
+A document's id is ``<source name>/<path inside the folder>``: the source name is the folder's own name, or one the
+user gives (``source=``, ``--source``). The folder's resolved location is its source, so the same folder through a
+symlink or from another working directory stays one source, and another folder of the same name is a different
+source (ingestion refuses to let it replace the first one's documents). A named source is its name: portable
+across machines and moves. The path is not embedded, so a moved or renamed file keeps its embeddings.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from llama_index_twostage.errors import DocumentError
 # What the reader keeps out of the text the models read (as LlamaIndex's SimpleDirectoryReader does): file
 # facts that change on a mere `touch` or copy must not change what is embedded.
 FILE_FACTS = ["file_name", "file_type", "file_size", "last_modified_date"]
+NOT_EMBEDDED = [*FILE_FACTS, "file_path"]  # a moved file is the same text: its embeddings are reused
 _BOMS = (
     (codecs.BOM_UTF32_LE, "utf-32"),
     (codecs.BOM_UTF32_BE, "utf-32"),
@@ -40,6 +45,7 @@ class FolderDocuments:
 
     documents: list[Document] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # document id -> why it was not read
+    source: str | None = None  # the name given, or the folder's resolved location (see the module's docstring)
 
 
 def decode_text(data: bytes) -> str | None:
@@ -81,21 +87,25 @@ def _document(file: Path, document_id: str) -> Document | str:
         id_=document_id,
         text=text,
         metadata=metadata,
-        excluded_embed_metadata_keys=list(FILE_FACTS),
+        excluded_embed_metadata_keys=list(NOT_EMBEDDED),
         excluded_llm_metadata_keys=list(FILE_FACTS),
     )
 
 
-def read_files(path: Path) -> FolderDocuments:
-    """Every visible file under ``path`` (a folder, recursively, or one file), in path order."""
+def read_files(path: Path, source: str | None = None) -> FolderDocuments:
+    """Every visible file under ``path`` (a folder, recursively, or one file), in path order; ``source`` names the
+    folder (its ids become ``<source>/<path>``, the same on any machine)."""
+    if source is not None and (not source.strip() or "/" in source or "\\" in source):
+        raise DocumentError(f"source name {source!r} must be non-empty and hold no '/' or '\\'")
     if path.is_dir():
         root, files = path, sorted(file for file in path.rglob("*") if file.is_file() and not _hidden(file, path))
     else:
         root, files = path.parent, [path]
     if not files:
         raise DocumentError(f"no documents to ingest: the folder {str(path)!r} holds no files")
-    name = root.resolve().name or "root"
-    read = FolderDocuments()
+    location = root.resolve()
+    name = source or location.name or "root"
+    read = FolderDocuments(source=source or location.as_posix())
     for file in files:
         document_id = f"{name}/{file.relative_to(root).as_posix()}"
         result = _document(file, document_id)

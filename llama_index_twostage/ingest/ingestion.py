@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,7 +51,7 @@ from llama_index_twostage.store.contract import (
     TEXT_HASH_KEY,
     CollectionContract,
 )
-from llama_index_twostage.store.feed import LexicalFollower, leave_tombstones
+from llama_index_twostage.store.feed import LexicalFollower, leave_tombstones, stamp_now
 from llama_index_twostage.store.lexical import LexicalIndex, LexicalRecord
 from llama_index_twostage.timing import Stopwatch
 
@@ -316,7 +315,7 @@ class Writer:
         return records
 
     def upsert(self, nodes: Sequence[BaseNode], embeddings: list[list[float]]) -> None:
-        stamp = time.time()
+        stamp = stamp_now()
         ids = [node.node_id for node in nodes]
         write = partial(
             self.collection.upsert,
@@ -331,7 +330,7 @@ class Writer:
     def relabel(self, nodes: Sequence[BaseNode]) -> None:
         """Record the new version on chunks a changed document kept (metadata only: no re-embedding)."""
         for batch in _batches(nodes, self.batch_size):
-            stamp = time.time()
+            stamp = stamp_now()
             ids = [node.node_id for node in batch]
             update = partial(self.collection.update, ids=ids, metadatas=self._metadatas(batch, stamp))
             self.store.with_retries(update)
@@ -339,7 +338,7 @@ class Writer:
 
     def delete(self, ids: Sequence[str]) -> None:
         for batch in _batches(ids, self.batch_size):
-            stamp = time.time()
+            stamp = stamp_now()
             leave_tombstones(self.store, batch, stamp)
             self.store.with_retries(partial(self.collection.delete, ids=list(batch)))
             self._mirror(batch, stamp)

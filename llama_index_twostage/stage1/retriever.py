@@ -221,14 +221,22 @@ class ChromaRecallRetriever(BaseRetriever):
         return True
 
     def _recalled(self, result: dict[str, Any], query_truncated: bool) -> Recalled:
-        distances = result["distances"][0]
-        similarities = [distance_to_similarity(float(distance), self._space) for distance in distances]
         notes: dict[str, Any] = {}
+        ids, documents, metadatas, distances = (
+            result[key][0] for key in ("ids", "documents", "metadatas", "distances")
+        )
+        with_text = [position for position, document in enumerate(documents) if document]
+        if len(with_text) < len(ids):  # written by another tool without text: nothing to rank or read
+            notes["dropped_without_text"] = len(ids) - len(with_text)
+            ids, documents, metadatas, distances = (
+                [column[position] for position in with_text] for column in (ids, documents, metadatas, distances)
+            )
+        similarities = [distance_to_similarity(float(distance), self._space) for distance in distances]
         if query_truncated:
             notes["query_truncated"] = True
         if self._guard_recall(similarities):
             notes["recall_starved"] = True
-        return Recalled(result["ids"][0], result["documents"][0], result["metadatas"][0], similarities, notes)
+        return Recalled(ids, documents, metadatas, similarities, notes)
 
     def recall(self, query_bundle: QueryBundle) -> Recalled:
         """The ``recall_k`` nearest records by cosine similarity, best first."""
@@ -296,5 +304,9 @@ class ChromaRecallRetriever(BaseRetriever):
 
 
 def _by_id(result: Any) -> dict[str, Record]:
-    """Chroma's ``get`` result as id -> (document, metadata)."""
-    return dict(zip(result["ids"], zip(result["documents"], result["metadatas"])))
+    """Chroma's ``get`` result as id -> (document, metadata); a record without text is left out, as if absent."""
+    return {
+        record_id: (document, metadata)
+        for record_id, document, metadata in zip(result["ids"], result["documents"], result["metadatas"])
+        if document
+    }

@@ -31,6 +31,7 @@ from llama_index_twostage.errors import (
 )
 from llama_index_twostage.settings import ChromaMode, DistanceSpace, RetrieverSettings
 from llama_index_twostage.store.contract import CollectionContract, verify_collection
+from llama_index_twostage.store.embedded import EmbeddedStoreLock
 
 if TYPE_CHECKING:
     from chromadb.api import AsyncClientAPI, ClientAPI
@@ -202,8 +203,16 @@ class ChromaStore:
         if self.mode == "embedded":
             try:
                 self.persist_dir.mkdir(parents=True, exist_ok=True)
+                EmbeddedStoreLock.acquire(self.persist_dir)  # a second process is refused (see store/embedded.py)
+            except OSError as error:
+                raise ChromaUnavailableError(
+                    f"cannot open the embedded Chroma store at {str(self.persist_dir)!r}: {error}; "
+                    "check persist_dir is a writable directory"
+                ) from error
+            try:
                 return chromadb.PersistentClient(path=str(self.persist_dir), settings=self._chroma_settings())
-            except (OSError, RuntimeError, ChromaError) as error:  # ChromaError: e.g. a corrupt chroma.sqlite3
+            except (OSError, RuntimeError, ChromaError) as error:
+                EmbeddedStoreLock.release(self.persist_dir)  # ChromaError: e.g. a corrupt chroma.sqlite3
                 raise ChromaUnavailableError(
                     f"cannot open the embedded Chroma store at {str(self.persist_dir)!r}: {error}; "
                     "check persist_dir is a writable directory holding a Chroma store (or none yet)"
@@ -267,6 +276,8 @@ class ChromaStore:
             self._async_client = None
         if client is not None and self.mode != "memory":
             client.close()
+        if client is not None and self.mode == "embedded":
+            EmbeddedStoreLock.release(self.persist_dir)
 
     def __enter__(self) -> ChromaStore:
         return self

@@ -36,6 +36,11 @@ TOMBSTONE_RETENTION_S = 30 * 86400.0  # an index whose mark is older is reconcil
 _WRITER_PATIENCE_S = 30.0  # how long a writer waits for another process's lexical write before leaving it to later
 
 
+def stamp_now() -> float:
+    """A write's stamp, to the millisecond: Chroma returns a stored float a few ulps off, which rounds back."""
+    return round(time.time(), 3)
+
+
 def tombstone_collection_name(collection_name: str) -> str:
     return f"{collection_name}{TOMBSTONE_SUFFIX}"
 
@@ -91,7 +96,8 @@ def _stamped_since(store: ChromaStore, collection: Collection, since: float) -> 
     read = partial(collection.get, where={STAMP_KEY: {"$gte": since}}, include=["metadatas"])
     result = store.with_retries(read)
     return {
-        record_id: float(metadata[STAMP_KEY]) for record_id, metadata in zip(result["ids"], result["metadatas"] or [])
+        record_id: round(float(metadata[STAMP_KEY]), 3)
+        for record_id, metadata in zip(result["ids"], result["metadatas"] or [])
     }
 
 
