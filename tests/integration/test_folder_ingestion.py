@@ -8,9 +8,11 @@ import random
 import time
 
 import pytest
+from llama_index.core import Document
 from typer.testing import CliRunner
 
 from llama_index_twostage.cli import app
+from llama_index_twostage.errors import DocumentError
 from llama_index_twostage.ingest.files import read_files
 from llama_index_twostage.pipeline import TwoStagePipeline
 from llama_index_twostage.store import ChromaStore
@@ -59,13 +61,99 @@ def test_the_same_folder_through_a_symlink_or_another_directory_is_stored_once(p
     for name in ("a.txt", "b.txt"):
         (folder / name).write_text(f"{name}: " + " ".join(SENTENCES[:20]))
     (tmp_path / "link").symlink_to(folder)
-    first = pipeline.ingest(read_files(folder).documents)
-    through_link = pipeline.ingest(read_files(tmp_path / "link").documents)
+    first = ingest(pipeline, read_files(folder))
+    through_link = ingest(pipeline, read_files(tmp_path / "link"))
     monkeypatch.chdir(tmp_path)
-    relative = pipeline.ingest(read_files(tmp_path.joinpath("docs").relative_to(tmp_path)).documents)
+    relative = ingest(pipeline, read_files(tmp_path.joinpath("docs").relative_to(tmp_path)))
     assert through_link.added == relative.added == 0
     assert through_link.stored_total == relative.stored_total == first.stored_total
     assert {metadata["ref_doc_id"] for metadata in stored(pipeline).values()} == {"docs/a.txt", "docs/b.txt"}
+
+
+def ingest(pipeline, read, sync: bool = False):
+    return pipeline.ingest(read.documents, source=read.source, sync=sync)
+
+
+def folder_of(root, files: dict[str, str]):
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_two_folders_of_one_name_never_share_ids(pipeline, tmp_path):
+    """Issue 20 item 6: projA/docs, then projB/docs: the second is refused (naming --source), never a silent
+    replacement; named, it gets ids of its own, and one name for two folders is one source."""
+    first = folder_of(tmp_path / "projA" / "docs", {"notes.txt": "A's notes about vitamins."})
+    second = folder_of(tmp_path / "projB" / "docs", {"notes.txt": "B's notes about fractures."})
+    ingest(pipeline, read_files(first))
+    with pytest.raises(DocumentError, match="--source NAME"):
+        ingest(pipeline, read_files(second))
+    ingest(pipeline, read_files(second, source="projB-docs"))
+    texts = {metadata["ref_doc_id"] for metadata in stored(pipeline).values()}
+    assert texts == {"docs/notes.txt", "projB-docs/notes.txt"}
+    with pytest.raises(DocumentError, match="source"):
+        read_files(second, source="a/b")
+
+
+def test_sync_deletes_files_that_are_gone_and_a_moved_file_keeps_its_embeddings(pipeline, hash_embedding, tmp_path):
+    """Issue 20 item 5: --sync deletes what is gone (both indexes); a renamed file's chunks reuse their embeddings."""
+    folder = folder_of(
+        tmp_path / "docs",
+        {name: f"{name}: " + " ".join(SENTENCES[i * 20 : i * 20 + 20]) for i, name in enumerate(["a", "b", "c"])},
+    )
+    first = ingest(pipeline, read_files(folder), sync=True)
+    (folder / "c").unlink()
+    (folder / "sub").mkdir()
+    (folder / "b").rename(folder / "sub" / "b")
+    embedded = len(hash_embedding.embedded)
+    report = ingest(pipeline, read_files(folder), sync=True)
+    assert report.deleted_documents == 2 and report.added == report.reused_embeddings > 0
+    assert len(hash_embedding.embedded) == embedded  # the moved file was not embedded again
+    assert {metadata["ref_doc_id"] for metadata in stored(pipeline).values()} == {"docs/a", "docs/sub/b"}
+    assert report.stored_total < first.stored_total and pipeline.verify().ok  # the lexical index followed
+
+
+def test_a_moved_folder_is_named_to_keep_its_ids(pipeline, tmp_path):
+    """A default source is the folder's location: moved, it must be named (--source keeps the ids), and --sync then
+    also deletes the documents the old location held and the new one lacks."""
+    folder = folder_of(tmp_path / "old" / "docs", {"a.txt": "Alpha words here.", "b.txt": "Beta words here."})
+    ingest(pipeline, read_files(folder))
+    moved = tmp_path / "new" / "docs"
+    moved.parent.mkdir()
+    folder.rename(moved)
+    (moved / "b.txt").unlink()
+    with pytest.raises(DocumentError, match="same folder moved"):
+        ingest(pipeline, read_files(moved))
+    report = ingest(pipeline, read_files(moved, source="docs"), sync=True)
+    assert report.added == 0 and report.deleted_documents == 1
+    assert {metadata["twostage_source"] for metadata in stored(pipeline).values()} == {"docs"}
+
+
+async def test_delete_removes_documents_from_both_indexes(pipeline):
+    """Issue 20 item 5: ``delete`` / ``adelete`` (LlamaIndex's delete_ref_doc, for several ids)."""
+    pipeline.ingest([Document(id_=name, text=f"{name} words about vitamin code{name}") for name in "abc"])
+    report = pipeline.delete(["a", "unknown"])
+    assert (report.documents, report.chunks, report.stored_total) == (1, 1, 2)
+    assert (await pipeline.adelete("b")).chunks == 1
+    assert {metadata["ref_doc_id"] for metadata in stored(pipeline).values()} == {"c"}
+    assert pipeline.lexical.count() == 1 and pipeline.verify().ok
+
+
+def test_cli_delete_and_ingest_sync(tmp_path, twostage_env, embed_model_dir):
+    folder = folder_of(tmp_path / "docs", {"a.txt": "Alpha words.", "b.txt": "Beta words.", "c.txt": "Gamma words."})
+    twostage_env(persist_dir=tmp_path / "chroma", embed_model=embed_model_dir, collection="docs")
+    assert CliRunner().invoke(app, ["ingest", str(folder)]).exit_code == 0
+    deleted = CliRunner().invoke(app, ["delete", "docs/a.txt", "docs/nope.txt"])
+    assert deleted.exit_code == 0 and "1 of 2 documents found, 1 chunks deleted" in deleted.stdout
+    (folder / "b.txt").unlink()
+    synced = CliRunner().invoke(app, ["ingest", str(folder), "--sync"])
+    assert synced.exit_code == 0 and "1 documents whose files are gone deleted" in synced.stdout
+    refused = CliRunner().invoke(app, ["ingest", str(folder / "c.txt"), "--sync"])
+    assert refused.exit_code == 2 and "--sync needs a whole folder" in refused.output
+    with ChromaStore("docs", persist_dir=tmp_path / "chroma") as store:
+        documents = store.open_collection().get(include=["documents"])["documents"]
+    assert sorted(documents) == ["Alpha words.", "Gamma words."]  # a.txt is still in the folder: ingested again
 
 
 @pytest.fixture

@@ -220,4 +220,3 @@ def test_a_second_process_on_an_embedded_store_is_refused(cheap_settings, hash_e
     assert refused.returncode != 0 and "chroma run" in refused.stderr and "open in another process" in refused.stderr
     pipeline.close()
     assert run_host(tmp_path, settings, "query", "words")["ids"]
-
