@@ -12,8 +12,10 @@
    SciFact would retrieve).
 4. Lexical scale (``--lexical-scale``): a Chroma collection of that many chunks (SciFact's documents and embeddings,
    copied with a copy-number word added: synthetic) and its BM25 index built from Chroma as ``twostage reindex``
-   does. Prints the rebuild time, index size on disk, process memory, the reconcile check that every ingestion
-   runs (ids and doc hashes of both compared), BM25 query p50, and dense vs hybrid stage-1 p50 at that size.
+   does. Prints the rebuild time, index size on disk, process memory, the full reconcile (ids and doc hashes of
+   both compared: ``verify --repair``), BM25 query p50, and dense vs hybrid stage-1 p50 at that size. Then the change
+   feed at that size: the end-of-ingest step after a one-document change, and the work another host does to see a
+   one-document change (and a deletion), each against the full reconcile as anchor.
 
     python benchmarks/bench_stage1.py --corpus-size 1000 --scales 10000,100000,1000000 --ef-search 100,500,1000
     python benchmarks/bench_stage1.py --sections latency      # only the stage-1 latency comparison
@@ -45,8 +47,9 @@ from llama_index_twostage.evaluation import load_beir
 from llama_index_twostage.evaluation.runner import WHOLE_DOCUMENT_CHUNK
 from llama_index_twostage.ingest import Chunking, ingest_into
 from llama_index_twostage.models import embedding_dimension, embedding_model_name
-from llama_index_twostage.store import CollectionContract, find_drift
-from llama_index_twostage.store.contract import HASH_KEY, SOURCE_KEY
+from llama_index_twostage.store import CollectionContract, LexicalFollower, find_drift
+from llama_index_twostage.store.contract import HASH_KEY, SOURCE_KEY, STAMP_KEY
+from llama_index_twostage.store.feed import stamp_now
 from llama_index_twostage.timing import Stopwatch
 
 
@@ -223,6 +226,7 @@ def lexical_scale(
         collection = pipeline.store.client.create_collection(
             "lexical-scale", configuration={"hnsw": {"space": "cosine"}}, metadata=contract_of(pipeline).to_metadata()
         )
+        an_hour_ago = stamp_now() - 3600  # written by an earlier ingestion: outside the feed's margin
         with Stopwatch() as chroma_build:
             for start in range(0, size, 5000):
                 rows = range(start, min(start + 5000, size))
@@ -230,7 +234,9 @@ def lexical_scale(
                     ids=[f"chunk-{row}" for row in rows],
                     embeddings=vectors[[row % len(texts) for row in rows]],
                     documents=[f"{texts[row % len(texts)]} copy{row // len(texts)}" for row in rows],
-                    metadatas=[{HASH_KEY: f"hash-{row}", SOURCE_KEY: f"doc-{row}"} for row in rows],
+                    metadatas=[
+                        {HASH_KEY: f"hash-{row}", SOURCE_KEY: f"doc-{row}", STAMP_KEY: an_hour_ago} for row in rows
+                    ],
                 )
         before = rss_mb()
         with Stopwatch() as rebuild_watch:
@@ -250,6 +256,44 @@ def lexical_scale(
             "BM25 alone": lambda query: pipeline.lexical.search(query, settings.recall_k),
         }
         print_latencies(latencies(contenders, queries), anchors=("ours dense",))
+        feed_rows(pipeline, documents, drift_watch.ms)
+
+
+def feed_rows(pipeline: TwoStagePipeline, documents: list, reconcile_ms: float) -> None:
+    """The change feed at the lexical-scale size, against the full reconcile (``reconcile_ms``) as anchor: this host
+    ingests one changed document (its end-of-ingest step timed), then another host's writer (Chroma only, no index of
+    its own) replaces one document and deletes another, and this host's follower catches up."""
+    collection = pipeline.store.open_collection()
+    follower = pipeline.follower
+    steps: list[float] = []
+    follow = follower.follow
+
+    def timed_follow(target: Collection) -> int:
+        with Stopwatch() as watch:
+            fixed = follow(target)
+        steps.append(watch.ms)
+        return fixed
+
+    follower.follow = timed_follow  # type: ignore[method-assign]
+    for round_ in range(3):
+        changed = documents[0].model_copy(update={"text": f"{documents[0].text} revision{round_}"})
+        pipeline.ingest([changed])
+    follower.follow = follow  # type: ignore[method-assign]
+    other_host = LexicalFollower(pipeline.store, pipeline.lexical)  # this host's index, a fresh process's follower
+    catch_ups = []
+    for round_ in range(3):
+        replaced = documents[1].model_copy(update={"text": f"{documents[1].text} other{round_}"})
+        ingest_into(pipeline.store, pipeline.embed_model, [replaced], show_progress=False)  # another host: Chroma only
+        with Stopwatch() as watch:
+            other_host.catch_up(collection)
+        catch_ups.append(watch.ms)
+    end_step, seen = statistics.median(steps), statistics.median(catch_ups)
+    print(
+        f"change feed at {collection.count():,} records (anchor: full reconcile {reconcile_ms / 1000:.2f} s): "
+        f"end-of-ingest step after a one-document change {end_step / 1000:.3f} s ({end_step / reconcile_ms:.3f} x "
+        f"reconcile); another host sees a one-document replacement in {seen / 1000:.3f} s of work "
+        f"({seen / reconcile_ms:.3f} x reconcile); medians of 3"
+    )
 
 
 def contract_of(pipeline: TwoStagePipeline) -> CollectionContract:
