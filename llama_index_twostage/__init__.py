@@ -2,7 +2,7 @@
 
 Data flows one way::
 
-    documents -> ingest -> ChromaStore + TantivyIndex (BM25, kept in step)
+    documents -> ingest -> ChromaStore + LexicalFolder (BM25 on each host, following Chroma's change feed)
               -> HybridRecallRetriever / ChromaRecallRetriever (stage 1, recall_k)
               -> CrossEncoderRerank (stage 2, top_k) -> RetrieverQueryEngine / TwoStageRetriever
 
@@ -16,8 +16,10 @@ from llama_index_twostage.errors import (
     CollectionNotFoundError,
     ConfigurationError,
     DocumentError,
+    EmbeddedStoreInUseError,
     EmptyQueryError,
     InvalidQueryError,
+    LexicalIndexBusy,
     LexicalIndexError,
     ModelLoadError,
     ModelOutputError,
@@ -25,7 +27,7 @@ from llama_index_twostage.errors import (
     RerankServerError,
     TwoStageError,
 )
-from llama_index_twostage.ingest import Chunking, IngestReport, ingest_into
+from llama_index_twostage.ingest import Chunking, DeleteReport, IngestReport, ingest_into
 from llama_index_twostage.models import ModelPool
 from llama_index_twostage.nodes import STAGE_KEY, stage_info
 from llama_index_twostage.pipeline import (
@@ -48,7 +50,7 @@ from llama_index_twostage.stage2 import (
     PairTemplate,
     ScoreCache,
 )
-from llama_index_twostage.store import ChromaStore, LexicalIndex, TantivyIndex, VerifyReport
+from llama_index_twostage.store import ChromaStore, LexicalFolder, LexicalIndex, TantivyIndex, VerifyReport
 
 __all__ = [
     "STAGE_KEY",
@@ -60,6 +62,8 @@ __all__ = [
     "HttpRerankScorer",
     "HybridRecallRetriever",
     "LexicalIndex",
+    "LexicalFolder",
+    "LexicalIndexBusy",
     "LexicalIndexError",
     "ModelPool",
     "PairScorer",
@@ -70,7 +74,9 @@ __all__ = [
     "CollectionMismatchError",
     "CollectionNotFoundError",
     "ConfigurationError",
+    "DeleteReport",
     "DocumentError",
+    "EmbeddedStoreInUseError",
     "CrossEncoderRerank",
     "EmptyQueryError",
     "IngestReport",

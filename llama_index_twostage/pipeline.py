@@ -31,8 +31,7 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import Document, NodeWithScore, QueryBundle
 
-from llama_index_twostage.ingest import Chunking, IngestReport, ingest_into
-from llama_index_twostage.ingest.ingestion import DeleteReport, delete_documents
+from llama_index_twostage.ingest import Chunking, DeleteReport, IngestReport, delete_documents, ingest_into
 from llama_index_twostage.models import ModelPool
 from llama_index_twostage.settings import RetrieverSettings, Stage1Mode
 from llama_index_twostage.stage1 import ChromaRecallRetriever, HybridRecallRetriever
