@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from pydantic import SecretStr
@@ -426,13 +426,15 @@ class ChromaStore:
         """The most records Chroma takes in one request."""
         return self.with_retries(self.client.get_max_batch_size)
 
-    def pages(self, collection: Collection, include: Include, page_size: int) -> Iterator[GetResult]:
-        """Every record of ``collection`` with the ``include``d fields, ``page_size`` at a time (a whole collection
-        may not fit in memory or in one request); each page is a retried read."""
+    def pages(
+        self, collection: Collection, include: Include, page_size: int, where: dict[str, Any] | None = None
+    ) -> Iterator[GetResult]:
+        """Every record of ``collection`` (that matches ``where``) with the ``include``d fields, ``page_size`` at a
+        time (a whole collection may not fit in memory or in one request); each page is a retried read."""
         page_size = min(page_size, self.max_batch_size())
         offset = 0
         while True:
-            read = partial(collection.get, include=include, limit=page_size, offset=offset)
+            read = partial(collection.get, where=where, include=include, limit=page_size, offset=offset)
             page = self.with_retries(read)
             if not page["ids"]:
                 return

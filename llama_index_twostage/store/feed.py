@@ -23,7 +23,7 @@ from llama_index_twostage.errors import LexicalIndexBusy, LexicalIndexError
 from llama_index_twostage.store.chroma import ChromaStore
 from llama_index_twostage.store.contract import STAMP_KEY
 from llama_index_twostage.store.lexical import LexicalIndex
-from llama_index_twostage.store.reconcile import TEXT_FIELDS, lexical_record, reconcile
+from llama_index_twostage.store.reconcile import TEXT_FIELDS, lexical_record, reconcile, record_version
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 TOMBSTONE_SUFFIX = "-twostage-deleted"
 FEED_MARGIN_S = 60.0  # clock disagreement between writers plus the longest write in flight
 TOMBSTONE_RETENTION_S = 30 * 86400.0  # an index whose mark is older is reconciled in full
+_COMPARE_ABOVE = 1000  # more changes than this to read back: first compare versions with the whole index (0.3 s/100K)
 _WRITER_PATIENCE_S = 30.0  # how long a writer waits for another process's lexical write before leaving it to later
 
 
@@ -81,10 +82,12 @@ def leave_tombstones(store: ChromaStore, ids: Sequence[str], stamp: float) -> No
 
 @dataclass(frozen=True)
 class Changes:
-    """What the feed holds since a stamp: record id -> stamp of its latest write, and of its tombstone."""
+    """What the feed holds since a stamp: record id -> stamp of its latest write (and the version it wrote), and
+    of its tombstone."""
 
     written: dict[str, float] = field(default_factory=dict)
     deleted: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
 
     @property
     def newest(self) -> float | None:
@@ -92,20 +95,25 @@ class Changes:
         return max(stamps) if stamps else None
 
 
-def _stamped_since(store: ChromaStore, collection: Collection, since: float) -> dict[str, float]:
-    read = partial(collection.get, where={STAMP_KEY: {"$gte": since}}, include=["metadatas"])
-    result = store.with_retries(read)
-    return {
-        record_id: round(float(metadata[STAMP_KEY]), 3)
-        for record_id, metadata in zip(result["ids"], result["metadatas"] or [])
-    }
+def _stamped_since(
+    store: ChromaStore, collection: Collection, since: float, page_size: int
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Record id -> stamp, and id -> version, of the records stamped at ``since`` or later (metadata only, paged)."""
+    stamps: dict[str, float] = {}
+    versions: dict[str, str] = {}
+    for page in store.pages(collection, ["metadatas"], page_size, where={STAMP_KEY: {"$gte": since}}):
+        for record_id, metadata in zip(page["ids"], page["metadatas"] or []):
+            stamps[record_id] = round(float(metadata[STAMP_KEY]), 3)
+            versions[record_id] = record_version(metadata)
+    return stamps, versions
 
 
-def changes_since(store: ChromaStore, collection: Collection, since: float) -> Changes:
-    """Records written and tombstones left at ``since`` or later (two indexed metadata reads)."""
+def changes_since(store: ChromaStore, collection: Collection, since: float, page_size: int = 1000) -> Changes:
+    """Records written and tombstones left at ``since`` or later (indexed metadata reads)."""
     tombstones = _tombstones(store, create=False)
-    deleted = {} if tombstones is None else _stamped_since(store, tombstones, since)
-    return Changes(_stamped_since(store, collection, since), deleted)
+    deleted = {} if tombstones is None else _stamped_since(store, tombstones, since, page_size)[0]
+    written, versions = _stamped_since(store, collection, since, page_size)
+    return Changes(written, deleted, versions)
 
 
 class LexicalFollower:
@@ -149,7 +157,7 @@ class LexicalFollower:
         mark = self.lexical.feed_mark()
         if mark is None or time.time() - mark > TOMBSTONE_RETENTION_S:
             return None
-        changes = changes_since(self.store, collection, mark - self.margin_s)
+        changes = changes_since(self.store, collection, mark - self.margin_s, self.page_size)
         with self._lock:
             pending = [
                 change
@@ -157,6 +165,8 @@ class LexicalFollower:
                 for change in kind.items()
                 if change not in self._applied
             ]
+        if len(pending) > _COMPARE_ABOVE:  # e.g. a fresh process after a large ingest: most are indexed already
+            pending = self._not_indexed(pending, changes)
         ids = list(dict.fromkeys(record_id for record_id, _ in pending))
         records = [
             lexical_record(*record)
@@ -180,6 +190,20 @@ class LexicalFollower:
             horizon = newest - self.margin_s
             self._applied = {change for change in self._applied if change[1] >= horizon}
         return len(ids)
+
+    def _not_indexed(self, pending: list[tuple[str, float]], changes: Changes) -> list[tuple[str, float]]:
+        """The changes the index does not hold yet: a written record whose id (content-derived) the index holds at
+        the same version is recorded as applied instead of read back."""
+        indexed = self.lexical.versions()
+        held = [
+            (record_id, stamp)
+            for record_id, stamp in pending
+            if record_id not in changes.deleted and indexed.get(record_id) == changes.versions.get(record_id)
+        ]
+        with self._lock:
+            self._applied.update(held)
+        skipped = set(held)
+        return [change for change in pending if change not in skipped]
 
     def follow(self, collection: Collection) -> int:
         """A writer's step after its writes: catch up through the feed, or reconcile in full where it cannot answer;

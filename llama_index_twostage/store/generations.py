@@ -13,7 +13,6 @@ it) and older ones are removed. Reading never creates anything: an index that wa
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import threading
@@ -24,10 +23,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from llama_index_twostage.errors import LexicalIndexError
+from llama_index_twostage.errors import LexicalIndexBusy, LexicalIndexError
 from llama_index_twostage.store.lexical import LexicalHits, LexicalRecord, TantivyIndex
 
-logger = logging.getLogger(__name__)
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None  # type: ignore[assignment]
+
 
 MARKER = ".twostage-lexical"
 POINTER = "CURRENT"
@@ -167,10 +170,34 @@ class LexicalFolder:
                 shutil.rmtree(entry, ignore_errors=True)
 
     @contextmanager
+    def _rebuild_lock(self) -> Iterator[None]:
+        """One reindex at a time per folder, across processes (a lock on the folder itself; none on Windows)."""
+        if fcntl is None:
+            yield
+            return
+        descriptor = os.open(self.path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise LexicalIndexBusy(
+                    f"{self.describe()} is being rebuilt by another process: wait for its `twostage reindex`"
+                ) from None
+            yield
+        finally:
+            os.close(descriptor)
+
+    @contextmanager
     def rebuilding(self) -> Iterator[TantivyIndex]:
         """A new, empty generation to fill; it becomes the live one on a clean exit (readers switch on their next
-        search), and is removed if filling it failed."""
+        search), and is removed if filling it failed. Another process's reindex meanwhile is refused."""
         self._claim()
+        with self._rebuild_lock():
+            with self._filled_generation() as fresh:
+                yield fresh
+
+    @contextmanager
+    def _filled_generation(self) -> Iterator[TantivyIndex]:
         name = self._new_generation()
         fresh = TantivyIndex(self.path / name, **self._options)
         try:

@@ -14,6 +14,7 @@ when the repair finishes is never deleted from the lexical index.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -126,6 +127,12 @@ def _index_pages(pages: Iterable[GetResult], lexical: LexicalIndex, progress: tq
     return added, newest
 
 
+def scan_mark(newest: float, started: float) -> float:
+    """The feed mark after a full scan of Chroma: its newest stamp, but no later than the scan's start, so that a
+    write the scan's pages missed (records moving under the paging of a long scan) is read from the feed again."""
+    return min(newest, started)
+
+
 def still_held(store: ChromaStore, collection: Collection, ids: Sequence[str], page_size: int) -> set[str]:
     """The ids of ``ids`` that Chroma holds now (read by id, just before a deletion)."""
     return {record_id for page in store.records(collection, ids, [], page_size) for record_id in page["ids"]}
@@ -155,10 +162,11 @@ def reconcile(
     """Find how the lexical index differs from Chroma and repair it, saying so in a warning when it did; the index's
     feed mark becomes the newest stamp Chroma holds. Returns the records added, replaced or deleted (0 when the two
     were in step)."""
+    started = time.time()
     indexed = lexical.versions()
     truth, newest = chroma_versions(store, collection, page_size)
     drift = drift_from(truth, indexed)
-    lexical.set_feed_mark(max(newest, lexical.feed_mark() or 0.0))
+    lexical.set_feed_mark(max(scan_mark(newest, started), lexical.feed_mark() or 0.0))
     if drift.ok:
         return 0
     logger.warning(
@@ -175,11 +183,12 @@ def rebuild(
 ) -> int:
     """Index every Chroma record again, a page at a time, into a new index that replaces the live one when complete
     (:meth:`LexicalIndex.rebuilding`); returns the records indexed. What is written meanwhile, the feed brings."""
+    started = time.time()
     total = store.with_retries(collection.count)
     with (
         lexical.rebuilding() as fresh,
         tqdm(total=total, desc="reindexing", unit="record", disable=not show_progress) as progress,
     ):
         indexed, newest = _index_pages(store.pages(collection, TEXT_FIELDS, page_size), fresh, progress)
-        fresh.set_feed_mark(newest)
+        fresh.set_feed_mark(scan_mark(newest, started))
     return indexed

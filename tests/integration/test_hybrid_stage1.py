@@ -142,6 +142,27 @@ def test_an_empty_lexical_index_beside_a_full_collection_says_reindex(pipeline, 
         assert reopened.retriever().retrieve("code3")
 
 
+def test_a_long_lived_retriever_follows_another_host_within_lexical_refresh_s(
+    pipeline, settings, hash_embedding, tmp_path
+):
+    """Hosts with their own lexical_dir on one store: a retriever refreshing hourly does not yet see another host's
+    replacement; one refreshing before every query (0) does, on its next query."""
+    pipeline.ingest(corpus())
+    hourly = settings.model_copy(update={"lexical_dir": tmp_path / "host-b", "lexical_refresh_s": 3600})
+    every_query = settings.model_copy(update={"lexical_dir": tmp_path / "host-c", "lexical_refresh_s": 0})
+    with (
+        TwoStagePipeline(hourly, embed_model=hash_embedding) as slow,
+        TwoStagePipeline(every_query, embed_model=hash_embedding) as fast,
+    ):
+        slow.reindex()
+        fast.reindex()
+        lazy, eager = slow.retriever(stage1_mode="lexical"), fast.retriever(stage1_mode="lexical")
+        assert lazy.retrieve("code3") and eager.retrieve("code3")
+        pipeline.ingest([Document(id_="doc-3", text="A rewritten report on zebrafish.")])
+        assert eager.retrieve("zebrafish")[0].node.ref_doc_id == "doc-3"
+        assert "doc-3" not in {scored.node.ref_doc_id for scored in lazy.retrieve("zebrafish")}
+
+
 def test_reindex_rebuilds_what_ingestion_built(pipeline, settings):
     pipeline.ingest(corpus())
     before = pipeline.lexical.versions()

@@ -422,3 +422,13 @@ def test_long_document_mode_and_relevant_class_are_checked():
         RetrieverSettings(rerank_long_documents="split")
     with pytest.raises(ValidationError, match="rerank_relevant_class"):
         RetrieverSettings(rerank_relevant_class=-1)
+
+
+def test_an_empty_lexical_dir_is_the_default_location_and_refresh_is_checked(monkeypatch):
+    """``TWOSTAGE_LEXICAL_DIR=`` must not mean the working directory (issue 20 item 7)."""
+    monkeypatch.setenv("TWOSTAGE_LEXICAL_DIR", "")
+    assert RetrieverSettings().lexical_dir is None
+    assert RetrieverSettings(lexical_dir="  ").lexical_dir is None
+    assert RetrieverSettings().lexical_refresh_s <= 10
+    with pytest.raises(ValidationError, match="lexical_refresh_s"):
+        RetrieverSettings(lexical_refresh_s=-1)
