@@ -344,17 +344,25 @@ class Writer:
             self._mirror(batch, stamp)
 
     def stored_embeddings(self, texts: Sequence[str]) -> dict[str, list[float]]:
-        """Embeddings the collection already holds for any of these texts, by text hash."""
+        """Embeddings the collection already holds for any of these texts, by text hash (vectors are read only when
+        some text is stored: the usual batch costs one metadata lookup)."""
+        from chromadb.errors import InternalError
+
         hashes = list(dict.fromkeys(map(text_hash, texts)))
-        lookup = partial(
-            self.collection.get, where={TEXT_HASH_KEY: {"$in": hashes}}, include=["metadatas", "embeddings"]
-        )
-        found = self.store.with_retries(lookup)
+        lookup = partial(self.collection.get, where={TEXT_HASH_KEY: {"$in": hashes}}, include=[])
+        found = self.store.with_retries(lookup)["ids"]
+        if not found:
+            return {}
+        read = partial(self.collection.get, ids=found, include=["metadatas", "embeddings"])
+        try:
+            stored = self.store.with_retries(read)
+        except InternalError as error:  # e.g. a restarted server whose vector index is not on disk yet
+            logger.info("stored embeddings not reusable now (%s): embedding these chunks", error)
+            return {}
+        vectors = stored["embeddings"] if stored["embeddings"] is not None else []
         return {
-            str(metadata[TEXT_HASH_KEY]): [float(value) for value in embedding]
-            for metadata, embedding in zip(
-                found["metadatas"] or [], found["embeddings"] if found["embeddings"] is not None else []
-            )
+            str(metadata[TEXT_HASH_KEY]): [float(value) for value in vector]
+            for metadata, vector in zip(stored["metadatas"] or [], vectors)
         }
 
 
