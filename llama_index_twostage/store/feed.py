@@ -108,9 +108,17 @@ def _stamped_since(
     return stamps, versions
 
 
-def changes_since(store: ChromaStore, collection: Collection, since: float, page_size: int = 1000) -> Changes:
-    """Records written and tombstones left at ``since`` or later (indexed metadata reads)."""
-    tombstones = _tombstones(store, create=False)
+def changes_since(
+    store: ChromaStore,
+    collection: Collection,
+    since: float,
+    page_size: int = 1000,
+    tombstones: Collection | None = None,
+) -> Changes:
+    """Records written and tombstones left at ``since`` or later (indexed metadata reads); ``tombstones``: the
+    sibling collection when the caller holds it (else it is looked up)."""
+    if tombstones is None:
+        tombstones = _tombstones(store, create=False)
     deleted = {} if tombstones is None else _stamped_since(store, tombstones, since, page_size)[0]
     written, versions = _stamped_since(store, collection, since, page_size)
     return Changes(written, deleted, versions)
@@ -145,6 +153,7 @@ class LexicalFollower:
         self._lock = threading.Lock()
         self._checked_at: float | None = None
         self._warned: set[str] = set()
+        self._tombstones: Collection | None = None  # looked up until a deletion has created it
 
     def mirrored(self, ids: Sequence[str], stamp: float) -> None:
         """Changes a writer of this process applied to the index itself: the feed need not read them back."""
@@ -157,7 +166,9 @@ class LexicalFollower:
         mark = self.lexical.feed_mark()
         if mark is None or time.time() - mark > TOMBSTONE_RETENTION_S:
             return None
-        changes = changes_since(self.store, collection, mark - self.margin_s, self.page_size)
+        if self._tombstones is None:
+            self._tombstones = _tombstones(self.store, create=False)
+        changes = changes_since(self.store, collection, mark - self.margin_s, self.page_size, self._tombstones)
         with self._lock:
             pending = [
                 change
