@@ -11,6 +11,7 @@ Data flows one way::
 
 from llama_index_twostage.errors import (
     ChromaAuthenticationError,
+    ChromaServerError,
     ChromaUnavailableError,
     CollectionMismatchError,
     CollectionNotFoundError,
@@ -53,6 +54,7 @@ from llama_index_twostage.store import ChromaStore, LexicalIndex, TantivyIndex, 
 __all__ = [
     "STAGE_KEY",
     "ChromaAuthenticationError",
+    "ChromaServerError",
     "ChromaRecallRetriever",
     "ChromaStore",
     "Chunking",

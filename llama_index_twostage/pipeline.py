@@ -35,6 +35,7 @@ from llama_index_twostage.settings import RetrieverSettings, Stage1Mode
 from llama_index_twostage.stage1 import ChromaRecallRetriever, HybridRecallRetriever
 from llama_index_twostage.stage2 import CrossEncoderRerank, ScoreCache
 from llama_index_twostage.store import (
+    Analyser,
     ChromaStore,
     LexicalIndex,
     TantivyIndex,
@@ -117,7 +118,11 @@ class TwoStagePipeline:
         self._owns_lexical = lexical is None
         self.models = models if models is not None else ModelPool()
         self.store = store if store is not None else ChromaStore.from_settings(settings)
-        self.lexical: LexicalIndex = lexical if lexical is not None else TantivyIndex(lexical_path(settings))
+        self.lexical: LexicalIndex = (
+            lexical
+            if lexical is not None
+            else TantivyIndex(lexical_path(settings), Analyser(settings.lexical_language))
+        )
         self.score_cache = ScoreCache(settings.score_cache_size) if settings.score_cache_size else None
         self._embed_model = embed_model
 

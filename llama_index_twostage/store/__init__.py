@@ -1,6 +1,7 @@
 """Where the documents live: the Chroma store (clients, collection contract, retries, close), its integrity check,
 and the lexical index kept in step with it (reconcile, rebuild)."""
 
+from llama_index_twostage.store.analysis import LEXICAL_LANGUAGES, Analyser
 from llama_index_twostage.store.chroma import ChromaStore, HnswParameters
 from llama_index_twostage.store.contract import (
     CollectionContract,
@@ -14,6 +15,8 @@ from llama_index_twostage.store.reconcile import LexicalDrift, ensure_in_step, f
 from llama_index_twostage.store.verify import VerifyReport, verify_store
 
 __all__ = [
+    "LEXICAL_LANGUAGES",
+    "Analyser",
     "ChromaStore",
     "CollectionContract",
     "HnswParameters",

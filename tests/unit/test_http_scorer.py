@@ -5,9 +5,9 @@ as a clear error that names the URL and never the key."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
-import gzip
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -353,7 +353,9 @@ def test_a_key_cut_by_the_excerpt_is_masked_in_every_piece(stub, scorer_for):
 
 def trickle(seconds: float) -> Reply:
     """A correct-looking answer sent one byte every ``pause_s`` (a stuck proxy, a slowloris)."""
-    return Reply(200, headers={"content-length": "100000"}, chunks=(b" " for _ in range(int(seconds / 0.5))), pause_s=0.5)
+    return Reply(
+        200, headers={"content-length": "100000"}, chunks=(b" " for _ in range(int(seconds / 0.5))), pause_s=0.5
+    )
 
 
 @pytest.mark.parametrize("path", ["sync", "async"])
