@@ -28,7 +28,7 @@ from llama_index_twostage.errors import (
 )
 from llama_index_twostage.ingest import Chunking, IngestReport, ingest_into
 from llama_index_twostage.models import ModelPool
-from llama_index_twostage.nodes import STAGE_KEY, stage_info
+from llama_index_twostage.nodes import STAGE_KEY, StagedNode, stage_info
 from llama_index_twostage.pipeline import (
     TwoStagePipeline,
     TwoStageRetriever,
@@ -53,6 +53,7 @@ from llama_index_twostage.store import ChromaStore, LexicalIndex, TantivyIndex, 
 
 __all__ = [
     "STAGE_KEY",
+    "StagedNode",
     "ChromaAuthenticationError",
     "ChromaServerError",
     "ChromaRecallRetriever",
