@@ -61,6 +61,7 @@ SETTINGS_FLAGS: dict[str, tuple[Any, str]] = {
     "rerank_model": (Optional[str], "Cross-encoder: hub id or local directory."),
     "recall_k": (Optional[int], "Stage-1 candidates."),
     "top_k": (Optional[int], "Final results."),
+    "splitter": (Optional[str], "Chunking: sentence, markdown, semantic or code:LANG (e.g. code:python)."),
 }
 STORE_FLAGS = ("collection", "persist_dir", "chroma_host", "chroma_port")
 MODEL_FLAGS = ("embed_model", "rerank_model", "recall_k", "top_k")
@@ -171,7 +172,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log prog
 
 
 @app.command()
-@with_settings(*STORE_FLAGS, "embed_model")
+@with_settings(*STORE_FLAGS, "embed_model", "splitter")
 def ingest(
     settings: RetrieverSettings,
     path: Annotated[Path, typer.Argument(help="Folder or file of documents, or a BEIR corpus.jsonl.", exists=True)],

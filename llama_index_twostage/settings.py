@@ -29,6 +29,8 @@ from pydantic_settings import (
 
 from llama_index_twostage.errors import ConfigurationError
 
+SPLITTERS = "sentence, markdown, semantic or code:LANG (e.g. code:python)"
+
 ChromaMode = Literal["embedded", "memory", "server"]
 DistanceSpace = Literal["cosine", "l2", "ip"]
 RerankBackend = Literal["torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8"]
@@ -375,12 +377,25 @@ class RetrieverSettings(BaseSettings):
     # Ingestion.
     chunk_size: int = Field(512, gt=0, description="SentenceSplitter chunk size, in tokens.")
     chunk_overlap: int = Field(64, ge=0, description="SentenceSplitter overlap, in tokens.")
+    splitter: str = Field(
+        "sentence",
+        description="How documents are chunked: 'sentence' (SentenceSplitter, chunk_size/chunk_overlap), 'markdown' "
+        "(at headings, then sentences), 'code:LANG' (at syntax boundaries, e.g. code:python), 'semantic' (where "
+        "consecutive sentences' embeddings diverge).",
+    )
     show_progress: bool = Field(True, description="Show tqdm progress bars during ingestion.")
 
     @field_validator("collection")
     @classmethod
     def _collection_name(cls, value: str) -> str:
         return _validate_collection_name(value)
+
+    @field_validator("splitter")
+    @classmethod
+    def _known_splitter(cls, value: str) -> str:
+        if value in ("sentence", "markdown", "semantic") or (value.startswith("code:") and value[5:].strip()):
+            return value
+        raise ValueError(f"unknown splitter {value!r}: choose {SPLITTERS}")
 
     @field_validator("device")
     @classmethod
