@@ -91,7 +91,7 @@ def test_text_is_decoded_right_and_what_is_not_text_is_skipped_and_named(mixed_f
     }
     assert {name: why.split(" ")[0] for name, why in read.skipped.items()} == {
         "mixed/random.bin": "not",
-        "mixed/report.pdf": "not",
+        "mixed/report.pdf": "unreadable",
         "mixed/picture.png": "not",
         "mixed/empty.txt": "empty",
         "mixed/blank.txt": "empty",
