@@ -63,9 +63,15 @@ def preset(name: str, chunking: Chunking, embed_model: BaseEmbedding) -> Transfo
         raise ConfigurationError(f"unknown splitter {name!r}: choose {SPLITTERS}")
     try:
         return Transformations([CodeSplitter(language=name[5:].strip())])
-    except (ImportError, ValueError) as error:  # tree-sitter missing, or a language it does not know
+    except ImportError:
+        raise ConfigurationError(
+            f"splitter {name!r} needs tree-sitter: pip install 'llama-index-twostage[files]'"
+        ) from None
+    except (LookupError, ValueError) as error:  # a language tree-sitter does not know
         reason = str(error).splitlines()[0]
-        raise ConfigurationError(f"splitter {name!r}: {reason} (pip install 'llama-index-twostage[files]')") from None
+        raise ConfigurationError(
+            f"splitter {name!r}: {reason}; name a language tree-sitter knows (code:python)"
+        ) from None
 
 
 def _identity(component: TransformComponent) -> dict[str, Any]:

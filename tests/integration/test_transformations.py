@@ -135,6 +135,23 @@ def test_chains_chroma_cannot_store_or_that_embed_are_refused_up_front(pipeline,
     assert records(pipeline) == {}  # checked before anything was written
 
 
+def test_the_semantic_preset_splits_where_meaning_changes_and_re_runs_add_nothing(cheap_settings, hash_embedding):
+    settings = cheap_settings(splitter="semantic")
+    text = " ".join(f"Sentence {i} is about {topic}." for i, topic in enumerate(["lava"] * 4 + ["bread"] * 4))
+    with TwoStagePipeline(settings, embed_model=hash_embedding) as pipeline:
+        first = pipeline.ingest([Document(id_="mixed", text=text)])
+        assert first.added == first.chunks >= 1
+        chunks = [chunk for chunk, _ in records(pipeline).values()]
+        assert all(sum(f"Sentence {i} " in chunk for chunk in chunks) == 1 for i in range(8))  # each once
+        assert pipeline.ingest([Document(id_="mixed", text=text)]).added == 0
+
+
+def test_an_unknown_code_language_is_one_clear_error(cheap_settings, hash_embedding):
+    with TwoStagePipeline(cheap_settings(splitter="code:klingon"), embed_model=hash_embedding) as pipeline:
+        with pytest.raises(ConfigurationError, match="splitter 'code:klingon': .*klingon.*code:python"):
+            pipeline.ingest([Document(id_="a.kl", text="Qapla'")])
+
+
 def test_cli_splitter_presets_flag_and_toml(tmp_path, twostage_env, embed_model_dir):
     folder = tmp_path / "docs"
     folder.mkdir()
