@@ -193,7 +193,7 @@ def ingest(
     )
     if read.skipped or report.empty_documents:
         typer.echo(
-            f"{len(read.skipped)} files skipped (not text, or empty): {', '.join(read.skipped) or 'none'}; "
+            f"{len(read.skipped)} files skipped (unreadable, not text, or empty): {', '.join(read.skipped) or 'none'}; "
             f"{report.empty_documents} documents without text not stored"
         )
 
