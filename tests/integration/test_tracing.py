@@ -121,7 +121,8 @@ def test_a_query_is_one_trace_with_both_stages_and_their_numbers(ingested, some_
     assert (stage1.mode, stage1.candidates, stage1.stage1_ms) == ("hybrid", 20, info["stage1_ms"])
     (stage2,) = in_span(events, Stage2Event, members["CrossEncoderRerank.rerank"])
     assert (stage2.candidates, stage2.returned, stage2.stage2_ms) == (20, 5, info["stage2_ms"])
-    assert stage2.counts["pairs_scored"] + stage2.counts["pairs_cached"] == 20
+    # pairs_cached counts the scored pairs the score cache answered (all of them when an earlier test asked the same)
+    assert stage2.counts["pairs_scored"] == 20 and 0 <= stage2.counts["pairs_cached"] <= 20
     assert stage2.counts["pairs_scored"] == info["pairs_scored"]
 
 
