@@ -11,6 +11,7 @@ Data flows one way::
 
 from llama_index_twostage.errors import (
     ChromaAuthenticationError,
+    ChromaServerError,
     ChromaUnavailableError,
     CollectionMismatchError,
     CollectionNotFoundError,
@@ -29,7 +30,7 @@ from llama_index_twostage.errors import (
 )
 from llama_index_twostage.ingest import Chunking, DeleteReport, IngestReport, ingest_into
 from llama_index_twostage.models import ModelPool
-from llama_index_twostage.nodes import STAGE_KEY, stage_info
+from llama_index_twostage.nodes import STAGE_KEY, StagedNode, stage_info
 from llama_index_twostage.pipeline import (
     TwoStagePipeline,
     TwoStageRetriever,
@@ -54,7 +55,9 @@ from llama_index_twostage.store import ChromaStore, LexicalFolder, LexicalIndex,
 
 __all__ = [
     "STAGE_KEY",
+    "StagedNode",
     "ChromaAuthenticationError",
+    "ChromaServerError",
     "ChromaRecallRetriever",
     "ChromaStore",
     "Chunking",

@@ -10,7 +10,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from pydantic import ValidationError
@@ -21,6 +21,7 @@ from llama_index_twostage.errors import ConfigurationError, DocumentError, TwoSt
 from llama_index_twostage.ingest.files import FolderDocuments, read_files
 from llama_index_twostage.nodes import stage_info
 from llama_index_twostage.pipeline import TwoStagePipeline
+from llama_index_twostage.redaction import Redactor
 from llama_index_twostage.settings import RetrieverSettings
 from llama_index_twostage.stage1 import found_by
 from llama_index_twostage.stage2 import PairTemplate
@@ -41,12 +42,13 @@ class OneLineUsageErrors(TyperGroup):
             if getattr(error, "exit_code", None) != 2:
                 raise
             usage = getattr(error, "ctx", None) or ctx
-            typer.secho(f"error: {error.format_message()} (see `{usage.command_path} --help`)", fg="red", err=True)
-            raise typer.Exit(code=2) from None
+            fail(f"{error.format_message()} (see `{usage.command_path} --help`)")
 
 
 app = typer.Typer(
-    help="Two-stage retrieval for LlamaIndex: Chroma recall, cross-encoder precision.", cls=OneLineUsageErrors
+    help="Two-stage retrieval for LlamaIndex: Chroma recall, cross-encoder precision.",
+    cls=OneLineUsageErrors,
+    pretty_exceptions_show_locals=False,  # locals may hold a secret's value
 )
 
 # Settings a command can take as flags; each command names the ones that matter to it.
@@ -59,6 +61,7 @@ SETTINGS_FLAGS: dict[str, tuple[Any, str]] = {
     "rerank_model": (Optional[str], "Cross-encoder: hub id or local directory."),
     "recall_k": (Optional[int], "Stage-1 candidates."),
     "top_k": (Optional[int], "Final results."),
+    "splitter": (Optional[str], "Chunking: sentence, markdown, semantic or code:LANG (e.g. code:python)."),
 }
 STORE_FLAGS = ("collection", "persist_dir", "chroma_host", "chroma_port")
 MODEL_FLAGS = ("embed_model", "rerank_model", "recall_k", "top_k")
@@ -84,7 +87,9 @@ def _flag(name: str, annotation: Any, help_text: str, **option: Any) -> inspect.
 def with_settings(*flags: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Give a command ``--config`` and the named settings flags, and call it with the resulting ``settings``.
 
-    Errors of this package and invalid settings end the command with one readable line and exit code 2.
+    Every failure ends the command with one readable line and exit code 2: errors of this package and invalid
+    settings say what to do; anything else is named, its traceback logged with ``--verbose``. What the command
+    prints and logs has the settings' secrets masked, also where a server echoed them.
     """
 
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
@@ -95,16 +100,37 @@ def with_settings(*flags: str) -> Callable[[Callable[..., None]], Callable[..., 
         @functools.wraps(command)
         def run(**arguments: Any) -> None:
             given = {parameter.name: arguments.pop(parameter.name) for parameter in added}
+            redact = Redactor()
             try:
-                command(settings=load_settings(**given), **arguments)
+                settings = load_settings(**given)
+                redact = Redactor([settings.chroma_token, settings.rerank_api_key])
+                for handler in logging.getLogger().handlers:  # the handler `main` configured, or the caller's
+                    handler.addFilter(redact)
+                command(settings=settings, **arguments)
+            except (typer.Exit, typer.Abort, TyperException):  # the command's own exit, and usage errors
+                raise
             except (TwoStageError, ValidationError) as error:
-                typer.secho(f"error: {_one_line(error)}", fg=typer.colors.RED, err=True)
-                raise typer.Exit(code=2) from None
+                fail(redact(_one_line(error)))
+            except Exception as error:  # a fault no message of ours describes yet: still one line, never a secret
+                logger.info("traceback of the unexpected error:", exc_info=True)
+                fail(
+                    f"unexpected {type(error).__name__}: {redact.excerpt(str(error), 300)} (run with --verbose for "
+                    "the traceback, and please report it)"
+                )
+            finally:
+                for handler in logging.getLogger().handlers:
+                    handler.removeFilter(redact)
 
         run.__signature__ = inspect.Signature([*own, *added])  # type: ignore[attr-defined]
         return run
 
     return decorate
+
+
+def fail(message: str) -> NoReturn:
+    """End the command with one red line on stderr and exit code 2."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
 
 
 def load_documents(path: Path, limit: int | None = None, source: str | None = None) -> FolderDocuments:
@@ -147,7 +173,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log prog
 
 
 @app.command()
-@with_settings(*STORE_FLAGS, "embed_model")
+@with_settings(*STORE_FLAGS, "embed_model", "splitter")
 def ingest(
     settings: RetrieverSettings,
     path: Annotated[Path, typer.Argument(help="Folder or file of documents, or a BEIR corpus.jsonl.", exists=True)],
@@ -182,7 +208,7 @@ def ingest(
     )
     if read.skipped or report.empty_documents:
         typer.echo(
-            f"{len(read.skipped)} files skipped (not text, or empty): {', '.join(read.skipped) or 'none'}; "
+            f"{len(read.skipped)} files skipped (unreadable, not text, or empty): {', '.join(read.skipped) or 'none'}; "
             f"{report.empty_documents} documents without text not stored"
         )
 

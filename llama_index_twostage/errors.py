@@ -35,6 +35,11 @@ class ChromaUnavailableError(TwoStageError, ConnectionError):
     """The Chroma server (or the embedded store on disk) cannot be reached or used."""
 
 
+class ChromaServerError(TwoStageError, ConnectionError):
+    """The Chroma server, or a proxy before it, answered a request with an error; the message quotes the answer with
+    every secret masked. Not retried: the same request meets the same answer."""
+
+
 class ChromaAuthenticationError(TwoStageError, PermissionError):
     """The Chroma server refused the credentials (a missing or wrong ``chroma_token``); the token is never shown."""
 

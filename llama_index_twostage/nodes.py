@@ -1,7 +1,9 @@
 """What both stages agree on: a valid query, the text a model reads, and where each stage records what it did.
 
 Stage information lives in one metadata entry, ``node.metadata["twostage"]``, hidden from the LLM and from
-embedding text, and is always written on a copy: the caller's nodes are never mutated.
+embedding text, and is always written on a copy: the caller's nodes are never mutated. Text nodes that carry it are
+:class:`StagedNode`: one chunk keeps one ``node_id`` and one ``hash`` whatever a query recorded on it, so LlamaIndex's
+fusion, dedup and docstores treat copies from different retrievers as the same chunk.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from llama_index.core.bridge.pydantic import SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
 from llama_index.core.vector_stores.utils import metadata_dict_to_node
 from pydantic_core import from_json
@@ -17,6 +20,39 @@ from llama_index_twostage.errors import EmptyQueryError, InvalidQueryError
 
 STAGE_KEY = "twostage"
 _HIDDEN_FROM = ("excluded_llm_metadata_keys", "excluded_embed_metadata_keys")
+
+
+def _without_stage(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in metadata.items() if key != STAGE_KEY}
+
+
+class StagedNode(TextNode):
+    """A stored chunk as one query saw it: ``metadata["twostage"]`` holds that query's diagnostics (ranks, scores,
+    timings; read them with :func:`stage_info`).
+
+    The diagnostics are not the chunk: they are left out of ``hash`` (LlamaIndex's ``QueryFusionRetriever`` fuses by
+    hash, so the same chunk from our retrievers and from a stock one must hash alike) and out of every serialized
+    form (``to_dict``, ``model_dump``, a docstore, a vector store), which holds the chunk as stored and reads back as
+    the plain ``TextNode`` it was, with the same id and hash.
+    """
+
+    @classmethod
+    def class_name(cls) -> str:
+        return TextNode.class_name()
+
+    @property
+    def hash(self) -> str:
+        return TextNode.hash.fget(self.model_copy(update={"metadata": _without_stage(self.metadata)}))
+
+    @model_serializer(mode="wrap")
+    def custom_model_dump(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        data = super().custom_model_dump(handler, info)
+        if isinstance(data.get("metadata"), dict):
+            data["metadata"] = _without_stage(data["metadata"])
+        for name in _HIDDEN_FROM:
+            if isinstance(data.get(name), list):
+                data[name] = [key for key in data[name] if key != STAGE_KEY]
+        return data
 
 
 def query_text(query_bundle: QueryBundle) -> str:
@@ -61,9 +97,13 @@ def stage_fields(fields: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str
 
 
 def with_stage_info(node: BaseNode, **info: Any) -> BaseNode:
-    """A copy of ``node`` whose stage metadata holds ``info`` as well."""
+    """A copy of ``node`` whose stage metadata holds ``info`` as well (a plain ``TextNode`` becomes a
+    :class:`StagedNode`; other node types keep their type, and their hash covers the entry)."""
     current = {"metadata": node.metadata, **{name: getattr(node, name) for name in _HIDDEN_FROM}}
-    return node.model_copy(update=stage_fields(current, info))
+    update = stage_fields(current, info)
+    if type(node) is TextNode:
+        return StagedNode.model_construct(**{**dict(node), **update})
+    return node.model_copy(update=update)
 
 
 def annotated(scored: NodeWithScore, *, score: float | None = None, **info: Any) -> NodeWithScore:
@@ -92,6 +132,7 @@ def node_from_record(
     else:
         fields = {"text": document or "", "metadata": metadata}
     fields["id_"] = node_id
-    if info:
-        fields.update(stage_fields(fields, info))
-    return TextNode(**fields)
+    if not info:
+        return TextNode(**fields)
+    fields.update(stage_fields(fields, info))
+    return StagedNode(**fields)

@@ -29,14 +29,16 @@ from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.query_engine import RetrieverQueryEngine
-from llama_index.core.schema import Document, NodeWithScore, QueryBundle
+from llama_index.core.schema import BaseNode, Document, NodeWithScore, QueryBundle, TransformComponent
 
 from llama_index_twostage.ingest import Chunking, DeleteReport, IngestReport, delete_documents, ingest_into
+from llama_index_twostage.ingest.transform import GivenNodes, Splitting, Transformations, preset
 from llama_index_twostage.models import ModelPool
 from llama_index_twostage.settings import RetrieverSettings, Stage1Mode
 from llama_index_twostage.stage1 import ChromaRecallRetriever, HybridRecallRetriever
 from llama_index_twostage.stage2 import CrossEncoderRerank, ScoreCache
 from llama_index_twostage.store import (
+    Analyser,
     ChromaStore,
     LexicalFolder,
     LexicalFollower,
@@ -131,7 +133,10 @@ class TwoStagePipeline:
     @staticmethod
     def _lexical_index(settings: RetrieverSettings) -> LexicalIndex:
         path = lexical_path(settings)
-        return TantivyIndex(None) if path is None else LexicalFolder(path, root=settings.lexical_dir)
+        analyser = Analyser(settings.lexical_language)
+        if path is None:
+            return TantivyIndex(None, analyser)
+        return LexicalFolder(path, root=settings.lexical_dir, analyser=analyser)
 
     @property
     def embed_model(self) -> BaseEmbedding:
@@ -192,16 +197,50 @@ class TwoStagePipeline:
             self.retriever(filters=filters), llm=llm, node_postprocessors=postprocessors, **engine_kwargs
         )
 
-    def ingest(self, documents: Sequence[Document], *, source: str | None = None, sync: bool = False) -> IngestReport:
-        """Chunk, embed and store ``documents`` (see :func:`~llama_index_twostage.ingest.ingest_into`): ``source``
-        names where they come from (``read_files(...).source`` for a folder); ``sync`` deletes the documents of that
-        source that are no longer given."""
+    def ingest(
+        self,
+        documents: Sequence[Document],
+        *,
+        transformations: Sequence[TransformComponent] | None = None,
+        source: str | None = None,
+        sync: bool = False,
+    ) -> IngestReport:
+        """Chunk, embed and store ``documents`` (see :func:`~llama_index_twostage.ingest.ingest_into`).
+
+        ``transformations``: any LlamaIndex chain (node parsers, metadata extractors; no embedding) instead of the
+        settings' ``splitter``; idempotent all the same (see :mod:`~llama_index_twostage.ingest.transform`).
+        ``source`` names where the documents come from (``read_files(...).source`` for a folder); ``sync`` deletes
+        the documents of that source that are no longer given.
+        """
+        settings = self.settings
+        chunking = Chunking(settings.chunk_size, settings.chunk_overlap)
+        if transformations is not None:
+            splitting: Chunking | Splitting = Transformations(transformations)
+        else:
+            splitting = preset(settings.splitter, chunking, self.embed_model) or chunking
+        return self._ingest(documents, splitting, source=source, sync=sync)
+
+    def ingest_nodes(self, nodes: Sequence[BaseNode]) -> IngestReport:
+        """Embed and store nodes parsed elsewhere, as the chunks of their source documents (``ref_doc_id``): re-keyed
+        by source and content, so a re-run adds nothing and a source's chunks that are not given again are
+        replaced. The caller's nodes are not modified."""
+        given = GivenNodes.of(nodes)
+        return self._ingest(given.documents(), given)
+
+    def _ingest(
+        self,
+        documents: Sequence[Document],
+        splitting: Chunking | Splitting,
+        *,
+        source: str | None = None,
+        sync: bool = False,
+    ) -> IngestReport:
         settings = self.settings
         return ingest_into(
             self.store,
             self.embed_model,
             documents,
-            chunking=Chunking(settings.chunk_size, settings.chunk_overlap),
+            chunking=splitting,
             upsert_batch_size=settings.upsert_batch_size,
             show_progress=settings.show_progress,
             follower=self.follower,
@@ -307,16 +346,21 @@ def build_query_engine(
 
 
 def ingest_documents(
-    documents: Sequence[Document], settings: RetrieverSettings, *, embed_model: BaseEmbedding | None = None
+    documents: Sequence[Document],
+    settings: RetrieverSettings,
+    *,
+    embed_model: BaseEmbedding | None = None,
+    transformations: Sequence[TransformComponent] | None = None,
 ) -> IngestReport:
     """Chunk, embed and store ``documents`` in the settings' collection; safe to re-run and to resume.
 
     ``documents`` keep their ``id_`` as source id (``SimpleDirectoryReader(..., filename_as_id=True)`` keeps it
     stable); a document re-ingested with other content replaces its earlier chunks. ``embed_model`` replaces the
-    settings' bi-encoder. The store is closed when the call returns.
+    settings' bi-encoder; ``transformations`` (any LlamaIndex chain) the settings' ``splitter``. The store is closed
+    when the call returns.
     """
     with TwoStagePipeline(settings, embed_model=embed_model) as pipeline:
-        return pipeline.ingest(documents)
+        return pipeline.ingest(documents, transformations=transformations)
 
 
 def verify_collection_integrity(settings: RetrieverSettings) -> VerifyReport:

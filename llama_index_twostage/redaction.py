@@ -43,6 +43,7 @@ class Redactor(logging.Filter):
             if len(value) >= MIN_PIECE
             for start in range(len(value) - MIN_PIECE + 1)
         }
+        self._watched: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self._whole or self._pieces)
@@ -69,6 +70,11 @@ class Redactor(logging.Filter):
             start = end
         return "".join(shown)
 
+    def excerpt(self, text: str, limit: int) -> str:
+        """``text`` for a one-line message: secrets masked (before the cut, so none straddles it), whitespace
+        folded, at most ``limit`` characters."""
+        return " ".join(self(text).split())[:limit]
+
     def watch(self, names: tuple[str, ...] = HTTP_LOGGERS) -> None:
         """Mask the secrets in what these loggers log, until :meth:`unwatch`."""
         self._watched = names if self else ()
@@ -76,7 +82,7 @@ class Redactor(logging.Filter):
             logging.getLogger(name).addFilter(self)
 
     def unwatch(self) -> None:
-        for name in getattr(self, "_watched", ()):
+        for name in self._watched:
             logging.getLogger(name).removeFilter(self)
         self._watched = ()
 

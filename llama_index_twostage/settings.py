@@ -29,6 +29,8 @@ from pydantic_settings import (
 
 from llama_index_twostage.errors import ConfigurationError
 
+SPLITTERS = "sentence, markdown, semantic or code:LANG (e.g. code:python)"
+
 ChromaMode = Literal["embedded", "memory", "server"]
 DistanceSpace = Literal["cosine", "l2", "ip"]
 RerankBackend = Literal["torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8"]
@@ -36,6 +38,28 @@ BackendSetting = Literal["auto", "torch", "torch-bf16", "torch-fp16", "onnx", "o
 RerankApi = Literal["cohere", "tei"]
 LongDocuments = Literal["truncate", "max-window"]
 Stage1Mode = Literal["dense", "hybrid", "lexical"]
+# The BM25 analysers (store/analysis.py): tantivy's stemmers, and character bigrams for Chinese, Japanese and Korean.
+LexicalLanguage = Literal[
+    "arabic",
+    "danish",
+    "dutch",
+    "english",
+    "finnish",
+    "french",
+    "german",
+    "greek",
+    "hungarian",
+    "italian",
+    "norwegian",
+    "portuguese",
+    "romanian",
+    "russian",
+    "spanish",
+    "swedish",
+    "tamil",
+    "turkish",
+    "cjk",
+]
 
 _COLLECTION_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
 _DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu|npu)(:\d+)?)$")
@@ -227,6 +251,12 @@ class RetrieverSettings(BaseSettings):
     )
     dense_weight: float = Field(1.0, ge=0, allow_inf_nan=False, description="Weight of the bi-encoder's ranks.")
     lexical_weight: float = Field(1.0, ge=0, allow_inf_nan=False, description="Weight of BM25's ranks.")
+    lexical_language: LexicalLanguage = Field(
+        "english",
+        description="How BM25 reads text: a language's stemmer (and its stop words where tantivy has them), or 'cjk' "
+        "(character bigrams for Chinese, Japanese and Korean). Recorded in the index: changing it needs "
+        "`twostage reindex`.",
+    )
     lexical_dir: Path | None = Field(
         None,
         description="Folder of the BM25 indexes (one per collection). Unset: persist_dir/twostage-lexical for an "
@@ -355,6 +385,12 @@ class RetrieverSettings(BaseSettings):
     # Ingestion.
     chunk_size: int = Field(512, gt=0, description="SentenceSplitter chunk size, in tokens.")
     chunk_overlap: int = Field(64, ge=0, description="SentenceSplitter overlap, in tokens.")
+    splitter: str = Field(
+        "sentence",
+        description="How documents are chunked: 'sentence' (SentenceSplitter, chunk_size/chunk_overlap), 'markdown' "
+        "(at headings, then sentences), 'code:LANG' (at syntax boundaries, e.g. code:python), 'semantic' (where "
+        "consecutive sentences' embeddings diverge).",
+    )
     show_progress: bool = Field(True, description="Show tqdm progress bars during ingestion.")
 
     @field_validator("collection")
@@ -367,6 +403,13 @@ class RetrieverSettings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         """``TWOSTAGE_LEXICAL_DIR=`` means the default location, never the current folder."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("splitter")
+    @classmethod
+    def _known_splitter(cls, value: str) -> str:
+        if value in ("sentence", "markdown", "semantic") or (value.startswith("code:") and value[5:].strip()):
+            return value
+        raise ValueError(f"unknown splitter {value!r}: choose {SPLITTERS}")
 
     @field_validator("device")
     @classmethod
@@ -515,11 +558,13 @@ class RetrieverSettings(BaseSettings):
 
     def describe_stage1(self) -> str:
         """How stage 1 finds candidates, for ``twostage info`` and the demo."""
-        if self.stage1_mode != "hybrid":
-            return f"{self.stage1_mode} (recall_k={self.recall_k})"
+        if self.stage1_mode == "dense":
+            return f"dense (recall_k={self.recall_k})"
+        if self.stage1_mode == "lexical":
+            return f"lexical: BM25 ({self.lexical_language}) (recall_k={self.recall_k})"
         return (
-            f"hybrid: bi-encoder + BM25 by reciprocal rank fusion (k={self.rrf_k:g}, dense weight "
-            f"{self.dense_weight:g}, lexical weight {self.lexical_weight:g}), recall_k={self.recall_k}"
+            f"hybrid: bi-encoder + BM25 ({self.lexical_language}) by reciprocal rank fusion (k={self.rrf_k:g}, "
+            f"dense weight {self.dense_weight:g}, lexical weight {self.lexical_weight:g}), recall_k={self.recall_k}"
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,3 +16,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
     echo "$wanted" > "$stamp"
 fi
+
+# The evaluation report's test opens the HTML page in a real headless browser: Debian's chromium, installed once.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium (apt-get) for the HTML report test"
+    SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi

@@ -30,7 +30,8 @@ to a folder and :func:`format_table` renders the summary a terminal prints.
 the four quality metrics, ``stage1_ms``, ``stage2_ms``, ``pairs`` and ``relevant`` (``doc:stage1->final(side)`` for
 each relevant doc: ``none`` for no rank; side, for a retrieved doc, is the stage-1 side that found it: ``dense``,
 ``lexical`` or ``both``). ``sweep.png`` and ``rank_movement.png``: see
-:mod:`llama_index_twostage.evaluation.plots`.
+:mod:`llama_index_twostage.evaluation.plots`. ``report.html``: all of it on one self-contained page (see
+:mod:`llama_index_twostage.evaluation.html`).
 """
 
 from __future__ import annotations
@@ -245,7 +246,9 @@ def _csv_rows(report: EvaluationReport) -> list[dict[str, Any]]:
 
 
 def write_report(report: EvaluationReport, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``report.json``, ``per_query.csv``, ``sweep.png`` and ``rank_movement.png``; returns their paths."""
+    """Write ``report.json``, ``per_query.csv``, ``sweep.png``, ``rank_movement.png`` and ``report.html`` (the
+    page that shows them all: :mod:`~llama_index_twostage.evaluation.html`); returns their paths."""
+    from llama_index_twostage.evaluation.html import write_html
     from llama_index_twostage.evaluation.plots import plot_rank_movement, plot_sweep
 
     out = Path(out_dir)
@@ -259,6 +262,11 @@ def write_report(report: EvaluationReport, out_dir: str | Path) -> dict[str, Pat
         writer.writerows(rows)
     plot_sweep(report, paths["sweep.png"])
     plot_rank_movement(report, paths["rank_movement.png"])
+    figures = {
+        "Quality and cost against recall_k": paths["sweep.png"],
+        "Where the relevant documents went: stage-1 rank against final rank": paths["rank_movement.png"],
+    }
+    paths["report.html"] = write_html(report, figures, out / "report.html")
     return paths
 
 

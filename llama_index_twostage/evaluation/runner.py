@@ -54,6 +54,7 @@ def evaluation_settings(dataset: RetrievalDataset, settings: RetrieverSettings) 
             "collection": collection_name(dataset.name, settings.embed_model),
             "chunk_size": WHOLE_DOCUMENT_CHUNK,
             "chunk_overlap": 0,
+            "splitter": "sentence",  # whatever the settings say: the qrels judge whole documents
             "hnsw_ef_search": EVAL_EF_SEARCH,
         }
     )

@@ -76,6 +76,16 @@ def _key_problem(key: Any, value: Any, document_id: str) -> str | None:
     return _unencodable(key)
 
 
+def metadata_problem(key: Any, value: Any, document_id: str) -> str | None:
+    """Why a metadata entry of a chunk of ``document_id`` cannot be stored as given, or None."""
+    return _key_problem(key, value, document_id) or _value_problem(value)
+
+
+def text_problem(text: str) -> str | None:
+    """Why Chroma cannot store ``text``, or None."""
+    return _unencodable(text)
+
+
 def validate_document(document: Document) -> None:
     """Refuse, naming the document and the field, what Chroma would reject or silently change.
 
@@ -88,20 +98,21 @@ def validate_document(document: Document) -> None:
     if problem:
         raise DocumentError(f"document {document_id!r}: its text {problem}; clean the text before ingesting")
     for key, value in document.metadata.items():
-        problem = _key_problem(key, value, document_id) or _value_problem(value)
+        problem = metadata_problem(key, value, document_id)
         if problem:
             raise DocumentError(f"document {document_id!r}: metadata key {key!r} {problem}")
 
 
-def document_hash(document: Document, chunking: tuple[int, int]) -> str:
+def document_hash(document: Document, chunking: tuple[int, int] | str) -> str:
     """Hash of everything that decides a document's chunks and their embeddings: content, metadata, the
-    exclusions and templates of its text views, and the chunking (chunk size, overlap)."""
+    exclusions and templates of its text views, and the chunking (chunk size and overlap, or the identity of a
+    transformation chain)."""
     payload = document.model_dump(mode="json", exclude={"embedding"})
-    payload["twostage_chunking"] = list(chunking)
+    payload["twostage_chunking"] = chunking
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def collect_sources(documents: Sequence[Document], chunking: tuple[int, int]) -> dict[str, Source]:
+def collect_sources(documents: Sequence[Document], chunking: tuple[int, int] | str) -> dict[str, Source]:
     """Validate and hash each document; the same id twice is fine only for the same content."""
     sources: dict[str, Source] = {}
     for document in documents:

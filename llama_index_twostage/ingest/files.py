@@ -1,8 +1,10 @@
 """Files -> documents for folder ingestion: decoded as the text they hold, with ids that survive a move.
 
 A folder is read as its user means it: each text file becomes one document, decoded from its byte-order mark, UTF-8
-or, failing that, Windows-1252/Latin-1 (accents kept, never silently dropped); files that are not text (images,
-PDFs, archives, random bytes) and empty files are skipped and named, never stored as garbage.
+or, failing that, Windows-1252/Latin-1 (accents kept, never silently dropped); an HTML page becomes its text, a Word
+file its text and a PDF one document per page (``<id>#page=N``, with its ``page_label``), through LlamaIndex's
+readers (:mod:`.readers`); files that are none of these (images, archives, random bytes), that cannot be read
+(corrupt, encrypted) and empty files are skipped and named, never stored as garbage.
 
 A document's id is ``<source name>/<path inside the folder>``: the source name is the folder's own name, or one the
 user gives (``source=``, ``--source``). The folder's resolved location is its source, so the same folder through a
@@ -22,6 +24,7 @@ from pathlib import Path
 from llama_index.core import Document
 
 from llama_index_twostage.errors import DocumentError
+from llama_index_twostage.ingest.readers import HTML_SUFFIXES, Part, html_text, read_binary
 
 # What the reader keeps out of the text the models read (as LlamaIndex's SimpleDirectoryReader does): file
 # facts that change on a mere `touch` or copy must not change what is embedded.
@@ -65,16 +68,36 @@ def decode_text(data: bytes) -> str | None:
     return None
 
 
-def _document(file: Path, document_id: str) -> Document | str:
-    """The file as a document, or why it cannot be one."""
+def _parts(file: Path, data: bytes) -> list[Part] | str:
+    """The text of a file (a part per page of a PDF), or why it has none we can read."""
+    parts = read_binary(file)
+    if parts is not None:
+        return parts
+    text = decode_text(data)
+    if text is None:
+        return (
+            "not text (binary) nor a PDF, DOCX or HTML file; convert it to text, or load it with a LlamaIndex reader "
+            "and ingest_documents"
+        )
+    if file.suffix.lower() in HTML_SUFFIXES:
+        try:
+            text = html_text(text)
+        except ImportError as error:
+            return str(error)
+    return [Part(text)]
+
+
+def _documents(file: Path, document_id: str) -> list[Document] | str:
+    """The file as documents (one, or one per page of a PDF), or why it cannot be read."""
     data = file.read_bytes()
     if not data.strip():
         return "empty"
-    text = decode_text(data)
-    if text is None:
-        return "not text (binary); convert it to text, or load it with a LlamaIndex reader and ingest_documents"
-    if not text.strip():
-        return "empty"
+    parts = _parts(file, data)
+    if isinstance(parts, str):
+        return parts
+    parts = [part for part in parts if part.text.strip()]
+    if not parts:
+        return "empty (no text: a scanned PDF needs OCR first)" if file.suffix.lower() == ".pdf" else "empty"
     modified = datetime.fromtimestamp(file.stat().st_mtime, tz=timezone.utc).strftime("%Y-%m-%d")
     metadata = {
         "file_path": document_id,
@@ -83,13 +106,16 @@ def _document(file: Path, document_id: str) -> Document | str:
         "file_size": len(data),
         "last_modified_date": modified,
     }
-    return Document(
-        id_=document_id,
-        text=text,
-        metadata=metadata,
-        excluded_embed_metadata_keys=list(NOT_EMBEDDED),
-        excluded_llm_metadata_keys=list(FILE_FACTS),
-    )
+    return [
+        Document(
+            id_=document_id + part.suffix,
+            text=part.text,
+            metadata={**metadata, **part.metadata},
+            excluded_embed_metadata_keys=[*NOT_EMBEDDED, *part.metadata],  # a page number means nothing to the model
+            excluded_llm_metadata_keys=list(FILE_FACTS),
+        )
+        for part in parts
+    ]
 
 
 def read_files(path: Path, source: str | None = None) -> FolderDocuments:
@@ -108,11 +134,11 @@ def read_files(path: Path, source: str | None = None) -> FolderDocuments:
     read = FolderDocuments(source=source or location.as_posix())
     for file in files:
         document_id = f"{name}/{file.relative_to(root).as_posix()}"
-        result = _document(file, document_id)
+        result = _documents(file, document_id)
         if isinstance(result, str):
             read.skipped[document_id] = result
         else:
-            read.documents.append(result)
+            read.documents.extend(result)
     return read
 
 

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from llama_index_twostage.errors import ConfigurationError, DocumentError, LexicalIndexBusy
 from llama_index_twostage.ingest.documents import Source, collect_sources
+from llama_index_twostage.ingest.transform import NodeSplitter, Splitting, rekeyed
 from llama_index_twostage.models import embedding_dimension, embedding_model_name
 from llama_index_twostage.nodes import model_text
 from llama_index_twostage.store.chroma import ChromaStore
@@ -57,6 +58,7 @@ from llama_index_twostage.timing import Stopwatch
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
+    from chromadb.api.types import GetResult
     from llama_index.core.base.embeddings.base import BaseEmbedding
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,11 @@ class Chunking:
                 f"chunking needs chunk_size > 0 and 0 <= chunk_overlap < chunk_size, got {self.chunk_size} and "
                 f"{self.chunk_overlap}"
             )
+
+    @property
+    def identity(self) -> tuple[int, int]:
+        """What of the chunking goes into each document's hash."""
+        return (self.chunk_size, self.chunk_overlap)
 
     def splitter(self) -> SentenceSplitter:
         return SentenceSplitter(
@@ -163,15 +170,15 @@ def chunk_id(source_id: str, node: BaseNode) -> str:
     return str(uuid.uuid5(_NODE_ID_NAMESPACE, content))
 
 
-def split_document(document: Document, splitter: SentenceSplitter) -> list[BaseNode]:
-    """Chunk one document with LlamaIndex's SentenceSplitter; each distinct chunk gets its deterministic id."""
+def split_document(document: Document, splitter: NodeSplitter) -> list[BaseNode]:
+    """Chunk one document (LlamaIndex's SentenceSplitter, or any transformation chain); each distinct chunk gets its
+    deterministic id, and the links between chunks follow (:func:`~llama_index_twostage.ingest.transform.rekeyed`)."""
     try:
         nodes = splitter.get_nodes_from_documents([document])
     except ValueError as error:  # e.g. metadata longer than chunk_size
         raise DocumentError(f"document {document.id_!r} cannot be split: {error}") from error
     chunks: dict[str, BaseNode] = {}
-    for node in nodes:
-        node.id_ = chunk_id(document.id_, node)
+    for node in rekeyed(nodes, lambda node: chunk_id(document.id_, node)):
         chunks.setdefault(node.id_, node)
     return list(chunks.values())
 
@@ -224,9 +231,7 @@ def adopted_origins(held: dict[str, StoredSource], origin: str | None) -> set[st
     return adopted
 
 
-def _plan_changed(
-    plan: Plan, source: Source, held: StoredSource, splitter: SentenceSplitter, origin: str | None
-) -> None:
+def _plan_changed(plan: Plan, source: Source, held: StoredSource, splitter: NodeSplitter, origin: str | None) -> None:
     """Split a new or changed document: embed the chunks not stored, relabel the kept ones, drop the rest."""
     chunks = split_document(source.document, splitter)
     with_text = [node for node in chunks if model_text(node) is not None]
@@ -248,7 +253,10 @@ def _plan_changed(
 
 
 def plan_ingestion(
-    sources: dict[str, Source], held: dict[str, StoredSource], chunking: Chunking, origin: str | None = None
+    sources: dict[str, Source],
+    held: dict[str, StoredSource],
+    chunking: Chunking | Splitting,
+    origin: str | None = None,
 ) -> Plan:
     """Decide, per document, whether it is unchanged (skipped) or must be (re)written."""
     splitter = chunking.splitter()
@@ -353,11 +361,16 @@ class Writer:
         found = self.store.with_retries(lookup)["ids"]
         if not found:
             return {}
-        read = partial(self.collection.get, ids=found, include=["metadatas", "embeddings"])
-        try:
-            stored = self.store.with_retries(read)
-        except InternalError as error:  # e.g. a restarted server whose vector index is not on disk yet
-            logger.info("stored embeddings not reusable now (%s): embedding these chunks", error)
+
+        def read() -> GetResult | None:
+            try:
+                return self.collection.get(ids=found, include=["metadatas", "embeddings"])
+            except InternalError as error:  # e.g. a restarted server whose vector index is not on disk yet
+                logger.info("stored embeddings not reusable now (%s): embedding these chunks", error)
+                return None
+
+        stored = self.store.with_retries(read)
+        if stored is None:
             return {}
         vectors = stored["embeddings"] if stored["embeddings"] is not None else []
         return {
@@ -425,7 +438,7 @@ def ingest_into(
     embed_model: BaseEmbedding,
     documents: Sequence[Document],
     *,
-    chunking: Chunking | None = None,
+    chunking: Chunking | Splitting | None = None,
     upsert_batch_size: int = 1000,
     show_progress: bool = True,
     lexical: LexicalIndex | None = None,
@@ -441,7 +454,9 @@ def ingest_into(
         documents: LlamaIndex documents; their ``id_`` is the source id (``SimpleDirectoryReader(...,
             filename_as_id=True)`` keeps it stable across runs). A document re-ingested with other content
             replaces its earlier chunks. They are not modified.
-        chunking: chunk size and overlap (part of each document's hash: changing it re-splits every document).
+        chunking: chunk size and overlap, or any LlamaIndex transformation chain
+            (:class:`~llama_index_twostage.ingest.transform.Transformations`); part of each document's hash:
+            changing it re-splits every document.
         upsert_batch_size: records per Chroma write (capped by the client).
         lexical, follower: the lexical index to keep in step with Chroma (or the follower that keeps it): every
             write is mirrored, and at the end the index catches up with the change feed (reconciled in full only
@@ -464,7 +479,7 @@ def ingest_into(
         follower = LexicalFollower(store, lexical, page_size=upsert_batch_size)
     with Stopwatch() as watch:
         # Every document is checked (refused whole, before anything is written); those without text are not stored.
-        validated = collect_sources(documents, (chunking.chunk_size, chunking.chunk_overlap))
+        validated = collect_sources(documents, chunking.identity)
         sources = {source_id: source for source_id, source in validated.items() if source.document.text.strip()}
         empty_documents = sum(not document.text.strip() for document in documents)
         if empty_documents:

@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
+from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from llama_index_twostage.errors import ConfigurationError
+from llama_index_twostage.events import RecallSideEvent, Stage1Event
 from llama_index_twostage.nodes import node_from_record, query_text
 from llama_index_twostage.stage1.fusion import reciprocal_rank_fusion
 from llama_index_twostage.stage1.retriever import ChromaRecallRetriever, Recalled, Record
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
 
 logger = logging.getLogger(__name__)
+dispatcher = get_dispatcher(__name__)
 
 NO_TERMS = "no searchable terms in the query (only stop words or punctuation): dense candidates only"
 _WIDENING = 4  # with filters, lexical hits that fail them are replaced by asking for this many times more ...
@@ -132,13 +135,15 @@ class HybridRecallRetriever(BaseRetriever):
         short = sum(node_id in records for node_id in hits.ids) < self.recall_k and len(hits.ids) == limit
         return wider if short and wider <= _DEEPEST * self.recall_k else None
 
-    def _lexical_side(self, hits: LexicalHits, records: dict[str, Record]) -> Recalled | None:
+    def _lexical_side(self, hits: LexicalHits, records: dict[str, Record], elapsed_ms: float) -> Recalled | None:
         """The best ``recall_k`` hits that Chroma holds and the filters pass, with their BM25 scores."""
         if not hits.terms:
+            dispatcher.event(RecallSideEvent(side="lexical", candidates=0, ms=elapsed_ms))
             return None
         kept = [(node_id, score) for node_id, score in zip(hits.ids, hits.scores) if node_id in records]
         ids = [node_id for node_id, _ in kept[: self.recall_k]]
         scores = [score for _, score in kept[: self.recall_k]]
+        dispatcher.event(RecallSideEvent(side="lexical", candidates=len(ids), ms=elapsed_ms))
         return Recalled(ids, [records[i][0] for i in ids], [records[i][1] for i in ids], scores)
 
     @staticmethod
@@ -146,26 +151,30 @@ class HybridRecallRetriever(BaseRetriever):
         """The hits to read back from Chroma: those the dense side did not already return (with the same filters)."""
         return [node_id for node_id in hits.ids if node_id not in known]
 
+    @dispatcher.span
     def lexical_candidates(self, text: str, known: Recalled | None = None) -> Recalled | None:
         """BM25's ``recall_k`` best records that Chroma holds and the filters pass; None when the query has no
         searchable terms. ``known``: the dense side's candidates, whose records need no second read."""
         records = known.records() if known is not None else {}
         limit: int | None = self.recall_k
-        while limit:
-            hits = self._search(text, limit)
-            records.update(self.dense.fetch(self._unknown(hits, records)))
-            limit = self._widened(hits, records, limit)
-        return self._lexical_side(hits, records)
+        with Stopwatch() as watch:
+            while limit:
+                hits = self._search(text, limit)
+                records.update(self.dense.fetch(self._unknown(hits, records)))
+                limit = self._widened(hits, records, limit)
+        return self._lexical_side(hits, records, watch.ms)
 
+    @dispatcher.span
     async def alexical_candidates(self, text: str, known: Recalled | None = None) -> Recalled | None:
         """:meth:`lexical_candidates`; the index is searched in a worker thread, Chroma read by its async client."""
         records = known.records() if known is not None else {}
         limit: int | None = self.recall_k
-        while limit:
-            hits = await asyncio.to_thread(self._search, text, limit)
-            records.update(await self.dense.afetch(self._unknown(hits, records)))
-            limit = self._widened(hits, records, limit)
-        return self._lexical_side(hits, records)
+        with Stopwatch() as watch:
+            while limit:
+                hits = await asyncio.to_thread(self._search, text, limit)
+                records.update(await self.dense.afetch(self._unknown(hits, records)))
+                limit = self._widened(hits, records, limit)
+        return self._lexical_side(hits, records, watch.ms)
 
     def _ranking(self, sides: dict[str, Recalled]) -> list[tuple[str, float]]:
         """Fused by reciprocal rank when both sides answered; one side's own order and scores otherwise."""
@@ -174,7 +183,9 @@ class HybridRecallRetriever(BaseRetriever):
             return list(zip(side.ids, side.scores))
         return reciprocal_rank_fusion({name: side.ids for name, side in sides.items()}, self.weights, k=self.rrf_k)
 
-    def _fuse(self, dense: Recalled | None, lexical: Recalled | None, elapsed_ms: float) -> list[NodeWithScore]:
+    @dispatcher.span
+    def fuse(self, dense: Recalled | None, lexical: Recalled | None, elapsed_ms: float) -> list[NodeWithScore]:
+        """The sides' candidates as one ranking of at most ``recall_k`` nodes, each with its stage metadata."""
         sides = {name: side for name, side in (("dense", dense), ("lexical", lexical)) if side is not None}
         common: dict[str, Any] = {"stage1_mode": self.mode if lexical is not None else "dense", "stage1_ms": elapsed_ms}
         if lexical is None:
@@ -191,6 +202,14 @@ class HybridRecallRetriever(BaseRetriever):
                     position = positions[name][node_id]
                     info[f"{name}_rank"], info[f"{name}_score"] = position + 1, side.scores[position]
             nodes.append(NodeWithScore(node=node_from_record(node_id, *records[node_id], info), score=score))
+        stage1 = Stage1Event(
+            mode=common["stage1_mode"],
+            candidates=len(nodes),
+            recall_k=self.recall_k,
+            stage1_ms=elapsed_ms,
+            fallback=common.get("stage1_fallback"),
+        )
+        dispatcher.event(stage1)
         return nodes
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
@@ -200,7 +219,7 @@ class HybridRecallRetriever(BaseRetriever):
             lexical = self.lexical_candidates(text, known=dense)
             if lexical is None and dense is None:  # lexical mode, a query without terms: dense after all
                 dense = self.dense.recall(query_bundle)
-        return self._fuse(dense, lexical, watch.ms)
+        return self.fuse(dense, lexical, watch.ms)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         """The dense side first (its records need no second read), then BM25 in a worker thread and the read-back
@@ -211,4 +230,4 @@ class HybridRecallRetriever(BaseRetriever):
             lexical = await self.alexical_candidates(text, known=dense)
             if lexical is None and dense is None:
                 dense = await self.dense.arecall(query_bundle)
-        return self._fuse(dense, lexical, watch.ms)
+        return self.fuse(dense, lexical, watch.ms)

@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
+from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from llama_index_twostage.errors import CollectionNotFoundError, ConfigurationError
+from llama_index_twostage.events import RecallSideEvent, Stage1Event
 from llama_index_twostage.models import embedding_dimension, embedding_model_name, sentence_transformer_of
 from llama_index_twostage.nodes import node_from_record, query_text
 from llama_index_twostage.settings import DistanceSpace
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
 
 logger = logging.getLogger(__name__)
+dispatcher = get_dispatcher(__name__)
 
 _INCLUDE = ["documents", "metadatas", "distances"]
 _RECORD_FIELDS = ["documents", "metadatas"]
@@ -238,32 +241,46 @@ class ChromaRecallRetriever(BaseRetriever):
             notes["recall_starved"] = True
         return Recalled(ids, documents, metadatas, similarities, notes)
 
+    @dispatcher.span
     def recall(self, query_bundle: QueryBundle) -> Recalled:
-        """The ``recall_k`` nearest records by cosine similarity, best first."""
-        text = query_text(query_bundle)
-        truncated = self._warn_if_truncated(text)
-        return self._recalled(self._search(self._query_embedding(query_bundle, text)), truncated)
+        """The ``recall_k`` nearest records by cosine similarity, best first (a span of its own)."""
+        with Stopwatch() as watch:
+            text = query_text(query_bundle)
+            truncated = self._warn_if_truncated(text)
+            recalled = self._recalled(self._search(self._query_embedding(query_bundle, text)), truncated)
+        dispatcher.event(RecallSideEvent(side="dense", candidates=len(recalled.ids), ms=watch.ms))
+        return recalled
 
+    @dispatcher.span
     async def arecall(self, query_bundle: QueryBundle) -> Recalled:
         """:meth:`recall` off the event loop (local models block; hosted APIs are awaited)."""
-        text = query_text(query_bundle)
-        if sentence_transformer_of(self.embed_model) is None and query_bundle.embedding is None:
-            embedding = await self.embed_model.aget_query_embedding(text)
-            truncated = False
-        else:
-            truncated = await asyncio.to_thread(self._warn_if_truncated, text)
-            embedding = await asyncio.to_thread(self._query_embedding, query_bundle, text)
-        return self._recalled(await self._asearch(embedding), truncated)
+        with Stopwatch() as watch:
+            text = query_text(query_bundle)
+            if sentence_transformer_of(self.embed_model) is None and query_bundle.embedding is None:
+                embedding = await self.embed_model.aget_query_embedding(text)
+                truncated = False
+            else:
+                truncated = await asyncio.to_thread(self._warn_if_truncated, text)
+                embedding = await asyncio.to_thread(self._query_embedding, query_bundle, text)
+            recalled = self._recalled(await self._asearch(embedding), truncated)
+        dispatcher.event(RecallSideEvent(side="dense", candidates=len(recalled.ids), ms=watch.ms))
+        return recalled
+
+    def _ranked(self, recalled: Recalled, elapsed_ms: float) -> list[NodeWithScore]:
+        dispatcher.event(
+            Stage1Event(mode="dense", candidates=len(recalled.ids), recall_k=self.recall_k, stage1_ms=elapsed_ms)
+        )
+        return ranked_nodes(recalled, elapsed_ms)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         with Stopwatch() as watch:
             recalled = self.recall(query_bundle)
-        return ranked_nodes(recalled, watch.ms)
+        return self._ranked(recalled, watch.ms)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         with Stopwatch() as watch:
             recalled = await self.arecall(query_bundle)
-        return ranked_nodes(recalled, watch.ms)
+        return self._ranked(recalled, watch.ms)
 
     async def _asearch(self, embedding: list[float]) -> dict[str, Any]:
         """Server mode uses Chroma's async client; the in-process modes run the same search in a worker thread."""

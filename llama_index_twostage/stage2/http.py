@@ -36,8 +36,8 @@ import math
 import threading
 import time
 import weakref
-from email.utils import parsedate_to_datetime
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -427,7 +427,7 @@ class HttpRerankScorer:
     def _describe(self, outcome: Outcome) -> str:
         """The outcome for a message: the status line and the start of the body, or the transport error; masked."""
         if isinstance(outcome, Answer):
-            excerpt = self._redact(outcome.body.decode("utf-8", "replace")).strip()[:ERROR_EXCERPT_CHARS]
+            excerpt = self._redact.excerpt(outcome.body.decode("utf-8", "replace"), ERROR_EXCERPT_CHARS)
             described = f"HTTP {outcome.status} {outcome.response.reason_phrase}" + (f": {excerpt}" if excerpt else "")
         else:
             described = f"{type(outcome).__name__}: {outcome}" if str(outcome) else type(outcome).__name__

@@ -25,6 +25,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from llama_index_twostage.errors import ConfigurationError
+from llama_index_twostage.events import Stage2Event
 from llama_index_twostage.models import ModelPool
 from llama_index_twostage.nodes import annotated, query_text
 from llama_index_twostage.settings import LongDocuments, RetrieverSettings
@@ -376,29 +377,35 @@ class CrossEncoderRerank(BaseNodePostprocessor):
                 self._scorer.window.max_tokens,
             )
 
+    @dispatcher.span
     def rerank(self, nodes: list[NodeWithScore], query: str) -> list[NodeWithScore]:
-        """:meth:`rank`, cut to ``top_k``; returns annotated copies (the caller's nodes are never mutated)."""
+        """:meth:`rank`, cut to ``top_k``; returns annotated copies (the caller's nodes are never mutated). A span of
+        its own, with a :class:`~llama_index_twostage.events.Stage2Event`."""
         with Stopwatch() as watch:
             ranking = self.rank(query, nodes)
-        return self._results(ranking, watch.ms)
+        return self._results(nodes, ranking, watch.ms)
 
+    @dispatcher.span
     async def arerank(self, nodes: list[NodeWithScore], query: str) -> list[NodeWithScore]:
         """:meth:`rerank` through :meth:`arank`."""
         with Stopwatch() as watch:
             ranking = await self.arank(query, nodes)
-        return self._results(ranking, watch.ms)
+        return self._results(nodes, ranking, watch.ms)
 
-    def _results(self, ranking: Ranking, stage2_ms: float) -> list[NodeWithScore]:
-        """The best ``top_k`` of ``ranking`` as annotated copies, after its warnings are logged."""
+    def _results(self, nodes: list[NodeWithScore], ranking: Ranking, stage2_ms: float) -> list[NodeWithScore]:
+        """The best ``top_k`` of ``ranking`` as annotated copies, after its warnings are logged and its event sent."""
         self._report(ranking)
         info: dict[str, Any] = {"stage2_ms": stage2_ms, **ranking.info}
         backend = getattr(self._scorer, "backend", None)  # optional in the protocol: local scorers name their runtime
         if backend is not None:
             info["rerank_backend"] = backend
-        return [
+        results = [
             annotated(scored, score=score, rerank_score=score, final_rank=rank, **info)
             for rank, (scored, score) in enumerate(zip(ranking.nodes[: self.top_k], ranking.scores), 1)
         ]
+        event = Stage2Event(candidates=len(nodes), returned=len(results), stage2_ms=stage2_ms, counts=ranking.info)
+        dispatcher.event(event)
+        return results
 
     @contextmanager
     def _events(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> Iterator[RerankEvents]:

@@ -2,6 +2,7 @@
 the change feed every writer leaves in Chroma, and the lexical index that follows it on each host (catch-up,
 reconcile, atomic reindex)."""
 
+from llama_index_twostage.store.analysis import LEXICAL_LANGUAGES, Analyser
 from llama_index_twostage.store.chroma import ChromaStore, HnswParameters
 from llama_index_twostage.store.contract import (
     CollectionContract,
@@ -17,6 +18,8 @@ from llama_index_twostage.store.reconcile import LexicalDrift, find_drift, rebui
 from llama_index_twostage.store.verify import VerifyReport, verify_store
 
 __all__ = [
+    "LEXICAL_LANGUAGES",
+    "Analyser",
     "ChromaStore",
     "CollectionContract",
     "HnswParameters",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -25,10 +26,12 @@ from pydantic import SecretStr
 
 from llama_index_twostage.errors import (
     ChromaAuthenticationError,
+    ChromaServerError,
     ChromaUnavailableError,
     CollectionNotFoundError,
     ConfigurationError,
 )
+from llama_index_twostage.redaction import Redactor
 from llama_index_twostage.settings import ChromaMode, DistanceSpace, RetrieverSettings
 from llama_index_twostage.store.contract import CollectionContract, verify_collection
 from llama_index_twostage.store.embedded import EmbeddedStoreLock
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+QUOTED_CHARS = 300  # of a server's error answer, in a message
 STORE_FILE = "chroma.sqlite3"  # what every embedded Chroma store holds
 DEFAULT_PERSIST_DIR: Path = RetrieverSettings.model_fields["persist_dir"].default
 
@@ -112,6 +116,7 @@ class ChromaStore:
         self.persist_dir = Path(persist_dir).expanduser()
         self.host, self.port, self.ssl = host, port, ssl
         self._token = token
+        self._redact = Redactor([token])
         self.timeout_s = timeout_s
         self.retries = retries
         self.retry_backoff_s = retry_backoff_s
@@ -165,6 +170,25 @@ class ChromaStore:
     def _auth_headers(self) -> dict[str, str]:
         return {} if self._token is None else {"Authorization": f"Bearer {self._token.get_secret_value()}"}
 
+    def _quote(self, error: BaseException) -> str:
+        """``error`` for a message: its type and the start of its text, every secret masked."""
+        return self._redact.excerpt(f"{type(error).__name__}: {error}", QUOTED_CHARS)
+
+    def _failed(self, error: BaseException) -> ChromaServerError | ChromaUnavailableError:
+        """What a request that Chroma answered with an error, or an embedded store could not complete, tells."""
+        if self.mode == "server":
+            return ChromaServerError(
+                f"the Chroma server at {self.server_address} answered an error ({self._quote(error)}): check the "
+                "server's log and any proxy before it, and that chroma_host/chroma_port name a Chroma server"
+            )
+        where = self.persist_dir if self.persist_dir.exists() else Path.cwd()
+        free_mb = shutil.disk_usage(where).free / 1e6 if self.mode == "embedded" else math.nan
+        return ChromaUnavailableError(
+            f"{self.describe()} could not complete a request ({self._quote(error)}; {free_mb:,.0f} MB free on its "
+            "disk): if the disk is full, free space and run the same command again (what was stored is kept, and a "
+            "re-run stores the rest); else check that persist_dir is a writable Chroma store"
+        )
+
     def _refused(self, status: int | str) -> ChromaAuthenticationError:
         token = "the chroma_token given" if self._token is not None else "no chroma_token"
         return ChromaAuthenticationError(
@@ -181,9 +205,11 @@ class ChromaStore:
             if response.status_code in (401, 403):
                 raise self._refused(f"HTTP {response.status_code}")
             response.raise_for_status()
+        except httpx.HTTPStatusError as error:  # it answered, with an error or a redirect (never followed)
+            raise self._failed(error) from None
         except httpx.HTTPError as error:
             raise ChromaUnavailableError(
-                f"Chroma server at {self.server_address} is unreachable ({type(error).__name__}: {error}) "
+                f"Chroma server at {self.server_address} is unreachable ({self._quote(error)}) "
                 f"within {self.timeout_s:g}s: start it with `chroma run --host {self.host} --port {self.port}` "
                 "or fix chroma_host/chroma_port"
             ) from None
@@ -218,21 +244,26 @@ class ChromaStore:
                     "check persist_dir is a writable directory holding a Chroma store (or none yet)"
                 ) from error
         self.check_server()
-        client = chromadb.HttpClient(
-            host=self.host or "localhost",
-            port=self.port,
-            ssl=self.ssl,
-            headers=self._auth_headers(),
-            settings=self._chroma_settings(),
-        )
+        try:
+            client = chromadb.HttpClient(
+                host=self.host or "localhost",
+                port=self.port,
+                ssl=self.ssl,
+                headers=self._auth_headers(),
+                settings=self._chroma_settings(),
+            )
+        except ValueError as error:  # chromadb reports whatever its first request met (an error answer) as this
+            raise self._failed(error) from None
         bound_request_timeout(client, self.timeout_s)
         return client
 
     @property
     def client(self) -> ClientAPI:
-        """The synchronous client, created on first use (thread-safe)."""
+        """The synchronous client, created on first use (thread-safe); while one is open, the HTTP stack's own logs
+        mask the token (a server may echo it in a header)."""
         with self._lock:
             if self._client is None:
+                self._redact.watch()
                 self._client = self._create_client()
             return self._client
 
@@ -245,6 +276,7 @@ class ChromaStore:
         import chromadb
 
         if self._async_client is None:
+            self._redact.watch()
             await asyncio.to_thread(self.check_server)
             created = await self.bounded(
                 chromadb.AsyncHttpClient(
@@ -274,6 +306,7 @@ class ChromaStore:
         with self._lock:
             client, self._client = self._client, None
             self._async_client = None
+        self._redact.unwatch()
         if client is not None and self.mode != "memory":
             client.close()
         if client is not None and self.mode == "embedded":
@@ -295,9 +328,10 @@ class ChromaStore:
 
     @contextmanager
     def server_errors(self) -> Iterator[None]:
-        """Turn transport failures of the server into one clear :class:`ChromaUnavailableError`, and refused
-        credentials into a :class:`ChromaAuthenticationError` (not retried: the same token fails the same way)."""
-        from chromadb.errors import AuthorizationError, ChromaAuthError
+        """Turn transport failures of the server into one clear :class:`ChromaUnavailableError` (retried), refused
+        credentials into a :class:`ChromaAuthenticationError`, and an error the server answered (or an embedded store
+        could not write) into one line that quotes it with the token masked; none of these three is retried."""
+        from chromadb.errors import AuthorizationError, ChromaAuthError, ChromaError
 
         try:
             yield
@@ -305,9 +339,15 @@ class ChromaStore:
             raise self._refused(type(error).__name__) from None
         except (httpx.TransportError, asyncio.TimeoutError) as error:
             raise ChromaUnavailableError(
-                f"lost the Chroma server at {self.server_address} ({type(error).__name__}: {error}) within "
+                f"lost the Chroma server at {self.server_address} ({self._quote(error)}) within "
                 f"{self.timeout_s:g}s: check that `chroma run` is up, then retry"
-            ) from error
+            ) from None
+        except ChromaError as error:
+            raise self._failed(error) from None
+        except Exception as error:
+            if type(error) is not Exception:  # chromadb raises a bare Exception with the body of a non-JSON answer
+                raise
+            raise self._failed(error) from None
 
     def _attempts(self) -> int:
         """Only a server is worth retrying: an in-process store that failed once fails the same way again."""

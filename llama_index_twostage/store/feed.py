@@ -60,10 +60,14 @@ def _tombstones(store: ChromaStore, *, create: bool) -> Collection | None:
                 embedding_function=None,
             )
         )
-    try:
-        return store.with_retries(partial(client.get_collection, name, embedding_function=None))
-    except NotFoundError:
-        return None
+
+    def existing() -> Collection | None:
+        try:
+            return client.get_collection(name, embedding_function=None)
+        except NotFoundError:  # no deletion yet
+            return None
+
+    return store.with_retries(existing)
 
 
 def leave_tombstones(store: ChromaStore, ids: Sequence[str], stamp: float) -> None:

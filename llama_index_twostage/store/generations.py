@@ -81,7 +81,10 @@ class LexicalFolder:
         if self._checked:
             return
         if self.path.exists() and not self.path.is_dir():
-            raise LexicalIndexError(f"{self.describe()} is a file, not a folder: set lexical_dir to a folder")
+            raise LexicalIndexError(
+                f"{self.describe()} cannot be opened: {str(self.path)!r} is a file, not a folder; move it away or set "
+                "lexical_dir to another folder, then run `twostage reindex` to build the index from Chroma"
+            )
         if self.path.is_dir() and not _ours(self.path) and any(self.path.iterdir()):
             raise LexicalIndexError(
                 f"{self.describe()} holds files twostage did not create; it never writes into or deletes such a "
@@ -106,11 +109,17 @@ class LexicalFolder:
 
     # Generations.
 
-    def _pointed(self) -> str | None:
-        """The live generation's name, or None when nothing was ever written."""
+    def _pointed(self, *, vanished_ok: bool = False) -> str | None:
+        """The live generation's name, or None when nothing was ever written; a folder removed under this process
+        after it had used it is an error (never silently a new, empty index)."""
         try:
             name = (self.path / POINTER).read_text().strip()
         except FileNotFoundError:
+            if self._live is not None and not vanished_ok:
+                raise LexicalIndexError(
+                    f"{self.describe()} is gone: its folder was removed while in use; run `twostage reindex` to "
+                    "rebuild it from Chroma"
+                ) from None
             return None
         if not name.startswith(GENERATION_PREFIX) or not (self.path / name).is_dir():
             raise LexicalIndexError(
@@ -162,7 +171,7 @@ class LexicalFolder:
 
     def _swap(self, name: str) -> None:
         """Point to ``name``; remove generations older than the one it replaces (a reader may still use that one)."""
-        previous = self._pointed()
+        previous = self._pointed(vanished_ok=True)
         _write_atomically(self.path / POINTER, name)
         keep = {name, previous}
         for entry in self.path.iterdir():

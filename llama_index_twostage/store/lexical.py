@@ -7,18 +7,23 @@ server-side hybrid search (Chroma's own ``search`` where a deployment supports i
 
 :class:`TantivyIndex` is that interface on `tantivy <https://github.com/quickwit-oss/tantivy-py>`_: BM25 (k1 1.2,
 b 0.75), incremental add and delete by id, atomic commits, one writer and many readers across processes. Text is
-analysed with English stemming and stop words; a query goes through the same analyser and becomes a disjunction of
-its terms, so user text is never parsed as query syntax (``field:x``, ``AND``, quotes, ``*``, ``~``, ``^`` and
-unbalanced parentheses are just characters).
+analysed per ``lexical_language`` (:mod:`~llama_index_twostage.store.analysis`; English stemming and stop words by
+default), and the index records its analyser: opening it with another is an error that asks for ``twostage
+reindex``. A query goes through the same analyser and becomes a disjunction of its terms, so user text is never
+parsed as query syntax (``field:x``, ``AND``, quotes, ``*``, ``~``, ``^`` and unbalanced parentheses are just
+characters). tantivy's failures (a folder removed under a live process, a full disk, another writer) end in one
+:class:`~llama_index_twostage.errors.LexicalIndexError` that says what to do.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -27,12 +32,14 @@ from typing import Protocol, runtime_checkable
 import tantivy
 
 from llama_index_twostage.errors import LexicalIndexBusy, LexicalIndexError
+from llama_index_twostage.store.analysis import Analyser
 
 logger = logging.getLogger(__name__)
 
-ANALYZER = "twostage_english"
 WRITER_HEAP_BYTES = 64_000_000  # tantivy's writer buffers this much before flushing a segment itself
-_LONGEST_TOKEN = 40  # longer "words" (base64, hashes) are dropped, as tantivy's default analyser does
+RECORD_FILE = "twostage-lexical.json"  # what the library records in an index it built: its analyser
+TANTIVY_META = "meta.json"  # present in every tantivy index folder
+LEGACY_ANALYSER = "twostage_english"  # indexes built before the analyser was recorded had this one
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,7 @@ class LexicalIndex(Protocol):
     def delete(self, ids: Sequence[str]) -> None:
         """Remove these ids (absent ones are ignored) and commit."""
 
-    def rebuilding(self) -> Iterator[LexicalIndex]:
+    def rebuilding(self) -> AbstractContextManager[LexicalIndex]:
         """A context manager giving an empty index to fill from Chroma; what it holds replaces this index on a clean
         exit (atomically, where the index lives in a folder of generations)."""
 
@@ -85,23 +92,11 @@ class LexicalIndex(Protocol):
     def close(self) -> None: ...
 
 
-def english_analyzer() -> tantivy.TextAnalyzer:
-    """Words (letters and digits), lowercased, English stop words removed, Porter-stemmed."""
-    return (
-        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
-        .filter(tantivy.Filter.remove_long(_LONGEST_TOKEN))
-        .filter(tantivy.Filter.lowercase())
-        .filter(tantivy.Filter.stopword("english"))
-        .filter(tantivy.Filter.stemmer("english"))
-        .build()
-    )
-
-
-def _schema() -> tantivy.Schema:
+def _schema(analyser: Analyser) -> tantivy.Schema:
     builder = tantivy.SchemaBuilder()
     builder.add_text_field("id", stored=True, tokenizer_name="raw")  # raw: deletable by exact id
     builder.add_text_field("doc_hash", stored=True, tokenizer_name="raw", index_option="basic")
-    builder.add_text_field("text", stored=False, tokenizer_name=ANALYZER, index_option="freq")
+    builder.add_text_field("text", stored=False, tokenizer_name=analyser.name, index_option="freq")
     return builder.build()
 
 
@@ -113,13 +108,14 @@ class TantivyIndex:
     a running service) can write in between; readers see each commit from their next search on.
     """
 
-    def __init__(self, path: str | Path | None) -> None:
+    def __init__(self, path: str | Path | None, analyser: Analyser | None = None) -> None:
         self.path = None if path is None else Path(path).expanduser()
-        self._schema = _schema()
-        self._analyzer = english_analyzer()
+        self.analyser = analyser or Analyser()
+        self._schema = _schema(self.analyser)
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one tantivy writer per index: this process's writes take turns
         self._index: tantivy.Index | None = None
+        self._was_open = False  # once open, a vanished folder is an error, never silently a new, empty index
         self._mark: float | None = None
 
     def describe(self) -> str:
@@ -137,48 +133,111 @@ class TantivyIndex:
             return self._index
 
     def _open(self) -> tantivy.Index:
-        try:
-            if self.path is not None:
+        if self.path is None:
+            index = tantivy.Index(self._schema)
+        else:
+            self._check_folder()
+            created = not (self.path / TANTIVY_META).is_file()
+            if created and self._was_open:
+                raise self._gone("nothing is there now")
+            with self._faults("open"):
                 self.path.mkdir(parents=True, exist_ok=True)
-            index = tantivy.Index(self._schema, path=None if self.path is None else str(self.path), reuse=True)
-        except (OSError, ValueError) as error:
-            raise LexicalIndexError(
-                f"cannot open {self.describe()}: {error}; check lexical_dir is a writable folder, or delete it and "
-                "rebuild it from Chroma with `twostage reindex`"
-            ) from error
-        index.register_tokenizer(ANALYZER, self._analyzer)
+                index = tantivy.Index(self._schema, path=str(self.path), reuse=True)
+                if created:
+                    (self.path / RECORD_FILE).write_text(json.dumps({"analyser": self.analyser.name}))
+        index.register_tokenizer(self.analyser.name, self.analyser.analyzer)
+        self._was_open = True
         return index
+
+    def _check_folder(self) -> None:
+        """The index's path is a folder (or nothing yet), built with this index's analyser."""
+        assert self.path is not None
+        if self.path.exists() and not self.path.is_dir():
+            raise LexicalIndexError(
+                f"{self.describe()} cannot be opened: {str(self.path)!r} is a file, not a folder; move it away or set "
+                "lexical_dir to another folder, then run `twostage reindex` to build the index from Chroma"
+            )
+        if not (self.path / TANTIVY_META).is_file():
+            return
+        try:
+            built_with = json.loads((self.path / RECORD_FILE).read_text()).get("analyser")
+        except FileNotFoundError:
+            built_with = LEGACY_ANALYSER
+        except (OSError, ValueError, AttributeError) as error:
+            raise LexicalIndexError(
+                f"{self.describe()} has an unreadable {RECORD_FILE} ({error}): run `twostage reindex` to rebuild it"
+            ) from None
+        if built_with != self.analyser.name:
+            language = str(built_with).removeprefix("twostage_")
+            raise LexicalIndexError(
+                f"{self.describe()} was built for lexical_language {language!r}, but lexical_language is "
+                f"{self.analyser.language!r}: run `twostage reindex` to rebuild it for {self.analyser.language!r}, "
+                f"or set lexical_language to {language!r}"
+            )
+
+    @contextmanager
+    def _faults(self, doing: str) -> Iterator[None]:
+        """tantivy's failures of the folder, the lock or the disk (it raises them all as ``ValueError``) as one
+        :class:`LexicalIndexError` that says what to do; anything else (a bad record, say) passes unchanged."""
+        try:
+            yield
+        except (OSError, ValueError) as error:
+            failure = self._failed(doing, error)
+            if failure is None:
+                raise
+            raise failure from None
+
+    def _gone(self, reason: str) -> LexicalIndexError:
+        return LexicalIndexError(
+            f"{self.describe()} is gone: its folder was removed while in use ({reason}); run `twostage reindex` to "
+            "rebuild it from Chroma"
+        )
+
+    def _failed(self, doing: str, error: Exception) -> LexicalIndexError | None:
+        reason = " ".join(str(error).split())[:200]
+        if self._index is not None and self.path is not None and not self.path.is_dir():
+            self._index = None  # the next use opens whatever is there then (a reindex by another process, say)
+            return self._gone(reason)
+        if "LockBusy" in reason:
+            return LexicalIndexBusy(
+                f"{self.describe()} is being written by another process ({reason}); retry when it has finished"
+            )
+        if "No space left" in reason or "os error 28" in reason or "StorageFull" in reason:
+            free_mb = shutil.disk_usage(self.path).free / 1e6 if self.path is not None else 0
+            return LexicalIndexError(
+                f"{self.describe()} could not {doing}: the disk is full ({free_mb:,.0f} MB free); free space and run "
+                "the same command again (Chroma keeps what was stored, and the lexical index catches up with it)"
+            )
+        if isinstance(error, OSError) or "IO error" in reason or "IoError" in reason:
+            return LexicalIndexError(
+                f"{self.describe()} failed to {doing} ({reason}); check lexical_dir is a writable folder, or run "
+                "`twostage reindex` to rebuild the index from Chroma"
+            )
+        return None
 
     def _write(self, ids: Iterable[str], records: Sequence[LexicalRecord] = ()) -> None:
         """Delete ``ids``, add ``records``, commit: one atomic step for every reader."""
         with self._write_lock:
             self._write_locked(ids, records)
 
-    def _writer(self, index: tantivy.Index) -> tantivy.IndexWriter:
-        try:
-            return index.writer(WRITER_HEAP_BYTES, 1)
-        except ValueError as error:  # another process holds the writer lock
-            raise LexicalIndexBusy(
-                f"{self.describe()} is being written by another process ({error}); retry when it has finished"
-            ) from error
-
-    def _write_locked(self, ids: Iterable[str], records: Sequence[LexicalRecord], clear: bool = False) -> None:
+    def _write_locked(self, ids: Iterable[str], records: Sequence[LexicalRecord]) -> None:
         index = self.index
-        writer = self._writer(index)
-        try:
-            if clear:
-                writer.delete_all_documents()
-            for record_id in ids:
-                writer.delete_documents_by_term("id", record_id)
-            for record in records:
-                writer.add_document(tantivy.Document(id=record.id, doc_hash=record.doc_hash, text=record.text))
-            writer.commit()
-        except BaseException:
-            writer.rollback()  # nothing of this batch lands; the next ingestion's reconciliation sees the gap
-            raise
-        finally:
-            writer.wait_merging_threads()  # releases the writer lock, even when the batch failed
-        index.reload()
+        with self._faults("take the writer lock"):  # held by another process, or the folder is gone
+            writer = index.writer(WRITER_HEAP_BYTES, 1)
+        with self._faults("write"):
+            try:
+                for record_id in ids:
+                    writer.delete_documents_by_term("id", record_id)
+                for record in records:
+                    text = self.analyser.index_text(record.text)
+                    writer.add_document(tantivy.Document(id=record.id, doc_hash=record.doc_hash, text=text))
+                writer.commit()
+            except BaseException:
+                writer.rollback()  # nothing of this batch lands; the next ingestion's reconciliation sees the gap
+                raise
+            finally:
+                writer.wait_merging_threads()  # releases the writer lock, even when the batch failed
+            index.reload()
 
     def add(self, records: Sequence[LexicalRecord]) -> None:
         latest = list({record.id: record for record in records}.values())  # an id given twice is added once
@@ -191,8 +250,9 @@ class TantivyIndex:
 
     def _searcher(self) -> tantivy.Searcher:
         index = self.index
-        index.reload()  # sees commits of other processes (0.1 ms)
-        return index.searcher()
+        with self._faults("read"):
+            index.reload()  # sees commits of other processes (0.1 ms)
+            return index.searcher()
 
     def count(self) -> int:
         return int(self._searcher().num_docs)
@@ -212,7 +272,7 @@ class TantivyIndex:
 
     def terms(self, query: str) -> Counter[str]:
         """The query's searchable terms and how often each occurs (as BM25 weighs a repeated term)."""
-        return Counter(self._analyzer.analyze(query))
+        return Counter(self.analyser.terms(query))
 
     def search(self, query: str, limit: int) -> LexicalHits:
         """The ``limit`` best records for ``query`` by BM25; the query is analysed as text, never parsed."""
@@ -228,12 +288,21 @@ class TantivyIndex:
         ids = [searcher.doc(address)["id"][0] for _, address in hits]
         return LexicalHits(ids, [float(score) for score, _ in hits], len(terms))
 
+    def reset(self) -> None:
+        """Close and delete the index folder, so a rebuild starts from nothing (even from a damaged index, or one
+        built with another analyser); a file in its place is not the library's to delete."""
+        self.close()
+        self._was_open = False  # a rebuild creates the index anew
+        if self.path is not None and self.path.exists():
+            if not self.path.is_dir():
+                self._check_folder()  # raises: says to move the file away
+            shutil.rmtree(self.path)
+
     @contextmanager
     def rebuilding(self) -> Iterator[TantivyIndex]:
-        """This index emptied in place (one commit), to be filled again: not atomic for readers, which is why the
+        """This index reset (see :meth:`reset`) to be filled again: not atomic for readers, which is why the
         pipeline keeps its on-disk index in a :class:`~llama_index_twostage.store.generations.LexicalFolder`."""
-        with self._write_lock:
-            self._write_locked((), (), clear=True)
+        self.reset()
         self._mark = None
         yield self
 

@@ -7,10 +7,13 @@ figure; the CLI test uses a small BEIR subset written to a temporary folder.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from bs4 import BeautifulSoup
 from conftest import RecordingPairs, RecordingScorer
 from typer.testing import CliRunner
 
@@ -92,6 +95,41 @@ def _write_scifact_subset(root: Path, queries: int = 5, extra_docs: int = 120) -
     return root
 
 
+def browser_dom(page: Path, fragment: str = "") -> BeautifulSoup:
+    """The page as a real headless Chromium leaves it once loaded and its script has run (Debian's chromium, which
+    scripts/setup.sh installs)."""
+    browser = shutil.which("chromium")
+    assert browser, "chromium is missing: run scripts/setup.sh (it installs Debian's chromium)"
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom"]
+    done = subprocess.run([*command, page.as_uri() + fragment], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return BeautifulSoup(done.stdout, "html.parser")
+
+
+def check_html_report(page: Path, report: dict) -> None:
+    """The page renders on its own: both figures decoded from the page itself, the stage metrics and the sweep with
+    its knee, and the per-query table, sorted by the browser when the address asks for it."""
+    assert 'src="http' not in page.read_text() and "<link" not in page.read_text()  # nothing fetched from elsewhere
+    dom = browser_dom(page, "#sort=-stage1_ms")
+    assert dom.body["data-figures-shown"] == "2"
+    assert all(img["src"].startswith("data:image/png;base64,") for img in dom.find_all("img"))
+    assert report["dataset"] in dom.h1.get_text()
+    stage_rows = {
+        row.td.get_text(): [td.get_text() for td in row.find_all("td")] for row in dom.table.tbody.find_all("tr")
+    }
+    assert float(stage_rows["ndcg@10"][1]) == pytest.approx(report["stage1"]["ndcg@10"], abs=1e-4)
+    assert float(stage_rows["ndcg@10"][2]) == pytest.approx(report["two_stage"]["ndcg@10"], abs=1e-4)
+    (knee,) = dom.select("tr.knee")
+    assert knee.td.get_text() == f"{report['recommended_recall_k']} (recommended)"
+    table = dom.find(id="per-query")
+    rows = table.tbody.find_all("tr")
+    assert len(rows) == report["queries"]
+    stage1_ms = [float(row.find_all("td")[4]["data-value"]) for row in rows]
+    assert stage1_ms == sorted(stage1_ms, reverse=True)  # sorted by the page's script, in the browser
+    assert table.find("th", attrs={"data-key": "stage1_ms"})["aria-sort"] == "descending"
+    assert all("\u2192" in row.find_all("td")[-1].get_text() for row in rows)
+
+
 def test_cli_eval_writes_the_report_files(tmp_path_factory: pytest.TempPathFactory) -> None:
     data = _write_scifact_subset(tmp_path_factory.mktemp("data") / "scifact-mini")
     out = tmp_path_factory.mktemp("report")
@@ -102,10 +140,11 @@ def test_cli_eval_writes_the_report_files(tmp_path_factory: pytest.TempPathFacto
     assert result.exit_code == 0, result.output
     assert "recommended recall_k" in result.output
     assert sorted(path.name for path in out.iterdir()) == [
-        "per_query.csv", "rank_movement.png", "report.json", "sweep.png",
+        "per_query.csv", "rank_movement.png", "report.html", "report.json", "sweep.png",
     ]  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     assert report["queries"] == 5 and report["dataset"] == "scifact-mini"
+    check_html_report(out / "report.html", report)
     assert {"ndcg@10", "mrr@10", "recall@5", "recall@10", "p50_ms", "p95_ms"} <= set(report["stage1"])
     assert "pairs_per_query" in report["two_stage"]
     assert [point["recall_k"] for point in report["sweep"]] == [5, 10]

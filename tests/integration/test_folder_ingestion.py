@@ -179,7 +179,7 @@ def test_text_is_decoded_right_and_what_is_not_text_is_skipped_and_named(mixed_f
     }
     assert {name: why.split(" ")[0] for name, why in read.skipped.items()} == {
         "mixed/random.bin": "not",
-        "mixed/report.pdf": "not",
+        "mixed/report.pdf": "unreadable",
         "mixed/picture.png": "not",
         "mixed/empty.txt": "empty",
         "mixed/blank.txt": "empty",
@@ -191,7 +191,10 @@ def test_cli_ingest_names_the_skipped_files_and_stores_only_text(mixed_folder, t
     result = CliRunner().invoke(app, ["ingest", str(mixed_folder)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "2 documents -> 2 chunks: 2 added" in result.stdout
-    assert "5 files skipped (not text, or empty): mixed/blank.txt, mixed/empty.txt, mixed/picture.png" in result.stdout
+    assert (
+        "5 files skipped (unreadable, not text, or empty): mixed/blank.txt, mixed/empty.txt, mixed/picture.png"
+        in result.stdout
+    )
     with ChromaStore("mixed", persist_dir=tmp_path / "chroma") as store:
         texts = store.open_collection().get(include=["documents"])["documents"]
     assert sorted(texts) == ["Café crème brûlée, señor.", "Grüße aus Köln: 東京"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from conftest import HashEmbedding
 from llama_index.core import Document
 from llama_index.core.vector_stores.types import ExactMatchFilter, MetadataFilters
 from typer.testing import CliRunner
@@ -309,3 +310,24 @@ async def test_on_a_chroma_server(chroma_server, cheap_settings, hash_embedding,
             await second.retriever().aretrieve(queries[0])
         second.reindex()
         assert ranked(await second.retriever().aretrieve(queries[0])) == sequential[0]
+
+
+CHINESE_NOTES = [
+    Document(id_="vitc", text="维生素C是人体必需的营养素，长期缺乏会导致坏血病。"),
+    Document(id_="vitd", text="维生素D帮助身体吸收钙质，缺乏时儿童容易患佝偻病。"),
+    Document(id_="volcano", text="火山喷发时，岩浆从地壳深处涌出，形成熔岩和火山灰。"),
+]
+
+
+def test_lexical_language_reaches_the_pipelines_index_and_a_change_asks_for_reindex(cheap_settings, tmp_path):
+    cjk = cheap_settings("embedded", persist_dir=tmp_path / "chroma", stage1_mode="lexical", lexical_language="cjk")
+    with TwoStagePipeline(cjk, embed_model=HashEmbedding()) as pipeline:
+        pipeline.ingest(CHINESE_NOTES)
+        found = pipeline.retriever().retrieve("缺少哪种维生素会得坏血病？")
+        assert found[0].node.ref_doc_id == "vitc" and stage_info(found[0])["lexical_rank"] == 1
+    english = cjk.model_copy(update={"lexical_language": "english"})
+    with TwoStagePipeline(english, embed_model=HashEmbedding()) as pipeline:
+        with pytest.raises(LexicalIndexError, match="built for lexical_language 'cjk'.*`twostage reindex`"):
+            pipeline.retriever().retrieve("坏血病")
+        assert pipeline.reindex() == len(CHINESE_NOTES)  # rebuilt for english: a Chinese run is one word again
+        assert pipeline.retriever().retrieve("坏血病") == []

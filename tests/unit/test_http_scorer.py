@@ -5,9 +5,9 @@ as a clear error that names the URL and never the key."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
-import gzip
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator

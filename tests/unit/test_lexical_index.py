@@ -4,6 +4,7 @@ parsed as query syntax, idempotent writes, and fusion that honours its weights."
 from __future__ import annotations
 
 import math
+import shutil
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +14,8 @@ import pytest
 from llama_index_twostage.errors import ConfigurationError, LexicalIndexError
 from llama_index_twostage.stage1 import HybridRecallRetriever
 from llama_index_twostage.stage1.fusion import reciprocal_rank_fusion
-from llama_index_twostage.store.lexical import LexicalHits, LexicalRecord, TantivyIndex, english_analyzer
+from llama_index_twostage.store.analysis import Analyser, cjk_bigrams
+from llama_index_twostage.store.lexical import RECORD_FILE, LexicalHits, LexicalRecord, TantivyIndex
 
 CORPUS = {
     "a": "Vitamin D supplementation reduces hip fractures in elderly women.",
@@ -27,7 +29,7 @@ CORPUS = {
 
 def bm25_by_hand(query: str, corpus: dict[str, str], k1: float = 1.2, b: float = 0.75) -> dict[str, float]:
     """Okapi BM25 as Lucene defines it, on the analyser's tokens: an independent reference for tantivy's scores."""
-    analyzer = english_analyzer()
+    analyzer = Analyser("english").analyzer
     documents = {doc_id: Counter(analyzer.analyze(text)) for doc_id, text in corpus.items()}
     lengths = {doc_id: sum(tokens.values()) for doc_id, tokens in documents.items()}
     average = sum(lengths.values()) / len(lengths)
@@ -209,3 +211,94 @@ def test_a_failed_batch_lands_nothing_and_releases_the_writer(tmp_path: Path) ->
             index.add([LexicalRecord("a", "vitamin", ""), LexicalRecord("b", None, "")])  # type: ignore[arg-type]
         index.add([LexicalRecord("c", "vitamin", "")])  # the lock was released
         assert sorted(index.versions()) == ["c"]
+
+
+# Beyond English: the analyser follows lexical_language, and an index answers only with the analyser it was built with.
+
+CHINESE = {
+    "vitamin": "维生素C是人体必需的营养素，缺乏会导致坏血病。",
+    "volcano": "火山喷发时，岩浆从地壳深处涌出，形成熔岩和火山灰。",
+    "tides": "潮汐主要由月球的引力引起。",
+}
+
+
+def chinese_index(analyser: Analyser) -> TantivyIndex:
+    index = TantivyIndex(None, analyser)
+    index.add([LexicalRecord(key, text, "") for key, text in CHINESE.items()])
+    return index
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"), [("维生素", "vitamin"), ("坏血病的原因", "vitamin"), ("岩浆", "volcano")]
+)
+def test_cjk_text_is_found_by_its_words_through_character_bigrams(query: str, expected: str) -> None:
+    assert chinese_index(Analyser("cjk")).search(query, 3).ids[0] == expected
+    assert chinese_index(Analyser("english")).search(query, 3).ids == []  # a CJK run is one "word" to it
+
+
+def test_cjk_bigrams_cover_japanese_korean_and_mixed_text() -> None:
+    assert cjk_bigrams("東京タワー") == " 東京 京タ タワ ワー "
+    assert Analyser("cjk").terms("한국어 공부, Vitamin C!") == ["한국", "국어", "공부", "vitamin", "c"]
+    assert Analyser("cjk").terms("中") == ["中"]
+
+
+def test_european_languages_get_their_own_stemmer_and_stop_words() -> None:
+    assert Analyser("german").terms("Die Häuser und der Kinder") == ["haus", "kind"]
+    assert Analyser("french").terms("les maisons et la maison") == ["maison", "maison"]
+    assert Analyser("english").terms("Die Häuser und der Kinder") == ["die", "häuser", "und", "der", "kinder"]
+    assert Analyser("greek").terms("ΣΠΙΤΙΑ") == Analyser("greek").terms("σπιτια")  # no stop list: stemmed only
+
+
+def test_an_index_refuses_another_analyser_until_reindexed(tmp_path: Path) -> None:
+    path = tmp_path / "lexical"
+    with TantivyIndex(path, Analyser("english")) as english:
+        english.add([LexicalRecord("a", "Häuser am See", "")])
+    german = TantivyIndex(path, Analyser("german"))
+    with pytest.raises(LexicalIndexError, match="built for lexical_language 'english'.*run `twostage reindex`"):
+        german.count()
+    german.reset()  # what reindex does first
+    german.add([LexicalRecord("a", "Häuser am See", "")])
+    assert german.search("Haus", 5).ids == ["a"]
+    with pytest.raises(LexicalIndexError, match="built for lexical_language 'german'"):
+        TantivyIndex(path, Analyser("english")).count()
+
+
+def test_an_index_built_before_analysers_were_recorded_counts_as_english(tmp_path: Path) -> None:
+    path = tmp_path / "lexical"
+    with TantivyIndex(path) as index:
+        index.add([LexicalRecord("a", "vitamins", "")])
+    (path / RECORD_FILE).unlink()
+    assert TantivyIndex(path, Analyser("english")).search("vitamin", 5).ids == ["a"]
+    with pytest.raises(LexicalIndexError, match="built for lexical_language 'english'"):
+        TantivyIndex(path, Analyser("cjk")).count()
+
+
+def test_unknown_languages_are_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match="'klingon' is not one of: arabic, danish"):
+        Analyser("klingon")  # type: ignore[arg-type]
+
+
+# Faults of the folder: one error that says what to do, never a raw tantivy error.
+
+
+def test_a_folder_removed_under_a_live_index_says_reindex_and_recovers_after_it(tmp_path: Path) -> None:
+    path = tmp_path / "lexical"
+    live = TantivyIndex(path)
+    live.add([LexicalRecord("a", "vitamin", "")])
+    shutil.rmtree(path)
+    for use in (lambda: live.search("vitamin", 5), live.count, lambda: live.add([LexicalRecord("b", "x", "")])):
+        with pytest.raises(LexicalIndexError, match="is gone: its folder was removed while in use.*twostage reindex"):
+            use()
+    with TantivyIndex(path) as rebuilt:  # `twostage reindex`, in another process
+        rebuilt.add([LexicalRecord("a", "vitamin", "")])
+    assert live.search("vitamin", 5).ids == ["a"]  # the live one reopened what is there now
+
+
+def test_a_file_where_the_index_should_be_is_never_deleted(tmp_path: Path) -> None:
+    path = tmp_path / "docs"
+    path.write_text("the user's own file")
+    index = TantivyIndex(path)
+    for use in (index.count, index.reset):
+        with pytest.raises(LexicalIndexError, match="is a file, not a folder; move it away or set lexical_dir"):
+            use()
+    assert path.read_text() == "the user's own file"
