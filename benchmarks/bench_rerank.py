@@ -21,7 +21,8 @@ truncated or as max-pooled windows (``rerank_long_documents="max-window"``): wha
 The third puts stage 2 on a rerank server (``http``): the given ``--rerank-url``, or an Infinity server it starts
 from ``.venv-infinity`` (``scripts/setup_infinity.sh``) on the same model, beside the in-process backends; then
 ``--clients`` concurrent async clients per backend (the server batches their requests together; a local backend
-runs each in a worker thread) for throughput.
+runs each in a worker thread) for throughput. With ``--replicas 2`` it starts two servers, and an http row on both
+(a query's requests, 8 documents each, spread across them) stands beside the row on one.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from llama_index_twostage.testing import LocalInfinityServer
 from llama_index_twostage.timing import Stopwatch
 
 TOP_K = 10  # nDCG@10 reads a full list
+HTTP_DOCUMENTS = 8  # per rerank request: a query's requests spread across replicas
 Rank = Callable[[list[NodeWithScore], str], tuple[list[str], int]]
 """A reranker under test: (candidates, query) -> (its top doc ids, best first; the pairs it read)."""
 PEERS = {
@@ -98,7 +100,14 @@ def parse_args() -> argparse.Namespace:
         default="128",
         help="short windows to compare long-document modes at: a row each for 'truncate' and 'max-window' ('': none)",
     )
-    parser.add_argument("--rerank-url", default=None, help="the http backend's server (default: start Infinity)")
+    parser.add_argument(
+        "--rerank-url",
+        default=None,
+        help="the http backend's server, or comma-separated replicas (default: start Infinity)",
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="Infinity servers to start: the http rows use one, and all of them"
+    )
     parser.add_argument("--infinity", type=Path, default=REPO / ".venv-infinity" / "bin" / "infinity_emb")
     parser.add_argument("--clients", default="", help="concurrent clients of the throughput rows, e.g. 1,8 ('': none)")
     return parser.parse_args()
@@ -135,30 +144,42 @@ def candidates(
 
 
 @contextlib.contextmanager
-def rerank_server(args: argparse.Namespace) -> Iterator[str | None]:
-    """The http backend's URL: ``--rerank-url``, or an Infinity server started here on ``--rerank-model`` (None when
-    no row needs one)."""
-    wanted = "http" in args.backends.split(",")
-    if not wanted or args.rerank_url:
-        yield args.rerank_url if wanted else None
+def rerank_servers(args: argparse.Namespace) -> Iterator[list[str]]:
+    """The http backend's replicas: ``--rerank-url``, or ``--replicas`` Infinity servers started here on
+    ``--rerank-model`` (none when no row needs one)."""
+    if "http" not in args.backends.split(","):
+        yield []
         return
-    with tempfile.TemporaryDirectory() as logs:
-        server = LocalInfinityServer(args.infinity, Path(args.rerank_model), Path(logs))
+    if args.rerank_url:
+        yield args.rerank_url.split(",")
+        return
+    with tempfile.TemporaryDirectory() as logs, contextlib.ExitStack() as running:
         started = time.perf_counter()
-        server.start(timeout_s=300)
-        print(f"Infinity up in {time.perf_counter() - started:.1f} s at {server.rerank_url}")
-        try:
-            yield server.rerank_url
-        finally:
-            server.stop()
+        servers = []
+        for _ in range(args.replicas):
+            servers.append(LocalInfinityServer(args.infinity, Path(args.rerank_model), Path(logs)))
+            servers[-1].start(timeout_s=300)
+            running.callback(servers[-1].stop)
+        urls = [server.rerank_url for server in servers]
+        print(f"{len(servers)} Infinity server(s) up in {time.perf_counter() - started:.1f} s at {', '.join(urls)}")
+        yield urls
 
 
-def our_rows(args: argparse.Namespace, url: str | None, pool: ModelPool) -> dict[str, CrossEncoderRerank]:
-    """Ours: ``auto``, each backend (at each batch size), the cascades and the long-document rows."""
+def our_rows(args: argparse.Namespace, urls: list[str], pool: ModelPool) -> dict[str, CrossEncoderRerank]:
+    """Ours: ``auto``, each backend (at each batch size; ``http`` on one server, and on all of them), the cascades and
+    the long-document rows."""
+
+    def server(replicas: list[str]) -> PairScorer:
+        """The server reads with the model's own window (512 here); 8 documents a request, so that a query's requests
+        can spread across replicas; closed with the pool."""
+        return pool.get(
+            ("http", *replicas),
+            lambda: HttpRerankScorer(replicas, model="reranker", timeout_s=120.0, max_documents=HTTP_DOCUMENTS),
+        )
 
     def scorer(backend: str = "torch", max_length: int = STOCK_MAX_LENGTH, batch_size: int = 32) -> PairScorer:
-        if backend == "http":  # the server reads with the model's own window (512 here); closed with the pool
-            return pool.get(("http", url), lambda: HttpRerankScorer(url or "", model="reranker", timeout_s=120.0))
+        if backend == "http":
+            return server(urls[:1])
         return CrossEncoderScorer.load(
             args.rerank_model,
             backend=backend,  # type: ignore[arg-type]
@@ -175,6 +196,8 @@ def our_rows(args: argparse.Namespace, url: str | None, pool: ModelPool) -> dict
         for size in sizes:
             name = f"ours {backend}" + (f" batch {size}" if len(sizes) > 1 else "")
             rows[name] = CrossEncoderRerank(scorer(backend, batch_size=size), top_k=TOP_K)
+    if len(urls) > 1:
+        rows[f"ours http ({len(urls)} servers)"] = CrossEncoderRerank(server(urls), top_k=TOP_K)
     if args.cascade_k:
         for cheap_backend in ("torch", "onnx-int8"):
             rows[f"ours torch <- {cheap_backend}@128 top {args.cascade_k}"] = CrossEncoderRerank(
@@ -359,8 +382,8 @@ def main() -> None:
         f"{len(dataset.queries)} SciFact test queries, {len(documents)} documents, recall_k={args.recall_k}, "
         f"window {STOCK_MAX_LENGTH} tokens, same candidates for every reranker"
     )
-    with rerank_server(args) as url, contextlib.closing(ModelPool()) as pool:
-        ours = our_rows(args, url, pool)
+    with rerank_servers(args) as urls, contextlib.closing(ModelPool()) as pool:
+        ours = our_rows(args, urls, pool)
         summary = report(measure(rows(args, ours), found, dataset.queries), dataset.qrels)
         if args.clients:
             throughput_rows(args, ours, found, dataset.queries)

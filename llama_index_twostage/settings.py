@@ -304,7 +304,8 @@ class RetrieverSettings(BaseSettings):
     rerank_url: str | None = Field(
         None,
         description="Full endpoint URL of the rerank server, path included (servers differ), e.g. "
-        "'http://127.0.0.1:7997/rerank'.",
+        "'http://127.0.0.1:7997/rerank'; several, comma-separated (or a list), are replicas of one model: requests "
+        "spread across them and one that fails rests rerank_cooldown_s.",
     )
     rerank_api: RerankApi = Field(
         "cohere",
@@ -339,6 +340,12 @@ class RetrieverSettings(BaseSettings):
     )
     rerank_max_concurrency: int = Field(
         16, gt=0, description="Rerank requests in flight at once: for sync callers, and for each event loop."
+    )
+    rerank_cooldown_s: float = Field(
+        30.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="How long a rerank server replica that failed is skipped while the others serve.",
     )
     rerank_max_response_bytes: int = Field(
         4 * 1024 * 1024,
@@ -430,16 +437,30 @@ class RetrieverSettings(BaseSettings):
             )
         return value
 
+    @field_validator("rerank_url", mode="before")
+    @classmethod
+    def _replicas_as_one_string(cls, value: Any) -> Any:
+        """A TOML list of replicas, as the comma-separated string a variable gives."""
+        return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+
     @field_validator("rerank_url")
     @classmethod
     def _endpoint_url(cls, value: str | None) -> str | None:
-        if value is not None:
-            parts = urlsplit(value)
+        if value is None:
+            return None
+        urls = [url.strip() for url in value.split(",")]
+        for url in urls:
+            parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(
-                    f"rerank_url {value!r} is not an http(s) URL: give e.g. 'http://127.0.0.1:7997/rerank'"
-                )
-        return value
+                raise ValueError(f"rerank_url {url!r} is not an http(s) URL: give e.g. 'http://127.0.0.1:7997/rerank'")
+        if len(set(urls)) != len(urls):
+            raise ValueError(f"rerank_url names a replica twice: {value!r}")
+        return ",".join(urls)
+
+    @property
+    def rerank_urls(self) -> list[str]:
+        """The rerank server's replicas (one URL, or several)."""
+        return self.rerank_url.split(",") if self.rerank_url else []
 
     @field_validator("rerank_metadata_keys", mode="before")
     @classmethod

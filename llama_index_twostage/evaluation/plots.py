@@ -1,4 +1,5 @@
-"""The two pictures of an evaluation, drawn with matplotlib's Agg backend (no display needed).
+"""The pictures of an evaluation, drawn on matplotlib ``Figure`` objects: no pyplot, so no display is needed and the
+caller's backend (a notebook's inline one, say) is left as it was.
 
 - ``sweep.png``: two-stage nDCG@10 and stage-1 recall@recall_k against recall_k, stage-2 milliseconds (p50) on a
   second axis, the recommended recall_k marked: quality bought per millisecond of reranking.
@@ -14,10 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
     from llama_index_twostage.evaluation.compare import Stage1Comparison
@@ -27,7 +25,8 @@ if TYPE_CHECKING:
 def plot_sweep(report: EvaluationReport, path: Path) -> None:
     """Quality and cost against recall_k, knee marked."""
     ks = [point.recall_k for point in report.sweep]
-    figure, quality = plt.subplots(figsize=(7, 4.5))
+    figure = Figure(figsize=(7, 4.5))
+    quality = figure.subplots()
     quality.plot(ks, [point.ndcg for point in report.sweep], "o-", label="two-stage nDCG@10")
     quality.plot(ks, [point.stage1_recall for point in report.sweep], "s--", label="stage-1 recall@recall_k")
     quality.axhline(report.stage1["ndcg@10"], color="grey", linestyle=":", label="stage-1 nDCG@10")
@@ -56,7 +55,8 @@ def plot_rank_movement(report: EvaluationReport, path: Path) -> None:
             target = lost if doc.final_rank is None else moved
             target[0].append(x)
             target[1].append(lost_y if doc.final_rank is None else doc.final_rank)
-    figure, axes = plt.subplots(figsize=(6.5, 5))
+    figure = Figure(figsize=(6.5, 5))
+    axes = figure.subplots()
     axes.scatter(*moved, alpha=0.6, label="delivered to the reranker")
     axes.scatter(*lost, marker="x", color="tab:red", label="lost before reranking")
     axes.plot([1, report.recall_k], [1, report.recall_k], color="grey", linewidth=0.8, label="unchanged rank")
@@ -73,7 +73,8 @@ def plot_rank_movement(report: EvaluationReport, path: Path) -> None:
 def plot_stage1_recall(comparison: Stage1Comparison, path: Path) -> None:
     """Stage-1 recall against recall_k for each mode, with the reference's ceiling and where each mode reaches it."""
     ks = list(range(1, comparison.depth + 1))
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.subplots()
     for mode in comparison.reports:
         line = axes.plot(ks, comparison.curve(mode), label=f"{mode}")[0]
         matching = comparison.recall_k_matching(mode)
@@ -89,7 +90,6 @@ def plot_stage1_recall(comparison: Stage1Comparison, path: Path) -> None:
     _save(figure, path)
 
 
-def _save(figure: plt.Figure, path: Path) -> None:
+def _save(figure: Figure, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)

@@ -36,6 +36,8 @@ import math
 import threading
 import time
 import weakref
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -47,6 +49,7 @@ from llama_index_twostage.errors import ConfigurationError, RerankAuthentication
 from llama_index_twostage.models import ModelPool
 from llama_index_twostage.redaction import Redactor
 from llama_index_twostage.settings import RerankApi, RetrieverSettings
+from llama_index_twostage.stage2.replicas import Replicas
 
 logger = logging.getLogger(__name__)
 
@@ -192,22 +195,25 @@ class HttpRerankScorer:
     Sync calls go through one pooled ``httpx.Client``; async calls through an ``httpx.AsyncClient`` per event loop
     (an async connection belongs to the loop that opened it), so waiting for the server takes no thread. Both are
     owned here and closed by :meth:`close`. A candidate list longer than ``max_documents`` is sent as several
-    requests (concurrently on the async path) and merged in order. At most ``max_concurrency`` requests are in
-    flight at once from sync callers, and as many from each event loop: the client's connection limit is the
-    bound, and a request waits for a free connection.
+    requests, concurrently on both paths (the sync path through this scorer's own threads), and merged in order. At
+    most ``max_concurrency`` requests are in flight at once from sync callers, and as many from each event loop:
+    the client's connection limit is the bound, and a request waits for a free connection. Several URLs are replicas
+    of one model: requests spread across them in turn, and one that fails rests a while (:class:`Replicas`).
 
     The scorer has no token window: the server truncates by its own, so the reranker cannot count truncated pairs
     (``pairs_truncated`` is absent from the stage metadata) and ``max-window`` is refused.
 
     Args:
-        url: the full endpoint, path included (e.g. ``http://127.0.0.1:7997/rerank``).
+        url: the full endpoint, path included (e.g. ``http://127.0.0.1:7997/rerank``), or several: replicas.
         model: the model name sent to the server (``cohere`` schema).
         api: ``"cohere"`` or ``"tei"`` (see the module's description).
         api_key: sent as ``Authorization: Bearer``; never printed, logged or echoed in errors.
         normalize: 0-1 scores (see the module's description for what each schema does).
-        timeout_s: bound on one attempt, the whole answer included; a call ends within ``(retries + 1) *
-            timeout_s``, retries and their waits included.
-        retries, retry_backoff_s: retries of transport failures, 429 and 503, and the first wait (doubling).
+        timeout_s: bound on one attempt, the whole answer included; a call ends within its deadline of ``attempts *
+            timeout_s``, waits included, where ``attempts`` is ``retries + 1``, or the number of replicas if larger.
+        retries, retry_backoff_s: retries of transport failures, 429 and 503, and the first wait (doubling); moving
+            on to a replica not tried yet waits for nothing.
+        cooldown_s: how long a replica that failed is skipped while others serve.
         max_documents: documents per request.
         max_concurrency: requests in flight at once (sync callers; each event loop).
         max_response_bytes: the most bytes of one answer read, after decompression.
@@ -218,7 +224,7 @@ class HttpRerankScorer:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         model: str,
         api: RerankApi = "cohere",
@@ -230,6 +236,7 @@ class HttpRerankScorer:
         max_documents: int = 32,
         max_concurrency: int = 16,
         max_response_bytes: int = 4 * 1024 * 1024,
+        cooldown_s: float = 30.0,
     ) -> None:
         if not (0 < timeout_s < math.inf and 0 <= retry_backoff_s < math.inf) or retries < 0:
             raise ConfigurationError(
@@ -237,10 +244,16 @@ class HttpRerankScorer:
             )
         if max_documents <= 0 or max_concurrency <= 0 or max_response_bytes <= 0:
             raise ConfigurationError("max_documents, max_concurrency and max_response_bytes must be positive")
-        self.url, self.model, self.api, self.normalize = url, model, api, normalize
+        try:
+            self.replicas = Replicas((url,) if isinstance(url, str) else tuple(url), cooldown_s)
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
+        self.url = ", ".join(self.replicas.urls)
+        self.model, self.api, self.normalize = model, api, normalize
         self.timeout_s, self.retries, self.retry_backoff_s = timeout_s, retries, retry_backoff_s
         self.max_documents, self.max_response_bytes = max_documents, max_response_bytes
-        self.deadline_s = (retries + 1) * timeout_s
+        self.attempts = max(retries + 1, len(self.replicas))
+        self.deadline_s = self.attempts * timeout_s
         self._redact = Redactor([api_key])
         self._redact.watch()
         secret = api_key.get_secret_value() if api_key is not None else ""
@@ -254,6 +267,7 @@ class HttpRerankScorer:
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
+        self._threads = ThreadPoolExecutor(max_concurrency, thread_name_prefix="twostage-rerank-http")
         self._lock = threading.Lock()
         self._closed = False
 
@@ -264,7 +278,7 @@ class HttpRerankScorer:
         if settings.rerank_url is None:
             raise ConfigurationError("rerank_backend 'http' needs rerank_url, e.g. 'http://127.0.0.1:7997/rerank'")
         options: dict[str, Any] = {
-            "url": settings.rerank_url,
+            "url": tuple(settings.rerank_urls),
             "model": settings.rerank_model,
             "api": settings.rerank_api,
             "api_key": settings.rerank_api_key,  # a SecretStr: hashed by its value, printed masked
@@ -275,6 +289,7 @@ class HttpRerankScorer:
             "max_documents": settings.rerank_max_documents,
             "max_concurrency": settings.rerank_max_concurrency,
             "max_response_bytes": settings.rerank_max_response_bytes,
+            "cooldown_s": settings.rerank_cooldown_s,
         }
         if pool is None:
             return cls(**options)
@@ -287,7 +302,7 @@ class HttpRerankScorer:
     @property
     def cache_key(self) -> tuple[str, str, str, str, bool]:
         """What changes a score: the server, the model it runs, the schema and the activation asked for."""
-        return ("http", self.url, self.model, self.api, self.normalize)
+        return ("http", ",".join(sorted(self.replicas.urls)), self.model, self.api, self.normalize)
 
     def _bodies(self, query: str, texts: list[str]) -> list[tuple[dict[str, Any], int]]:
         """The requests for ``texts``, at most ``max_documents`` each, with their document counts."""
@@ -295,9 +310,13 @@ class HttpRerankScorer:
         return [(request_body(self.api, self.model, query, chunk, self.normalize), len(chunk)) for chunk in chunks]
 
     def score(self, query: str, texts: list[str]) -> list[float]:
+        """One score per text; the requests of a long list go out concurrently, at most ``max_concurrency``."""
         if self._closed:
             raise self._closed_error()
-        return [score for body, count in self._bodies(query, texts) for score in self._post(body, count)]
+        bodies = self._bodies(query, texts)
+        if len(bodies) == 1:
+            return self._post(*bodies[0])
+        return [score for chunk in self._threads.map(lambda request: self._post(*request), bodies) for score in chunk]
 
     async def ascore(self, query: str, texts: list[str]) -> list[float]:
         """:meth:`score` on this event loop's client; the requests of a long list go out concurrently."""
@@ -306,26 +325,29 @@ class HttpRerankScorer:
         return [score for chunk in scored for score in chunk]
 
     def _post(self, body: dict[str, Any], documents: int) -> list[float]:
-        deadline = Deadline(self.deadline_s, self.timeout_s)
+        deadline, tried = Deadline(self.deadline_s, self.timeout_s), set[str]()
         for attempt in itertools.count():
-            wait = self._retry_wait(outcome := self._attempt(body, deadline), attempt, deadline)
+            url = self.replicas.choose(tried)
+            wait = self._retry_wait(url, outcome := self._attempt(url, body, deadline), attempt, deadline, tried)
             if wait is None:
-                return self._scores(outcome, documents)
+                return self._scores(url, outcome, documents)
             time.sleep(wait)
 
     async def _apost(self, client: httpx.AsyncClient, body: dict[str, Any], documents: int) -> list[float]:
-        deadline = Deadline(self.deadline_s, self.timeout_s)
+        deadline, tried = Deadline(self.deadline_s, self.timeout_s), set[str]()
         for attempt in itertools.count():
-            wait = self._retry_wait(outcome := await self._aattempt(client, body, deadline), attempt, deadline)
+            url = self.replicas.choose(tried)
+            outcome = await self._aattempt(client, url, body, deadline)
+            wait = self._retry_wait(url, outcome, attempt, deadline, tried)
             if wait is None:
-                return self._scores(outcome, documents)
+                return self._scores(url, outcome, documents)
             await asyncio.sleep(wait)
 
-    def _attempt(self, body: dict[str, Any], deadline: Deadline) -> Outcome:
+    def _attempt(self, url: str, body: dict[str, Any], deadline: Deadline) -> Outcome:
         """One request, its answer read within the attempt's share of the deadline and the byte limit."""
         seconds = deadline.for_attempt()
         try:
-            with self._client.stream("POST", self.url, json=body, timeout=httpx.Timeout(seconds, pool=None)) as sent:
+            with self._client.stream("POST", url, json=body, timeout=httpx.Timeout(seconds, pool=None)) as sent:
                 reader = BoundedBody(sent, self.max_response_bytes, seconds)
                 for chunk in sent.iter_bytes():
                     if not reader.take(chunk):
@@ -334,14 +356,14 @@ class HttpRerankScorer:
         except httpx.TransportError as error:
             return error
         except AnswerTooLarge as error:
-            raise self._too_large(error) from None
+            raise self._too_large(url, error) from None
 
-    async def _aattempt(self, client: httpx.AsyncClient, body: dict[str, Any], deadline: Deadline) -> Outcome:
+    async def _aattempt(self, client: httpx.AsyncClient, url: str, body: dict[str, Any], deadline: Deadline) -> Outcome:
         """:meth:`_attempt` on the event loop: the attempt's share of the deadline bounds it whole."""
         seconds = deadline.for_attempt()
         try:
             async with asyncio.timeout(seconds):
-                async with client.stream("POST", self.url, json=body, timeout=httpx.Timeout(seconds)) as sent:
+                async with client.stream("POST", url, json=body, timeout=httpx.Timeout(seconds)) as sent:
                     reader = BoundedBody(sent, self.max_response_bytes, seconds)
                     async for chunk in sent.aiter_bytes():
                         if not reader.take(chunk):
@@ -352,76 +374,90 @@ class HttpRerankScorer:
         except TimeoutError:
             return httpx.ReadTimeout(f"no whole answer within {seconds:g}s")
         except AnswerTooLarge as error:
-            raise self._too_large(error) from None
+            raise self._too_large(url, error) from None
 
-    def _retry_wait(self, outcome: Outcome, attempt: int, deadline: Deadline) -> float | None:
-        """None when ``outcome`` is an answer to read; else the wait before the next attempt (``Retry-After`` or
-        the backoff, at most ``timeout_s``). Raises once no retry is left, or no time for one."""
+    def _retry_wait(
+        self, url: str, outcome: Outcome, attempt: int, deadline: Deadline, tried: set[str]
+    ) -> float | None:
+        """None when ``outcome`` is an answer to read; else the wait before the next attempt: none when a replica
+        not tried yet takes it, else ``Retry-After`` or the backoff, at most ``timeout_s``. Raises once no attempt
+        is left, or no time for one."""
         if isinstance(outcome, Answer) and outcome.status not in RETRIED_STATUSES:
+            self.replicas.answered(url)
             return None
-        if attempt >= self.retries:
-            raise self._failure(outcome, attempts=attempt + 1)
+        self.replicas.failed(url, self._describe(outcome))
+        tried.add(url)
+        if attempt + 1 >= self.attempts:
+            raise self._failure(url, outcome, attempts=attempt + 1)
         asked = retry_after_s(outcome.response) if isinstance(outcome, Answer) else None
         wait = min(self.retry_backoff_s * 2**attempt if asked is None else asked, self.timeout_s)
+        if len(tried) < len(self.replicas):
+            wait = 0.0  # a replica not tried yet takes it at once
         if wait >= deadline.remaining():
-            raise self._failure(outcome, attempts=attempt + 1, out_of_time=True)
+            raise self._failure(url, outcome, attempts=attempt + 1, out_of_time=True)
         logger.warning(
             "rerank request to %s failed (attempt %d of %d: %s), retrying in %.2fs",
-            self.url,
+            url,
             attempt + 1,
-            self.retries + 1,
+            self.attempts,
             self._describe(outcome),
             wait,
         )
         return wait
 
-    def _scores(self, outcome: Outcome, documents: int) -> list[float]:
+    def _scores(self, url: str, outcome: Outcome, documents: int) -> list[float]:
         """The scores in a final answer, checked; any other outcome (a redirect too) is the error it deserves."""
         if not isinstance(outcome, Answer) or not outcome.response.is_success:
-            raise self._failure(outcome, attempts=1)
+            raise self._failure(url, outcome, attempts=1)
         try:
             scores = read_scores(self.api, json.loads(outcome.body), documents)
         except (ValueError, RecursionError) as error:  # invalid JSON is a ValueError; 200,000 nested [ recurse
-            raise self._error(f"answered HTTP {outcome.status} with no valid scores ({error})") from None
+            raise self._error(url, f"answered HTTP {outcome.status} with no valid scores ({error})") from None
         if self.normalize and self.api == "cohere" and any(not 0 <= score <= 1 for score in scores):
             raise self._error(
+                url,
                 f"returned scores outside 0-1 (e.g. {max(scores, key=lambda s: abs(s - 0.5)):g}) though "
-                "normalize_scores is set: it returns logits; unset normalize_scores to rank by them"
+                "normalize_scores is set: it returns logits; unset normalize_scores to rank by them",
             )
         return scores
 
-    def _failure(self, outcome: Outcome, attempts: int, out_of_time: bool = False) -> RerankServerError:
+    def _failure(self, url: str, outcome: Outcome, attempts: int, out_of_time: bool = False) -> RerankServerError:
         tried = f" after {attempts} attempts" if attempts > 1 else ""
+        if attempts > 1 and len(self.replicas) > 1:
+            tried += f" (every one of its {len(self.replicas)} replicas failed it)"
         bound = (
-            f"within the call's deadline of {self.deadline_s:g}s ((rerank_retries + 1) x rerank_timeout_s, "
-            "retries and waits included)"
+            f"within the call's deadline of {self.deadline_s:g}s (attempts x rerank_timeout_s, retries and waits "
+            "included)"
         )
         if out_of_time:
-            return self._error(f"failed{tried} and no time was left to retry {bound}: {self._describe(outcome)}")
+            return self._error(url, f"failed{tried} and no time was left to retry {bound}: {self._describe(outcome)}")
         if not isinstance(outcome, Answer):
             return self._error(
+                url,
                 f"did not answer{tried} ({self._describe(outcome)}) {bound}: check that it is up and the URL is "
-                "right, or raise rerank_timeout_s"
+                "right, or raise rerank_timeout_s",
             )
         if outcome.status in REFUSED_STATUSES:
             return RerankAuthenticationError(
                 self._redact(
-                    f"rerank server at {self.url} refused the credentials (HTTP {outcome.status}): set "
+                    f"rerank server at {url} refused the credentials (HTTP {outcome.status}): set "
                     "rerank_api_key to a key it accepts"
                 )
             )
         if outcome.response.is_redirect:
             location = outcome.response.headers.get("location", "nowhere")
             return self._error(
+                url,
                 f"answered HTTP {outcome.status} redirecting to {location}: redirects are not followed (the key "
-                "would go along); set rerank_url to the endpoint itself"
+                "would go along); set rerank_url to the endpoint itself",
             )
-        return self._error(f"failed{tried}: {self._describe(outcome)}")
+        return self._error(url, f"failed{tried}: {self._describe(outcome)}")
 
-    def _too_large(self, error: AnswerTooLarge) -> RerankServerError:
+    def _too_large(self, url: str, error: AnswerTooLarge) -> RerankServerError:
         return self._error(
+            url,
             f"answered more than rerank_max_response_bytes ({error.limit:,} bytes after decompression): a rerank "
-            "answer is a few bytes per document; check the URL, or raise rerank_max_response_bytes"
+            "answer is a few bytes per document; check the URL, or raise rerank_max_response_bytes",
         )
 
     def _describe(self, outcome: Outcome) -> str:
@@ -433,8 +469,8 @@ class HttpRerankScorer:
             described = f"{type(outcome).__name__}: {outcome}" if str(outcome) else type(outcome).__name__
         return self._redact(described)
 
-    def _error(self, problem: str) -> RerankServerError:
-        return RerankServerError(self._redact(f"rerank server at {self.url} {problem}"))
+    def _error(self, url: str, problem: str) -> RerankServerError:
+        return RerankServerError(self._redact(f"rerank server at {url} {problem}"))
 
     def _closed_error(self) -> ConfigurationError:
         return ConfigurationError(f"the scorer for {self.url} is closed (its pipeline was closed): build a new one")
@@ -458,6 +494,7 @@ class HttpRerankScorer:
             clients = list(self._async_clients.items())
             self._async_clients.clear()
         self._client.close()
+        self._threads.shutdown(wait=False, cancel_futures=True)
         self._redact.unwatch()
         for loop, client in clients:
             if loop.is_closed():

@@ -1,13 +1,18 @@
 """Stage 2 on a real rerank server (Infinity, serving the test reranker): the same scores as the local model, the same
-results through the pipeline, concurrent queries, a server killed mid-query and restarted, and refused keys."""
+results through the pipeline, concurrent queries, a server killed mid-query and restarted, a replica killed mid-query
+while the other serves, and refused keys."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import INFINITY_KEY
+from conftest import INFINITY, INFINITY_KEY
 from llama_index.core.llms import MockLLM
 from pydantic import SecretStr
 from typer.testing import CliRunner
@@ -15,6 +20,7 @@ from typer.testing import CliRunner
 from llama_index_twostage import RerankAuthenticationError, RerankServerError
 from llama_index_twostage.cli import app
 from llama_index_twostage.stage2 import CrossEncoderScorer, HttpRerankScorer
+from llama_index_twostage.testing import LocalInfinityServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -147,3 +153,36 @@ def test_info_names_the_server_and_never_the_key(infinity_server, ingested, twos
     assert result.exit_code == 0, result.output
     assert f"rerank backend:  http (cohere API at {infinity_server.rerank_url})" in result.output
     assert INFINITY_KEY not in result.output
+
+
+@pytest.fixture(scope="module")
+def second_infinity_server(tmp_path_factory, rerank_model_dir) -> Iterator[LocalInfinityServer]:
+    """A replica of ``infinity_server`` (same model, same key), for a test that kills it."""
+    server = LocalInfinityServer(
+        INFINITY, Path(rerank_model_dir), tmp_path_factory.mktemp("replica"), api_key=INFINITY_KEY
+    )
+    server.start(300)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_replica_killed_mid_query_leaves_the_results_unchanged(infinity_server, second_infinity_server, candidates):
+    query, texts = next(iter(candidates.items()))
+    texts = texts[:8]
+    reference = scorer_on(infinity_server).score(query, texts)
+    replicas = [second_infinity_server.rerank_url, infinity_server.rerank_url]
+    scorer = HttpRerankScorer(
+        replicas, model="reranker", api_key=SecretStr(INFINITY_KEY), timeout_s=30.0, max_documents=2, cooldown_s=60
+    )
+    try:
+        with ThreadPoolExecutor(1) as caller:
+            in_flight = caller.submit(scorer.score, query, texts)  # the sync path: 4 requests across 2 replicas
+            time.sleep(0.5)  # requests sent (a trigger, not a measurement)
+            second_infinity_server.kill()
+            scores = in_flight.result(timeout=300)
+        np.testing.assert_allclose(scores, reference, atol=TOLERANCE)
+        assert scorer.score(query, texts[:2]) == pytest.approx(reference[:2], abs=TOLERANCE)  # the survivor serves
+    finally:
+        scorer.close()

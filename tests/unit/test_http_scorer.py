@@ -168,7 +168,7 @@ def test_long_lists_are_split_into_requests_and_merged_in_order(stub, scorer_for
     assert run_both(scorer_for(api=api, max_documents=3), texts) == [expected, expected]
     sent = [body.get("texts") or body.get("documents") for _, body in stub.requests]
     assert sorted(map(tuple, sent[:3])) == sorted(map(tuple, sent[3:]))  # the same three requests, sync and async
-    assert [text for chunk in sent[:3] for text in chunk] == texts
+    assert sorted(map(tuple, sent[:3])) == sorted(tuple(texts[start : start + 3]) for start in range(0, 8, 3))
 
 
 def test_no_texts_send_no_request(stub, scorer_for):
@@ -423,3 +423,76 @@ def test_numbers_too_large_and_nesting_too_deep_are_server_errors(stub, scorer_f
     with pytest.raises(RerankServerError, match=problem) as raised:
         scorer_for().score("q", ["one text"])
     assert len(str(raised.value)) < 400
+
+
+# A long list's requests go out concurrently on the sync path too, bounded; several URLs are replicas.
+
+
+def meets(parties: int) -> Callable[[dict[str, Any]], Reply]:
+    """An answer given only once ``parties`` requests are in flight together (else a 500 after 5 s)."""
+    barrier = threading.Barrier(parties, timeout=5)
+
+    def answer(body: dict[str, Any]) -> Reply:
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            return Reply(500, {"error": "requests came one at a time"})
+        return Reply(body=sorted_results(body))
+
+    return answer
+
+
+def test_the_sync_path_sends_a_long_lists_requests_concurrently(stub, scorer_for):
+    together = meets(3)
+    stub.script.extend([together] * 3)
+    assert scorer_for(max_documents=2).score("q", TEXTS) == [len(text) / 10 for text in TEXTS]
+
+
+def test_sync_concurrency_is_bounded_by_max_concurrency(stub, scorer_for):
+    together = meets(2)
+    stub.script.extend([together] * 2)
+    with pytest.raises(RerankServerError, match="requests came one at a time"):
+        scorer_for(max_documents=3, max_concurrency=1, retries=0).score("q", TEXTS)
+
+
+@pytest.fixture
+def second_stub() -> Iterator[StubServer]:
+    server = StubServer()
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_requests_spread_across_replicas(stub, second_stub, scorer_for, path):
+    scorer = scorer_for(url=[stub.url, second_stub.url], max_documents=1)
+    scores = scorer.score("q", TEXTS) if path == "sync" else asyncio.run(scorer.ascore("q", TEXTS))
+    assert scores == [len(text) / 10 for text in TEXTS]
+    assert len(stub.requests) + len(second_stub.requests) == len(TEXTS) and stub.requests and second_stub.requests
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_dead_replica_rests_while_the_other_serves(stub, scorer_for, caplog, path):
+    dead = f"http://127.0.0.1:{free_port()}/rerank"
+    scorer = scorer_for(url=[dead, stub.url], retries=0, cooldown_s=60)
+    for _ in range(3):
+        scores = scorer.score("q", TEXTS) if path == "sync" else asyncio.run(scorer.ascore("q", TEXTS))
+        assert scores == [len(text) / 10 for text in TEXTS]
+    assert len(stub.requests) == 3
+    rests = [record for record in caplog.records if "skipped for 60s while the other 1 serve" in record.getMessage()]
+    assert len(rests) <= 1  # tried at most once: then it rests
+
+
+def test_a_call_fails_only_when_every_replica_failed_it(scorer_for):
+    dead = [f"http://127.0.0.1:{free_port()}/rerank" for _ in range(2)]
+    with pytest.raises(RerankServerError, match=r"after 2 attempts \(every one of its 2 replicas failed it\)"):
+        scorer_for(url=dead, retries=0).score("q", TEXTS)
+
+
+def test_replicas_are_one_setting_and_one_cache_key(stub, second_stub, scorer_for):
+    settings = RetrieverSettings(rerank_backend="http", rerank_url=[second_stub.url, stub.url])
+    assert settings.rerank_urls == [second_stub.url, stub.url]
+    assert RetrieverSettings(rerank_url=f"{stub.url}, {second_stub.url}").rerank_urls == [stub.url, second_stub.url]
+    with pytest.raises(ValueError, match="names a replica twice"):
+        RetrieverSettings(rerank_url=f"{stub.url},{stub.url}")
+    one, other = scorer_for(url=[stub.url, second_stub.url]), scorer_for(url=[second_stub.url, stub.url])
+    assert one.cache_key == other.cache_key
