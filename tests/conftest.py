@@ -324,3 +324,16 @@ class RecordingScorer:
     def pairs(self) -> list[str]:
         """Every text scored, in order."""
         return [text for call in self.calls for text in call]
+
+
+# `scripts/test.sh --quick`, the loop before each commit, leaves out the tests that need one of these: the SciFact
+# subset embedded, a real server process, or a built wheel. CI runs everything.
+FULL_SUITE_FIXTURES = frozenset(
+    {"ingested", "chroma_server", "restartable_server", "infinity_server", "second_infinity_server", "venv_bin"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if FULL_SUITE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.full_suite)

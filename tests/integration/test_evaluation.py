@@ -47,6 +47,7 @@ def _settings(persist_dir: Path, **overrides: object) -> RetrieverSettings:
     return RetrieverSettings(**{**fields, **overrides})  # type: ignore[arg-type]
 
 
+@pytest.mark.full_suite
 @pytest.mark.timeout(1800)  # embeds 5,183 docs: ~5 min on 2 idle cores, past the 600 s default under load
 def test_full_scifact_stage1_matches_reference_and_a_second_run_embeds_nothing(
     tmp_path_factory: pytest.TempPathFactory,
