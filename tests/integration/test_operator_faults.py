@@ -208,8 +208,10 @@ def test_a_full_disk_during_ingest_says_free_space_and_a_rerun_converges(cheap_s
         assert pipeline.verify().ok
 
 
-def test_reindex_refuses_a_file_where_the_index_should_be_and_leaves_it(cheap_settings, tmp_path, monkeypatch):
-    settings = cheap_settings("embedded", collection="notes", lexical_dir=tmp_path / "lexical")
+def test_reindex_refuses_a_file_where_the_index_should_be_and_leaves_it(cheap_settings, tmp_path):
+    settings = cheap_settings(
+        "embedded", collection="notes", persist_dir=tmp_path / "chroma", lexical_dir=tmp_path / "lexical"
+    )
     with TwoStagePipeline(settings, embed_model=HashEmbedding()) as pipeline:
         pipeline.ingest(DOCUMENTS[:3])
     shutil.rmtree(tmp_path / "lexical")
