@@ -20,10 +20,10 @@ exponential backoff (``Retry-After`` wins, each wait at most ``timeout_s``).
 
 Every call is bounded, whatever the server does: one attempt ends within ``timeout_s`` (connect, send and the
 whole answer, even one that trickles in a byte at a time), and the call, retries and waits included, within its
-deadline of ``(retries + 1) * timeout_s``. An answer is read up to ``max_response_bytes`` after decompression (an
-error status only as far as the excerpt its message quotes), and a redirect is never followed: it is an error that
-names its ``Location``. The key is masked, in any piece of six or more characters, in every error and log line,
-also where a server echoes it.
+deadline of ``attempts * timeout_s`` (``retries + 1`` attempts, or one per replica where there are more). An
+answer is read up to ``max_response_bytes`` after decompression (an error status only as far as the excerpt its
+message quotes), and a redirect is never followed: it is an error that names its ``Location``. The key is masked,
+in any piece of six or more characters, in every error and log line, also where a server echoes it.
 """
 
 from __future__ import annotations
@@ -96,12 +96,11 @@ class BoundedBody:
     attempt's time is up ends it as a read timeout, like a server that sends nothing.
     """
 
-    def __init__(self, response: httpx.Response, limit: int, seconds: float) -> None:
+    def __init__(self, response: httpx.Response, limit: int, ends: float, seconds: float) -> None:
         self.response = response
         self.limit = limit
         self.wanted = limit if response.is_success else ERROR_EXCERPT_BYTES
-        self._ends = time.monotonic() + seconds
-        self._seconds = seconds
+        self._ends, self._seconds = ends, seconds  # the attempt's end (time.monotonic), and its length
         self._chunks: list[bytes] = []
         self._size = 0
 
@@ -346,9 +345,10 @@ class HttpRerankScorer:
     def _attempt(self, url: str, body: dict[str, Any], deadline: Deadline) -> Outcome:
         """One request, its answer read within the attempt's share of the deadline and the byte limit."""
         seconds = deadline.for_attempt()
+        ends = time.monotonic() + seconds  # connecting and the headers count too
         try:
             with self._client.stream("POST", url, json=body, timeout=httpx.Timeout(seconds, pool=None)) as sent:
-                reader = BoundedBody(sent, self.max_response_bytes, seconds)
+                reader = BoundedBody(sent, self.max_response_bytes, ends, seconds)
                 for chunk in sent.iter_bytes():
                     if not reader.take(chunk):
                         break
@@ -361,10 +361,11 @@ class HttpRerankScorer:
     async def _aattempt(self, client: httpx.AsyncClient, url: str, body: dict[str, Any], deadline: Deadline) -> Outcome:
         """:meth:`_attempt` on the event loop: the attempt's share of the deadline bounds it whole."""
         seconds = deadline.for_attempt()
+        ends = time.monotonic() + seconds
         try:
             async with asyncio.timeout(seconds):
                 async with client.stream("POST", url, json=body, timeout=httpx.Timeout(seconds)) as sent:
-                    reader = BoundedBody(sent, self.max_response_bytes, seconds)
+                    reader = BoundedBody(sent, self.max_response_bytes, ends, seconds)
                     async for chunk in sent.aiter_bytes():
                         if not reader.take(chunk):
                             break
@@ -385,7 +386,8 @@ class HttpRerankScorer:
         if isinstance(outcome, Answer) and outcome.status not in RETRIED_STATUSES:
             self.replicas.answered(url)
             return None
-        self.replicas.failed(url, self._describe(outcome))
+        described = self._describe(outcome)
+        self.replicas.failed(url, described)
         tried.add(url)
         if attempt + 1 >= self.attempts:
             raise self._failure(url, outcome, attempts=attempt + 1)
@@ -400,7 +402,7 @@ class HttpRerankScorer:
             url,
             attempt + 1,
             self.attempts,
-            self._describe(outcome),
+            described,
             wait,
         )
         return wait

@@ -181,12 +181,14 @@ class ChromaStore:
                 f"the Chroma server at {self.server_address} answered an error ({self._quote(error)}): check the "
                 "server's log and any proxy before it, and that chroma_host/chroma_port name a Chroma server"
             )
-        where = self.persist_dir if self.persist_dir.exists() else Path.cwd()
-        free_mb = shutil.disk_usage(where).free / 1e6 if self.mode == "embedded" else math.nan
+        disk = ""
+        if self.mode == "embedded":
+            where = self.persist_dir if self.persist_dir.exists() else Path.cwd()
+            disk = f"; {shutil.disk_usage(where).free / 1e6:,.0f} MB free on its disk"
         return ChromaUnavailableError(
-            f"{self.describe()} could not complete a request ({self._quote(error)}; {free_mb:,.0f} MB free on its "
-            "disk): if the disk is full, free space and run the same command again (what was stored is kept, and a "
-            "re-run stores the rest); else check that persist_dir is a writable Chroma store"
+            f"{self.describe()} could not complete a request ({self._quote(error)}{disk}): if the disk is full, free "
+            "space and run the same command again (what was stored is kept, and a re-run stores the rest); else check "
+            "that persist_dir is a writable Chroma store"
         )
 
     def _refused(self, status: int | str) -> ChromaAuthenticationError:
