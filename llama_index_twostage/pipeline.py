@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import BaseNode, Document, NodeWithScore, QueryBundle, TransformComponent
 
+from llama_index_twostage.closing import Closing
 from llama_index_twostage.ingest import Chunking, DeleteReport, IngestReport, delete_documents, ingest_into
 from llama_index_twostage.ingest.transform import GivenNodes, Splitting, Transformations, preset
 from llama_index_twostage.models import ModelPool
@@ -94,7 +94,7 @@ class TwoStageRetriever(BaseRetriever):
         return await self.rerank.apostprocess_nodes(candidates, query_bundle)
 
 
-class TwoStagePipeline:
+class TwoStagePipeline(Closing):
     """Everything one ``RetrieverSettings`` describes, built once and owned here; a context manager.
 
     Build one per process (or per configuration) and ask it for retrievers, rerankers and query engines: they share
@@ -299,14 +299,6 @@ class TwoStagePipeline:
             self.lexical.close()
         if self._owns_models:
             self.models.close()
-
-    def __enter__(self) -> TwoStagePipeline:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 def build_retriever(

@@ -18,12 +18,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from pydantic import SecretStr
 
+from llama_index_twostage.closing import Closing
 from llama_index_twostage.errors import (
     ChromaAuthenticationError,
     ChromaServerError,
@@ -76,7 +76,7 @@ def bound_request_timeout(client: ClientAPI, timeout_s: float) -> None:
     client._server._session.timeout = httpx.Timeout(timeout_s)  # type: ignore[attr-defined]
 
 
-class ChromaStore:
+class ChromaStore(Closing):
     """A Chroma collection and the clients that reach it, owned here and released by :meth:`close`.
 
     Args:
@@ -313,14 +313,6 @@ class ChromaStore:
             client.close()
         if client is not None and self.mode == "embedded":
             EmbeddedStoreLock.release(self.persist_dir)
-
-    def __enter__(self) -> ChromaStore:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.close()
 
     # Faults: timeouts and retries.
 

@@ -20,9 +20,9 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from llama_index_twostage.closing import Closing
 from llama_index_twostage.errors import LexicalIndexBusy, LexicalIndexError
 from llama_index_twostage.store.lexical import LexicalHits, LexicalRecord, TantivyIndex
 
@@ -49,7 +49,7 @@ def _ours(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
 
-class LexicalFolder:
+class LexicalFolder(Closing):
     """A :class:`~llama_index_twostage.store.lexical.LexicalIndex` in a folder of generations, owned here.
 
     Args:
@@ -262,11 +262,3 @@ class LexicalFolder:
         if live is not None:
             live[1].close()
         self._empty = None
-
-    def __enter__(self) -> LexicalFolder:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.close()

@@ -26,11 +26,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 import tantivy
 
+from llama_index_twostage.closing import Closing
 from llama_index_twostage.errors import LexicalIndexBusy, LexicalIndexError
 from llama_index_twostage.store.analysis import Analyser
 
@@ -100,7 +100,7 @@ def _schema(analyser: Analyser) -> tantivy.Schema:
     return builder.build()
 
 
-class TantivyIndex:
+class TantivyIndex(Closing):
     """A tantivy BM25 index in ``path`` (or in memory when ``path`` is None), owned here and released by
     :meth:`close`.
 
@@ -317,11 +317,3 @@ class TantivyIndex:
         """Release the index (its files and readers); it reopens on next use."""
         with self._lock:
             self._index = None
-
-    def __enter__(self) -> TantivyIndex:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.close()
