@@ -84,7 +84,9 @@ def stock(documents: list[Document], settings: RetrieverSettings, collection: Co
     """LlamaIndex as its documentation wires it, on the same embedded Chroma store: its own collection, or
     ``collection`` (one our ingestion wrote, which ``ChromaVectorStore`` reads as its own: the same vectors)."""
     if collection is None:
-        collection = ChromaStore.from_settings(settings).client.get_or_create_collection(f"{settings.collection}-stock")
+        collection = ChromaStore(settings.collection, settings.chroma).client.get_or_create_collection(
+            f"{settings.collection}-stock"
+        )
     vector_store = ChromaVectorStore(chroma_collection=collection)
     embed_model = HuggingFaceEmbedding(model_name=settings.embed_model)
     if collection.count():

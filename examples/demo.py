@@ -59,7 +59,7 @@ def main() -> None:
         report = pipeline.ingest(demo_corpus(dataset, args.extra_docs))
         added, kept = report.added, report.already_stored
         print(f"ingested {report.documents} documents: {added} chunks added, {kept} already stored")
-        print(f"stage 1: {settings.describe_stage1()}")
+        print(f"stage 1: {pipeline.describe_stage1()}")
         print(READER_NOTE)
         two_stage = pipeline.two_stage_retriever()
         for query_id, query in dataset.queries.items():

@@ -17,15 +17,13 @@ from pydantic import ValidationError
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from llama_index_twostage.errors import ConfigurationError, DocumentError, TwoStageError
+from llama_index_twostage.errors import ConfigurationError, DocumentError, TwoStageError, one_line
 from llama_index_twostage.ingest.files import FolderDocuments, read_files
 from llama_index_twostage.nodes import stage_info
 from llama_index_twostage.pipeline import TwoStagePipeline
 from llama_index_twostage.redaction import Redactor
-from llama_index_twostage.settings import RetrieverSettings
+from llama_index_twostage.settings import RetrieverSettings, flat_name
 from llama_index_twostage.stage1 import found_by
-from llama_index_twostage.stage2 import PairTemplate
-from llama_index_twostage.store import CollectionContract, distance_space
 from llama_index_twostage.timing import Stopwatch
 
 logger = logging.getLogger(__name__)
@@ -103,7 +101,7 @@ def with_settings(*flags: str) -> Callable[[Callable[..., None]], Callable[..., 
             redact = Redactor()
             try:
                 settings = load_settings(**given)
-                redact = Redactor([settings.chroma_token, settings.rerank_api_key])
+                redact = Redactor([settings.chroma.token, settings.rerank_server.api_key])
                 for handler in logging.getLogger().handlers:  # the handler `main` configured, or the caller's
                     handler.addFilter(redact)
                 command(settings=settings, **arguments)
@@ -158,13 +156,8 @@ def load_documents(path: Path, limit: int | None = None, source: str | None = No
 
 
 def _one_line(error: Exception) -> str:
-    """Pydantic's multi-line report folded into ``field: message`` pairs, without inputs or doc links."""
-    if isinstance(error, ValidationError):
-        return "; ".join(
-            ".".join(map(str, item["loc"])) + ": " + item["msg"] if item["loc"] else item["msg"]
-            for item in error.errors(include_input=False, include_url=False)
-        )
-    return str(error)
+    """Pydantic's multi-line report folded into ``setting: message`` pairs, each setting by its flat name."""
+    return one_line(error, flat_name) if isinstance(error, ValidationError) else str(error)
 
 
 @app.callback()
@@ -257,26 +250,11 @@ def format_results(results: list[Any]) -> str:
 @with_settings(*STORE_FLAGS)
 def info(settings: RetrieverSettings) -> None:
     """The collection (where it lives, how many nodes, which model wrote it, dimension and distance space) and the
-    reranker (its backend, and why when 'auto' chose it; what it reads)."""
+    reranker (its backend, what it reads). Loads no model."""
     with TwoStagePipeline(settings) as pipeline:
-        target = pipeline.store.with_retries(pipeline.store.open_collection)
-        contract = CollectionContract.of(target)
-        typer.echo(f"collection:      {target.name} in {pipeline.store.describe()}")
-        typer.echo(f"nodes:           {target.count()}")
-        typer.echo(f"embedding model: {contract.embed_model if contract else 'not recorded'}")
-        typer.echo(f"dimension:       {contract.dimension if contract else 'not recorded'}")
-        typer.echo(f"distance space:  {distance_space(target)}")
-        typer.echo(f"lexical index:   {pipeline.lexical.count()} records in {pipeline.lexical.describe()}")
-        typer.echo(f"stage 1:         {settings.describe_stage1()}")
-        scorer = pipeline.reranker().scorer
-    typer.echo(f"rerank model:    {settings.rerank_model} (recall_k={settings.recall_k}, top_k={settings.top_k})")
-    backend = getattr(scorer, "backend", "unknown")
-    reason = getattr(scorer, "backend_reason", None) or "as set"
-    if settings.rerank_backend == "http":  # the URL, never the key
-        reason = f"{settings.rerank_api} API at {settings.rerank_url}"
-    typer.echo(f"rerank backend:  {backend} ({reason})")
-    typer.echo(f"reranker reads:  {PairTemplate.from_settings(settings).describe()}")
-    typer.echo(f"long documents:  {settings.rerank_long_documents}")
+        described = pipeline.describe()
+    for label, value in described.items():
+        typer.echo(f"{label + ':':<17}{value}")
 
 
 @app.command()

@@ -20,3 +20,20 @@ class Closing:
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.close()
+
+
+class ClosesOwner(Closing):
+    """A component that a one-call factory (``build_reranker(settings)`` and the like) returns: it keeps the
+    pipeline that built it, which nothing else holds, and ``close()`` (or leaving a ``with`` block) releases it.
+    Asked of a pipeline you hold, a component owns nothing: closing it does nothing, close the pipeline."""
+
+    _owner: Closing | None = None
+
+    def keep_owner(self, owner: Closing) -> Self:
+        self._owner = owner
+        return self
+
+    def close(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner.close()

@@ -6,6 +6,12 @@ knows nothing of this package still handles them sensibly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class TwoStageError(Exception):
     """Base class of every error raised by ``llama_index_twostage``."""
@@ -77,3 +83,13 @@ class LexicalIndexBusy(LexicalIndexError):
 class EmbeddedStoreInUseError(TwoStageError, RuntimeError):
     """Another process has the embedded Chroma store open: Chroma caches an embedded store per process, so two
     processes would each see their own, diverging copy; serve it with ``chroma run`` instead."""
+
+
+def one_line(error: ValidationError, name: Callable[[tuple[int | str, ...]], str] | None = None) -> str:
+    """Pydantic's multi-line report folded into ``field: message`` pairs, without inputs (a secret may be one) or
+    documentation links; ``name`` writes a field's location (default: dotted)."""
+    name = name or (lambda loc: ".".join(map(str, loc)))
+    return "; ".join(
+        f"{name(item['loc'])}: {item['msg']}" if item["loc"] else item["msg"]
+        for item in error.errors(include_input=False, include_url=False)
+    )

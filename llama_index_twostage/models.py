@@ -18,6 +18,12 @@ from llama_index_twostage.errors import ModelLoadError
 if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
 
+
+def looks_like_local_path(model: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else path-shaped is meant as a local directory."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
+
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")

@@ -22,29 +22,28 @@ Stage 1 and stage 2 know nothing of each other; only this module wires them. The
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import BaseNode, Document, NodeWithScore, QueryBundle, TransformComponent
 
-from llama_index_twostage.closing import Closing
+from llama_index_twostage.closing import ClosesOwner, Closing
 from llama_index_twostage.ingest import Chunking, DeleteReport, IngestReport, delete_documents, ingest_into
 from llama_index_twostage.ingest.transform import GivenNodes, Splitting, Transformations, preset
 from llama_index_twostage.models import ModelPool
-from llama_index_twostage.settings import RetrieverSettings, Stage1Mode
-from llama_index_twostage.stage1 import ChromaRecallRetriever, HybridRecallRetriever
-from llama_index_twostage.stage2 import CrossEncoderRerank, ScoreCache
+from llama_index_twostage.settings import RetrieverSettings
+from llama_index_twostage.stage1 import ChromaRecallRetriever, HybridRecallRetriever, Stage1Mode
+from llama_index_twostage.stage2 import CrossEncoderRerank, CrossEncoderScorer, HttpRerankScorer, PairScorer, ScoreCache
+from llama_index_twostage.stage2.backends import BackendSetting
 from llama_index_twostage.store import (
-    Analyser,
     ChromaStore,
-    LexicalFolder,
+    CollectionContract,
     LexicalFollower,
     LexicalIndex,
-    TantivyIndex,
     VerifyReport,
+    distance_space,
     rebuild,
     reconcile,
     verify_store,
@@ -56,25 +55,7 @@ if TYPE_CHECKING:
     from llama_index.core.vector_stores.types import MetadataFilters
 
 
-SERVER_LEXICAL_ROOT = Path("./.twostage/lexical")  # a Chroma server's records, BM25-indexed on this host
-
-
-def lexical_path(settings: RetrieverSettings) -> Path | None:
-    """Where the settings' collection keeps its BM25 index: ``lexical_dir/<collection>``, by default beside an
-    embedded store (``persist_dir/twostage-lexical``) or, for a server, in a local folder per host; None (in memory)
-    for the in-memory store. Nothing is created until the index is first written."""
-    if settings.lexical_dir is not None:
-        root = settings.lexical_dir
-    elif settings.chroma_mode == "memory":
-        return None
-    elif settings.chroma_mode == "server":
-        root = SERVER_LEXICAL_ROOT / f"{settings.chroma_host}-{settings.chroma_port}"
-    else:
-        root = settings.persist_dir / "twostage-lexical"
-    return root / settings.collection
-
-
-class TwoStageRetriever(BaseRetriever):
+class TwoStageRetriever(ClosesOwner, BaseRetriever):
     """Both stages as one LlamaIndex retriever, for retrieval without an LLM.
 
     Returns the final ``top_k`` nodes; each one's ``metadata["twostage"]`` carries both ranks and scores and the
@@ -92,6 +73,11 @@ class TwoStageRetriever(BaseRetriever):
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         candidates = await self.recall.aretrieve(query_bundle)
         return await self.rerank.apostprocess_nodes(candidates, query_bundle)
+
+
+class TwoStageQueryEngine(ClosesOwner, RetrieverQueryEngine):
+    """LlamaIndex's ``RetrieverQueryEngine`` over both stages; from :func:`build_query_engine` it keeps its pipeline,
+    released by ``close()`` or a ``with`` block."""
 
 
 class TwoStagePipeline(Closing):
@@ -122,21 +108,15 @@ class TwoStagePipeline(Closing):
         self._owns_store = store is None
         self._owns_lexical = lexical is None
         self.models = models if models is not None else ModelPool()
-        self.store = store if store is not None else ChromaStore.from_settings(settings)
-        self.lexical: LexicalIndex = lexical if lexical is not None else self._lexical_index(settings)
+        self.store = store if store is not None else ChromaStore(settings.collection, settings.chroma)
+        self.lexical: LexicalIndex = (
+            lexical if lexical is not None else settings.lexical.open_index(settings.collection, settings.chroma)
+        )
         self.follower = LexicalFollower(
-            self.store, self.lexical, refresh_s=settings.lexical_refresh_s, page_size=settings.upsert_batch_size
+            self.store, self.lexical, refresh_s=settings.lexical.refresh_s, page_size=settings.upsert_batch_size
         )
         self.score_cache = ScoreCache(settings.score_cache_size) if settings.score_cache_size else None
         self._embed_model = embed_model
-
-    @staticmethod
-    def _lexical_index(settings: RetrieverSettings) -> LexicalIndex:
-        path = lexical_path(settings)
-        analyser = Analyser(settings.lexical_language)
-        if path is None:
-            return TantivyIndex(None, analyser)
-        return LexicalFolder(path, root=settings.lexical_dir, analyser=analyser)
 
     @property
     def embed_model(self) -> BaseEmbedding:
@@ -170,19 +150,46 @@ class TwoStagePipeline(Closing):
         mode = stage1_mode or settings.stage1_mode
         if mode == "dense":
             return dense
-        return HybridRecallRetriever(
-            dense,
-            self.lexical,
-            follower=self.follower,
-            mode=mode,
-            rrf_k=settings.rrf_k,
-            dense_weight=settings.dense_weight,
-            lexical_weight=settings.lexical_weight,
+        return HybridRecallRetriever(dense, self.lexical, follower=self.follower, mode=mode, fusion=settings.fusion)
+
+    def scorer(self, backend: BackendSetting, max_length: int | None) -> PairScorer:
+        """A scorer of the settings' ``rerank_model`` (on the rerank server for ``http``), loaded once per pool."""
+        settings = self.settings
+        if backend == "http":
+            server, model, normalize = settings.rerank_server, settings.rerank_model, settings.normalize_scores
+            return self.models.get(
+                ("rerank-server", server, model, normalize),
+                lambda: HttpRerankScorer(server, model=model, normalize=normalize),
+            )
+        return CrossEncoderScorer.load(
+            settings.rerank_model,
+            backend=backend,
+            max_length=max_length,
+            device=settings.device,
+            normalize=settings.normalize_scores,
+            batch_size=settings.rerank_batch_size,
+            relevant_class=settings.rerank_relevant_class,
+            trust_remote_code=settings.trust_remote_code,
+            cache_dir=settings.model_cache_dir,
+            pool=self.models,
         )
 
     def reranker(self) -> CrossEncoderRerank:
         """Stage 2, as a LlamaIndex node postprocessor usable in any query engine."""
-        return CrossEncoderRerank.from_settings(self.settings, pool=self.models, score_cache=self.score_cache)
+        settings = self.settings
+        scorer = (settings.rerank_backend, settings.max_length)
+        cascade = settings.cascade
+        return CrossEncoderRerank(
+            self.scorer(*scorer),
+            top_k=settings.top_k,
+            score_threshold=settings.score_threshold,
+            cascade_scorer=None if cascade.k is None else self.scorer(*cascade.cheap_scorer(*scorer)),
+            cascade_k=cascade.k,
+            score_cache=self.score_cache,
+            template=settings.pair_template,
+            long_documents=settings.rerank_long_documents,
+            window_overlap=settings.rerank_window_overlap,
+        )
 
     def two_stage_retriever(self, *, filters: MetadataFilters | None = None) -> TwoStageRetriever:
         """Both stages behind the ``BaseRetriever`` interface."""
@@ -190,10 +197,10 @@ class TwoStagePipeline(Closing):
 
     def query_engine(
         self, llm: LLM | None = None, *, filters: MetadataFilters | None = None, **engine_kwargs: Any
-    ) -> RetrieverQueryEngine:
+    ) -> TwoStageQueryEngine:
         """A ``RetrieverQueryEngine``: stage 1 as retriever, stage 2 as the last node postprocessor."""
         postprocessors = [*engine_kwargs.pop("node_postprocessors", []), self.reranker()]
-        return RetrieverQueryEngine.from_args(
+        return TwoStageQueryEngine.from_args(
             self.retriever(filters=filters), llm=llm, node_postprocessors=postprocessors, **engine_kwargs
         )
 
@@ -290,6 +297,50 @@ class TwoStagePipeline(Closing):
         self.follower.follow(collection)
         return indexed
 
+    def describe_stage1(self) -> str:
+        """How stage 1 finds candidates."""
+        settings = self.settings
+        mode, language = settings.stage1_mode, settings.lexical.language
+        if mode == "dense":
+            return f"dense (recall_k={settings.recall_k})"
+        if mode == "lexical":
+            return f"lexical: BM25 ({language}) (recall_k={settings.recall_k})"
+        return (
+            f"hybrid: bi-encoder + BM25 ({language}) by reciprocal rank fusion ({settings.fusion.describe()}), "
+            f"recall_k={settings.recall_k}"
+        )
+
+    def describe_stage2(self) -> dict[str, str]:
+        """The reranker as configured, without loading a model (``auto`` chooses when the reranker first loads)."""
+        settings = self.settings
+        backend = settings.rerank_backend
+        if backend == "http":  # the URL, never the key
+            backend += f" ({settings.rerank_server.api} API at {', '.join(settings.rerank_server.urls)})"
+        elif backend == "auto":
+            backend += " (the fastest that ranks like fp32 here, chosen by calibration when the reranker first loads)"
+        return {
+            "rerank model": f"{settings.rerank_model} (recall_k={settings.recall_k}, top_k={settings.top_k})",
+            "rerank backend": backend,
+            "reranker reads": settings.pair_template.describe(),
+            "long documents": settings.rerank_long_documents,
+        }
+
+    def describe(self) -> dict[str, str]:
+        """What ``twostage info`` prints: the collection (where, how many records, which model wrote it, dimension
+        and distance space), the lexical index, and how each stage is configured. Reads the store; loads no model."""
+        collection = self.store.with_retries(self.store.open_collection)
+        contract = CollectionContract.of(collection)
+        return {
+            "collection": f"{collection.name} in {self.store.describe()}",
+            "nodes": str(self.store.with_retries(collection.count)),
+            "embedding model": contract.embed_model if contract else "not recorded",
+            "dimension": str(contract.dimension) if contract else "not recorded",
+            "distance space": distance_space(collection),
+            "lexical index": f"{self.lexical.count()} records in {self.lexical.describe()}",
+            "stage 1": self.describe_stage1(),
+            **self.describe_stage2(),
+        }
+
     def close(self) -> None:
         """Release the store's clients, the lexical index and the loaded models (a rerank server's HTTP clients too),
         where this pipeline created them."""
@@ -301,23 +352,39 @@ class TwoStagePipeline(Closing):
             self.models.close()
 
 
+Owned = TypeVar("Owned", bound=ClosesOwner)
+
+
+def _keeping_pipeline(pipeline: TwoStagePipeline, build: Callable[[TwoStagePipeline], Owned]) -> Owned:
+    """What ``build`` makes of ``pipeline``, holding it: nothing else does, and its ``close()`` releases it."""
+    try:
+        return build(pipeline).keep_owner(pipeline)
+    except BaseException:
+        pipeline.close()
+        raise
+
+
 def build_retriever(
     settings: RetrieverSettings, *, embed_model: BaseEmbedding | None = None, filters: MetadataFilters | None = None
-) -> ChromaRecallRetriever:
-    """Stage 1 alone (its store stays open as long as the retriever is used)."""
-    return TwoStagePipeline(settings, embed_model=embed_model).retriever(filters=filters)
+) -> ChromaRecallRetriever | HybridRecallRetriever:
+    """Stage 1 alone, in the settings' ``stage1_mode``; it holds its store and models: ``close()`` it, or use it in
+    a ``with`` block."""
+    pipeline = TwoStagePipeline(settings, embed_model=embed_model)
+    return _keeping_pipeline(pipeline, lambda built: built.retriever(filters=filters))
 
 
 def build_reranker(settings: RetrieverSettings) -> CrossEncoderRerank:
-    """Stage 2 alone, as a LlamaIndex node postprocessor."""
-    return TwoStagePipeline(settings).reranker()
+    """Stage 2 alone, as a LlamaIndex node postprocessor; it holds its models (or rerank server clients):
+    ``close()`` it, or use it in a ``with`` block."""
+    return _keeping_pipeline(TwoStagePipeline(settings), TwoStagePipeline.reranker)
 
 
 def build_two_stage_retriever(
     settings: RetrieverSettings, *, embed_model: BaseEmbedding | None = None, filters: MetadataFilters | None = None
 ) -> TwoStageRetriever:
-    """Both stages behind the ``BaseRetriever`` interface."""
-    return TwoStagePipeline(settings, embed_model=embed_model).two_stage_retriever(filters=filters)
+    """Both stages behind the ``BaseRetriever`` interface; ``close()`` it, or use it in a ``with`` block."""
+    pipeline = TwoStagePipeline(settings, embed_model=embed_model)
+    return _keeping_pipeline(pipeline, lambda built: built.two_stage_retriever(filters=filters))
 
 
 def build_query_engine(
@@ -327,14 +394,15 @@ def build_query_engine(
     embed_model: BaseEmbedding | None = None,
     filters: MetadataFilters | None = None,
     **engine_kwargs: Any,
-) -> RetrieverQueryEngine:
-    """A LlamaIndex ``RetrieverQueryEngine``: stage 1 as retriever, stage 2 as node postprocessor.
+) -> TwoStageQueryEngine:
+    """A LlamaIndex ``RetrieverQueryEngine``: stage 1 as retriever, stage 2 as node postprocessor. It holds its
+    store and models: ``close()`` it, or use it in a ``with`` block.
 
     ``llm`` defaults to LlamaIndex's ``Settings.llm``; pass ``response_mode="no_text"`` for retrieval only.
     Extra keyword arguments go to ``RetrieverQueryEngine.from_args`` (``response_mode``, ``streaming``, ...).
     """
     pipeline = TwoStagePipeline(settings, embed_model=embed_model)
-    return pipeline.query_engine(llm, filters=filters, **engine_kwargs)
+    return _keeping_pipeline(pipeline, lambda built: built.query_engine(llm, filters=filters, **engine_kwargs))
 
 
 def ingest_documents(
@@ -363,6 +431,7 @@ def verify_collection_integrity(settings: RetrieverSettings) -> VerifyReport:
 
 __all__ = [
     "TwoStagePipeline",
+    "TwoStageQueryEngine",
     "TwoStageRetriever",
     "build_query_engine",
     "build_reranker",

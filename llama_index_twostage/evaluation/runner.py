@@ -49,14 +49,12 @@ def collection_name(dataset_name: str, embed_model: str) -> str:
 
 def evaluation_settings(dataset: RetrievalDataset, settings: RetrieverSettings) -> RetrieverSettings:
     """The settings with the dataset's own collection and one node per document."""
-    return settings.model_copy(
-        update={
-            "collection": collection_name(dataset.name, settings.embed_model),
-            "chunk_size": WHOLE_DOCUMENT_CHUNK,
-            "chunk_overlap": 0,
-            "splitter": "sentence",  # whatever the settings say: the qrels judge whole documents
-            "hnsw_ef_search": EVAL_EF_SEARCH,
-        }
+    return settings.replace(
+        collection=collection_name(dataset.name, settings.embed_model),
+        chunk_size=WHOLE_DOCUMENT_CHUNK,
+        chunk_overlap=0,
+        splitter="sentence",  # whatever the settings say: the qrels judge whole documents
+        hnsw_ef_search=EVAL_EF_SEARCH,
     )
 
 
@@ -179,7 +177,7 @@ def evaluate_stage1_modes(
                 operating_recall_k=operating,
                 top_k=ranker.top_k,
                 knee_tolerance=knee_tolerance,
-                settings=eval_settings.model_copy(update={"stage1_mode": mode}).to_dict(),
+                settings=eval_settings.replace(stage1_mode=mode).to_dict(),
                 ingest=ingested.to_dict(),
             )
     return reports

@@ -78,8 +78,8 @@ class Chunking:
     def __post_init__(self) -> None:
         if self.chunk_size <= 0 or not 0 <= self.chunk_overlap < self.chunk_size:
             raise ConfigurationError(
-                f"chunking needs chunk_size > 0 and 0 <= chunk_overlap < chunk_size, got {self.chunk_size} and "
-                f"{self.chunk_overlap}"
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size}), "
+                "and neither negative"
             )
 
     @property
@@ -427,7 +427,7 @@ def _embed_and_write(writer: Writer, nodes: list[BaseNode], embed_model: BaseEmb
 def _open_for_writing(store: ChromaStore, embed_model: BaseEmbedding, batch_size: int) -> tuple[Collection, int]:
     """The collection (created with the model's contract, or checked against it) and the upsert batch size."""
     contract = CollectionContract(
-        embedding_model_name(embed_model), embedding_dimension(embed_model), store.distance_space
+        embedding_model_name(embed_model), embedding_dimension(embed_model), store.config.distance_space
     )
     collection = store.with_retries(partial(store.create_or_open_collection, contract))
     return collection, min(batch_size, store.max_batch_size())

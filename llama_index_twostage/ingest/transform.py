@@ -22,7 +22,16 @@ from llama_index.core.schema import BaseNode, Document, NodeRelationship, Relate
 
 from llama_index_twostage.errors import ConfigurationError, DocumentError
 from llama_index_twostage.ingest.documents import metadata_problem, text_problem
-from llama_index_twostage.settings import SPLITTERS
+
+SPLITTERS = "sentence, markdown, semantic or code:LANG (e.g. code:python)"
+
+
+def check_splitter(name: str) -> str:
+    """A splitter name :func:`preset` knows (whether a code language is known shows when it is built)."""
+    if name in ("sentence", "markdown", "semantic") or (name.startswith("code:") and name[5:].strip()):
+        return name
+    raise ValueError(f"unknown splitter {name!r}: choose {SPLITTERS}")
+
 
 if TYPE_CHECKING:
     from llama_index_twostage.ingest.ingestion import Chunking

@@ -21,10 +21,11 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
+from llama_index_twostage.closing import ClosesOwner
 from llama_index_twostage.errors import ConfigurationError
 from llama_index_twostage.events import RecallSideEvent, Stage1Event
 from llama_index_twostage.nodes import node_from_record, query_text
-from llama_index_twostage.stage1.fusion import reciprocal_rank_fusion
+from llama_index_twostage.stage1.fusion import FusionConfig, Side, reciprocal_rank_fusion
 from llama_index_twostage.stage1.retriever import ChromaRecallRetriever, Recalled, Record
 from llama_index_twostage.store.chroma import ChromaStore
 from llama_index_twostage.store.feed import LexicalFollower
@@ -49,7 +50,7 @@ def found_by(info: dict[str, Any]) -> str:
     return "both" if len(sides) == 2 else sides[0] if sides else "dense"
 
 
-class HybridRecallRetriever(BaseRetriever):
+class HybridRecallRetriever(ClosesOwner, BaseRetriever):
     """Stage 1 as dense + BM25 candidates fused by reciprocal rank (``mode="hybrid"``), or BM25 alone
     (``mode="lexical"``).
 
@@ -64,7 +65,7 @@ class HybridRecallRetriever(BaseRetriever):
         follower: what keeps ``lexical`` in step through the change feed (the pipeline shares one per index; by
             default this retriever makes its own, refreshing before every query).
         mode: ``hybrid`` or ``lexical``.
-        rrf_k: the fusion constant; dense_weight, lexical_weight: each side's weight in the fusion.
+        fusion: the fusion constant and each side's weight (:class:`FusionConfig`).
     """
 
     def __init__(
@@ -74,25 +75,17 @@ class HybridRecallRetriever(BaseRetriever):
         *,
         follower: LexicalFollower | None = None,
         mode: Literal["hybrid", "lexical"] = "hybrid",
-        rrf_k: float = 60.0,
-        dense_weight: float = 1.0,
-        lexical_weight: float = 1.0,
+        fusion: FusionConfig | None = None,
         callback_manager: CallbackManager | None = None,
     ) -> None:
         if mode not in ("hybrid", "lexical"):
             raise ConfigurationError(f"mode must be 'hybrid' or 'lexical', got {mode!r} (dense: ChromaRecallRetriever)")
-        if rrf_k <= 0 or min(dense_weight, lexical_weight) < 0 or dense_weight + lexical_weight == 0:
-            raise ConfigurationError(
-                f"rrf_k must be positive and the weights >= 0, not both 0; got rrf_k={rrf_k}, "
-                f"dense_weight={dense_weight}, lexical_weight={lexical_weight}"
-            )
         super().__init__(callback_manager=callback_manager or dense.callback_manager)
         self.dense = dense
         self.lexical = lexical
         self.follower = follower or LexicalFollower(dense.store, lexical, refresh_s=0)
         self.mode = mode
-        self.rrf_k = rrf_k
-        self.weights = {"dense": dense_weight, "lexical": lexical_weight}
+        self.fusion = fusion or FusionConfig()
         self._opened = False
         self._open_lock = threading.Lock()
 
@@ -176,12 +169,12 @@ class HybridRecallRetriever(BaseRetriever):
                 limit = self._widened(hits, records, limit)
         return self._lexical_side(hits, records, watch.ms)
 
-    def _ranking(self, sides: dict[str, Recalled]) -> list[tuple[str, float]]:
+    def _ranking(self, sides: dict[Side, Recalled]) -> list[tuple[str, float]]:
         """Fused by reciprocal rank when both sides answered; one side's own order and scores otherwise."""
         if len(sides) == 1:
             (side,) = sides.values()
             return list(zip(side.ids, side.scores))
-        return reciprocal_rank_fusion({name: side.ids for name, side in sides.items()}, self.weights, k=self.rrf_k)
+        return reciprocal_rank_fusion({name: side.ids for name, side in sides.items()}, self.fusion)
 
     @dispatcher.span
     def fuse(self, dense: Recalled | None, lexical: Recalled | None, elapsed_ms: float) -> list[NodeWithScore]:

@@ -18,14 +18,14 @@ from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.vector_stores.types import MetadataFilters
 
+from llama_index_twostage.closing import ClosesOwner
 from llama_index_twostage.errors import CollectionNotFoundError, ConfigurationError
 from llama_index_twostage.events import RecallSideEvent, Stage1Event
 from llama_index_twostage.models import embedding_dimension, embedding_model_name, sentence_transformer_of
 from llama_index_twostage.nodes import node_from_record, query_text
-from llama_index_twostage.settings import DistanceSpace
 from llama_index_twostage.stage1.filters import to_chroma_where
 from llama_index_twostage.store.chroma import ChromaStore
-from llama_index_twostage.store.contract import distance_space, distance_to_similarity, verify_collection
+from llama_index_twostage.store.contract import DistanceSpace, distance_space, distance_to_similarity, verify_collection
 from llama_index_twostage.timing import Stopwatch
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def recall_starved(similarities: list[float], recall_k: int, gap: float) -> bool
     return len(similarities) >= recall_k > 0 and similarities[0] - similarities[recall_k - 1] <= gap
 
 
-class ChromaRecallRetriever(BaseRetriever):
+class ChromaRecallRetriever(ClosesOwner, BaseRetriever):
     """Stage 1: embed the query, fetch the ``recall_k`` nearest nodes from Chroma, score them by cosine similarity.
 
     Each node's ``metadata["twostage"]`` holds ``stage1_rank`` (1-based), ``stage1_score`` and ``stage1_ms``.

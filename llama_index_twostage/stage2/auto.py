@@ -27,8 +27,7 @@ from pathlib import Path
 
 import torch
 
-from llama_index_twostage.settings import RerankBackend
-from llama_index_twostage.stage2.backends import onnx_installed, weights_fingerprint, write_atomically
+from llama_index_twostage.stage2.backends import RerankBackend, onnx_installed, weights_fingerprint, write_atomically
 
 logger = logging.getLogger(__name__)
 

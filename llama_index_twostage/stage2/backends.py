@@ -18,16 +18,18 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
-from llama_index_twostage.settings import RerankBackend, looks_like_local_path
+from llama_index_twostage.models import looks_like_local_path
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
 
+RerankBackend = Literal["torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8"]
+BackendSetting = Literal["auto", "torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8", "http"]
 logger = logging.getLogger(__name__)
 
 ONNX_EXTRA = 'pip install "llama-index-twostage[onnx]"'

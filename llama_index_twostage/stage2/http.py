@@ -40,15 +40,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from llama_index_twostage.errors import ConfigurationError, RerankAuthenticationError, RerankServerError
-from llama_index_twostage.models import ModelPool
+from llama_index_twostage.errors import ConfigurationError, RerankAuthenticationError, RerankServerError, one_line
 from llama_index_twostage.redaction import Redactor
-from llama_index_twostage.settings import RerankApi, RetrieverSettings
+from llama_index_twostage.retry import RetryPolicy
 from llama_index_twostage.stage2.replicas import Replicas
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,78 @@ RETRIED_STATUSES = frozenset({429, 503})  # rate-limited, or overloaded / still 
 REFUSED_STATUSES = frozenset({401, 403})
 ERROR_EXCERPT_BYTES = 4096  # what is read of an error answer: its message quotes the first 300 characters
 ERROR_EXCERPT_CHARS = 300
+
+RerankApi = Literal["cohere", "tei"]
+
+
+class RerankServerConfig(BaseModel):
+    """Where a rerank server (or its replicas) is and how it is called: what :class:`HttpRerankScorer` is built from."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    urls: tuple[str, ...] = Field(
+        (),
+        description="Full endpoint URL of the rerank server, path included (servers differ), e.g. "
+        "'http://127.0.0.1:7997/rerank'; several, comma-separated (or a list), are replicas of one model: requests "
+        "spread across them and one that fails rests rerank_cooldown_s.",
+    )
+    api: RerankApi = Field(
+        "cohere",
+        description="Request and response schema: 'cohere' (Cohere, Jina, Infinity, vLLM, Xinference, LiteLLM) or "
+        "'tei' (Hugging Face text-embeddings-inference).",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="Bearer token for the rerank server; never printed, logged or echoed in errors."
+    )
+    timeout_s: float = Field(
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Bound on one rerank request, the whole answer included; a call ends within (rerank_retries + 1) "
+        "x rerank_timeout_s, retries and their waits included.",
+    )
+    retry: RetryPolicy = Field(
+        RetryPolicy(retries=2, backoff_s=0.5),
+        description="Retries of a request that failed in transport or got 429/503; a Retry-After header wins over "
+        "the backoff (either at most rerank_timeout_s).",
+    )
+    max_documents: int = Field(
+        32,
+        gt=0,
+        description="Documents per rerank request; longer candidate lists are split and merged in order (TEI "
+        "accepts 32 by default, Cohere 1,000).",
+    )
+    max_concurrency: int = Field(
+        16, gt=0, description="Rerank requests in flight at once: for sync callers, and for each event loop."
+    )
+    cooldown_s: float = Field(
+        30.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="How long a rerank server replica that failed is skipped while the others serve.",
+    )
+    max_response_bytes: int = Field(
+        4 * 1024 * 1024,
+        gt=0,
+        description="The most bytes of one rerank answer read, after decompression; a larger answer is an error.",
+    )
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _replicas(cls, value: Any) -> Any:
+        """One URL, several comma-separated (as a variable gives them), or a list."""
+        return [url.strip() for url in value.split(",")] if isinstance(value, str) else value
+
+    @field_validator("urls")
+    @classmethod
+    def _endpoints(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"rerank_url {url!r} is not an http(s) URL: give e.g. 'http://127.0.0.1:7997/rerank'")
+        if len(set(urls)) != len(urls):
+            raise ValueError(f"rerank_url names a replica twice: {', '.join(urls)!r}")
+        return urls
 
 
 @dataclass(frozen=True)
@@ -203,19 +275,13 @@ class HttpRerankScorer:
     (``pairs_truncated`` is absent from the stage metadata) and ``max-window`` is refused.
 
     Args:
-        url: the full endpoint, path included (e.g. ``http://127.0.0.1:7997/rerank``), or several: replicas.
+        config: the server and how it is called (:class:`RerankServerConfig`), or just its URL(s): the full
+            endpoint, path included (e.g. ``http://127.0.0.1:7997/rerank``); several are replicas. Keyword
+            arguments are a shorthand for the config's other fields (``api="tei"``, ``timeout_s=5``, ``retry=...``).
+            A call's deadline is ``attempts * timeout_s``, waits included, where ``attempts`` is ``retries + 1``, or
+            the number of replicas if larger; moving on to a replica not tried yet waits for nothing.
         model: the model name sent to the server (``cohere`` schema).
-        api: ``"cohere"`` or ``"tei"`` (see the module's description).
-        api_key: sent as ``Authorization: Bearer``; never printed, logged or echoed in errors.
         normalize: 0-1 scores (see the module's description for what each schema does).
-        timeout_s: bound on one attempt, the whole answer included; a call ends within its deadline of ``attempts *
-            timeout_s``, waits included, where ``attempts`` is ``retries + 1``, or the number of replicas if larger.
-        retries, retry_backoff_s: retries of transport failures, 429 and 503, and the first wait (doubling); moving
-            on to a replica not tried yet waits for nothing.
-        cooldown_s: how long a replica that failed is skipped while others serve.
-        max_documents: documents per request.
-        max_concurrency: requests in flight at once (sync callers; each event loop).
-        max_response_bytes: the most bytes of one answer read, after decompression.
     """
 
     backend = "http"
@@ -223,76 +289,47 @@ class HttpRerankScorer:
 
     def __init__(
         self,
-        url: str | Sequence[str],
+        config: RerankServerConfig | str | Sequence[str],
         *,
         model: str,
-        api: RerankApi = "cohere",
-        api_key: SecretStr | None = None,
         normalize: bool = False,
-        timeout_s: float = 30.0,
-        retries: int = 2,
-        retry_backoff_s: float = 0.5,
-        max_documents: int = 32,
-        max_concurrency: int = 16,
-        max_response_bytes: int = 4 * 1024 * 1024,
-        cooldown_s: float = 30.0,
+        **fields: Any,
     ) -> None:
-        if not (0 < timeout_s < math.inf and 0 <= retry_backoff_s < math.inf) or retries < 0:
-            raise ConfigurationError(
-                "timeout_s must be positive and finite, retry_backoff_s finite and not negative, retries not negative"
-            )
-        if max_documents <= 0 or max_concurrency <= 0 or max_response_bytes <= 0:
-            raise ConfigurationError("max_documents, max_concurrency and max_response_bytes must be positive")
+        if isinstance(config, RerankServerConfig) and fields:
+            raise ConfigurationError(f"give a RerankServerConfig or its fields {sorted(fields)}, not both")
         try:
-            self.replicas = Replicas((url,) if isinstance(url, str) else tuple(url), cooldown_s)
-        except ValueError as error:
-            raise ConfigurationError(str(error)) from None
+            self.config = (
+                config if isinstance(config, RerankServerConfig) else RerankServerConfig(urls=config, **fields)
+            )
+        except ValidationError as error:
+            raise ConfigurationError(one_line(error)) from None
+        config = self.config
+        if not config.urls:
+            raise ConfigurationError("a rerank server needs its URL (rerank_url), e.g. 'http://127.0.0.1:7997/rerank'")
+        self.replicas = Replicas(config.urls, config.cooldown_s)
         self.url = ", ".join(self.replicas.urls)
-        self.model, self.api, self.normalize = model, api, normalize
-        self.timeout_s, self.retries, self.retry_backoff_s = timeout_s, retries, retry_backoff_s
-        self.max_documents, self.max_response_bytes = max_documents, max_response_bytes
-        self.attempts = max(retries + 1, len(self.replicas))
-        self.deadline_s = self.attempts * timeout_s
-        self._redact = Redactor([api_key])
+        self.model, self.api, self.normalize = model, config.api, normalize
+        self.timeout_s, self.retry = config.timeout_s, config.retry
+        self.max_documents, self.max_response_bytes = config.max_documents, config.max_response_bytes
+        self.attempts = max(self.retry.attempts, len(self.replicas))
+        self.deadline_s = self.attempts * self.timeout_s
+        self._redact = Redactor([config.api_key])
         self._redact.watch()
-        secret = api_key.get_secret_value() if api_key is not None else ""
+        secret = config.api_key.get_secret_value() if config.api_key is not None else ""
+        concurrency = config.max_concurrency
         self._client_options: dict[str, Any] = {
             "headers": {"Authorization": f"Bearer {secret}"} if secret else {},
-            "timeout": httpx.Timeout(timeout_s, pool=None),  # waiting for a free connection is the concurrency bound
+            "timeout": httpx.Timeout(self.timeout_s, pool=None),  # waiting for a connection is the concurrency bound
             "follow_redirects": False,  # a redirect could carry the key elsewhere: it is an error
-            "limits": httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
+            "limits": httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         }
         self._client = httpx.Client(**self._client_options)
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
-        self._threads = ThreadPoolExecutor(max_concurrency, thread_name_prefix="twostage-rerank-http")
+        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="twostage-rerank-http")
         self._lock = threading.Lock()
         self._closed = False
-
-    @classmethod
-    def from_settings(cls, settings: RetrieverSettings, *, pool: ModelPool | None = None) -> HttpRerankScorer:
-        """The scorer the ``rerank_*`` settings describe (``rerank_model`` is the name sent); through ``pool``, one
-        per pool and set of options, closed when the pool closes."""
-        if settings.rerank_url is None:
-            raise ConfigurationError("rerank_backend 'http' needs rerank_url, e.g. 'http://127.0.0.1:7997/rerank'")
-        options: dict[str, Any] = {
-            "url": tuple(settings.rerank_urls),
-            "model": settings.rerank_model,
-            "api": settings.rerank_api,
-            "api_key": settings.rerank_api_key,  # a SecretStr: hashed by its value, printed masked
-            "normalize": settings.normalize_scores,
-            "timeout_s": settings.rerank_timeout_s,
-            "retries": settings.rerank_retries,
-            "retry_backoff_s": settings.rerank_retry_backoff_s,
-            "max_documents": settings.rerank_max_documents,
-            "max_concurrency": settings.rerank_max_concurrency,
-            "max_response_bytes": settings.rerank_max_response_bytes,
-            "cooldown_s": settings.rerank_cooldown_s,
-        }
-        if pool is None:
-            return cls(**options)
-        return pool.get(("rerank-server", *sorted(options.items())), lambda: cls(**options))
 
     @property
     def name(self) -> str:
@@ -392,7 +429,7 @@ class HttpRerankScorer:
         if attempt + 1 >= self.attempts:
             raise self._failure(url, outcome, attempts=attempt + 1)
         asked = retry_after_s(outcome.response) if isinstance(outcome, Answer) else None
-        wait = min(self.retry_backoff_s * 2**attempt if asked is None else asked, self.timeout_s)
+        wait = min(self.retry.delay(attempt + 1) if asked is None else asked, self.timeout_s)
         if len(tried) < len(self.replicas):
             wait = 0.0  # a replica not tried yet takes it at once
         if wait >= deadline.remaining():

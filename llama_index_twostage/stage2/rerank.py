@@ -15,29 +15,75 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
+from llama_index_twostage.closing import ClosesOwner
 from llama_index_twostage.errors import ConfigurationError
 from llama_index_twostage.events import Stage2Event
-from llama_index_twostage.models import ModelPool
 from llama_index_twostage.nodes import annotated, query_text
-from llama_index_twostage.settings import LongDocuments, RetrieverSettings
+from llama_index_twostage.stage2.backends import BackendSetting, RerankBackend
 from llama_index_twostage.stage2.caches import Lookup, ScoreCache, ScoredPairs, pair_keys
-from llama_index_twostage.stage2.http import HttpRerankScorer
 from llama_index_twostage.stage2.plan import Plan, ScoreRequest, arun, run
-from llama_index_twostage.stage2.scorers import CrossEncoderScorer, PairScorer
+from llama_index_twostage.stage2.scorers import PairScorer
 from llama_index_twostage.stage2.templates import PairTemplate
 from llama_index_twostage.timing import Stopwatch
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
+
+LongDocuments = Literal["truncate", "max-window"]
+
+
+def check_shortlist(cascade_k: int, top_k: int) -> None:
+    if cascade_k < top_k:
+        raise ConfigurationError(f"cascade_k ({cascade_k}) < top_k ({top_k}): the shortlist must hold top_k")
+
+
+class CascadeConfig(BaseModel):
+    """An optional cheap first pass of stage 2: a cheaper scorer reads every candidate and only its best ``k``
+    reach the full cross-encoder. Off while ``k`` is unset."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    k: int | None = Field(
+        None,
+        gt=0,
+        description="Off when unset. Otherwise a cheaper scorer (cascade_backend / cascade_max_length) reads all "
+        "recall_k candidates and only its best cascade_k reach the full cross-encoder.",
+    )
+    backend: RerankBackend | None = Field(
+        None, description="Backend of the cascade's cheap scorer; unset uses rerank_backend."
+    )
+    max_length: int | None = Field(
+        None, gt=0, description="Token window of the cascade's cheap scorer; unset uses max_length."
+    )
+
+    def cheap_scorer(self, backend: BackendSetting, max_length: int | None) -> tuple[BackendSetting, int | None]:
+        """The backend and window of the cheap scorer, beside a reranker of ``backend`` and ``max_length``."""
+        return self.backend or backend, self.max_length or max_length
+
+    def check(self, top_k: int, backend: BackendSetting, max_length: int | None) -> None:
+        """Refuse a cascade that cannot help, before any model is loaded."""
+        if self.k is None:
+            return
+        check_shortlist(self.k, top_k)
+        if backend == "http" and self.backend is None:
+            raise ConfigurationError(
+                "cascade_k with rerank_backend 'http' needs a local cheap scorer: set cascade_backend (e.g. "
+                "'onnx-int8'); it loads rerank_model, so serve the model under that name"
+            )
+        if self.cheap_scorer(backend, max_length) == (backend, max_length):
+            raise ConfigurationError(
+                "cascade_k is set but the cascade scorer equals the reranker: set cascade_backend (e.g. 'onnx-int8') "
+                "or a shorter cascade_max_length"
+            )
 
 
 @dataclass
@@ -111,8 +157,7 @@ def check_cascade(scorer: PairScorer, cascade_scorer: PairScorer | None, cascade
         )
     if cascade_scorer is None or cascade_k is None:
         return
-    if cascade_k < top_k:
-        raise ConfigurationError(f"cascade_k ({cascade_k}) < top_k ({top_k}): the shortlist must hold top_k")
+    check_shortlist(cascade_k, top_k)
     if cascade_scorer.cache_key == scorer.cache_key:
         raise ConfigurationError(
             "the cascade scorer equals the reranker's scorer: use a cheaper one (e.g. backend 'onnx-int8' or a "
@@ -130,7 +175,7 @@ def check_windows(*scorers: PairScorer | None) -> None:
         )
 
 
-class CrossEncoderRerank(BaseNodePostprocessor):
+class CrossEncoderRerank(ClosesOwner, BaseNodePostprocessor):
     """Rerank stage-1 candidates with a :class:`~llama_index_twostage.stage2.scorers.PairScorer`; keep ``top_k``.
 
     Each returned node is a copy whose ``metadata["twostage"]`` keeps its stage-1 rank and score and adds
@@ -199,47 +244,6 @@ class CrossEncoderRerank(BaseNodePostprocessor):
     @classmethod
     def class_name(cls) -> str:
         return "CrossEncoderRerank"
-
-    @classmethod
-    def from_settings(
-        cls, settings: RetrieverSettings, *, pool: ModelPool | None = None, score_cache: ScoreCache | None = None
-    ) -> CrossEncoderRerank:
-        """The reranker the settings describe (models loaded through ``pool``; a new score cache unless given)."""
-
-        def scorer(backend: Any, max_length: int | None) -> PairScorer:
-            if backend == "http":
-                return HttpRerankScorer.from_settings(settings, pool=pool)
-            return CrossEncoderScorer.load(
-                settings.rerank_model,
-                backend=backend,
-                max_length=max_length,
-                device=settings.device,
-                normalize=settings.normalize_scores,
-                batch_size=settings.rerank_batch_size,
-                relevant_class=settings.rerank_relevant_class,
-                trust_remote_code=settings.trust_remote_code,
-                cache_dir=settings.model_cache_dir,
-                pool=pool,
-            )
-
-        cascade = None
-        if settings.cascade_k is not None:
-            cascade = scorer(
-                settings.cascade_backend or settings.rerank_backend, settings.cascade_max_length or settings.max_length
-            )
-        if score_cache is None and settings.score_cache_size:
-            score_cache = ScoreCache(settings.score_cache_size)
-        return cls(
-            scorer(settings.rerank_backend, settings.max_length),
-            top_k=settings.top_k,
-            score_threshold=settings.score_threshold,
-            cascade_scorer=cascade,
-            cascade_k=settings.cascade_k,
-            score_cache=score_cache,
-            template=PairTemplate.from_settings(settings),
-            long_documents=settings.rerank_long_documents,
-            window_overlap=settings.rerank_window_overlap,
-        )
 
     @property
     def scorer(self) -> PairScorer:

@@ -18,9 +18,9 @@ import torch
 
 from llama_index_twostage.errors import ModelOutputError
 from llama_index_twostage.models import ModelPool, load_or_explain
-from llama_index_twostage.settings import BackendSetting, RerankBackend, RetrieverSettings
 from llama_index_twostage.stage2 import backends
 from llama_index_twostage.stage2.auto import BackendChoice, choose_backend
+from llama_index_twostage.stage2.backends import BackendSetting, RerankBackend
 from llama_index_twostage.stage2.caches import LruCache, compute_through, content_hash
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_CACHE: Path = RetrieverSettings.model_fields["model_cache_dir"].default
+DEFAULT_MODEL_CACHE = Path("./.twostage/models")
 TOKEN_COUNT_CACHE_SIZE = 200_000  # about 100 bytes an entry: 20 MB at most
 
 

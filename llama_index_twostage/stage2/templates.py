@@ -9,20 +9,48 @@ two templates.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import string
+from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.schema import BaseNode, MetadataMode, TextNode
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llama_index_twostage.nodes import model_text
-from llama_index_twostage.settings import RetrieverSettings, check_metadata_keys, check_template
 
 METADATA_BLOCK_SEPARATOR = "\n\n"
 """Between the metadata block and the text, as in LlamaIndex's own node text."""
 
 
-@dataclass(frozen=True)
-class PairTemplate:
+def check_template(template: str, placeholders: set[str], *, required: set[str] | None = None) -> str:
+    """A ``str.format`` template using only ``placeholders`` (each of ``required`` at least once; literal braces
+    doubled), refused with what to write instead: a typo would otherwise fail on the first query, not at setup."""
+    required = placeholders if required is None else required
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as error:
+        raise ValueError(
+            f"template {template!r} is malformed ({error}): write a literal brace as '{{{{' or '}}}}'"
+        ) from None
+    unknown = sorted(set(fields) - placeholders)
+    missing = sorted(required - set(fields))
+    if unknown or missing:
+        names = ", ".join("{" + name + "}" for name in sorted(placeholders))
+        problem = f"unknown placeholders {unknown}" if unknown else f"it lacks {missing}"
+        raise ValueError(f"template {template!r}: {problem}; it may use {names} (literal braces doubled)")
+    return template
+
+
+def check_metadata_keys(keys: Sequence[str]) -> tuple[str, ...]:
+    """A list of metadata keys, each once."""
+    repeated = sorted({key for key in keys if list(keys).count(key) > 1})
+    if repeated:
+        raise ValueError(f"metadata keys repeat {repeated}: name each key once")
+    return tuple(keys)
+
+
+class PairTemplate(BaseModel):
     """How a (query, candidate) pair is written for the cross-encoder.
 
     Args:
@@ -34,29 +62,49 @@ class PairTemplate:
         metadata_separator: between entries.
     """
 
-    query_template: str = "{query}"
-    document_template: str = "{document}"
-    metadata_keys: tuple[str, ...] | None = None
-    metadata_template: str = "{key}: {value}"
-    metadata_separator: str = "\n"
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
-        check_template(self.query_template, {"query"})
-        check_template(self.document_template, {"document"})
-        check_template(self.metadata_template, {"key", "value"}, required={"value"})
-        if self.metadata_keys is not None:
-            object.__setattr__(self, "metadata_keys", tuple(check_metadata_keys(self.metadata_keys)))
+    query_template: str = Field(
+        "{query}", description="What the cross-encoder reads as the query, e.g. an instruction prefix."
+    )
+    document_template: str = Field(
+        "{document}", description="What it reads as the candidate: {document} is the metadata block and the text."
+    )
+    metadata_keys: tuple[str, ...] | None = Field(
+        None,
+        description="Metadata keys the cross-encoder reads before each candidate's text, in this order (in the "
+        "environment: comma-separated). Unset: the text the bi-encoder embedded (its embed metadata included); "
+        "[] (or an empty variable): the text alone.",
+    )
+    metadata_template: str = Field("{key}: {value}", description="Format of one metadata entry.")
+    metadata_separator: str = Field("\n", description="Between metadata entries.")
 
+    @field_validator("query_template")
     @classmethod
-    def from_settings(cls, settings: RetrieverSettings) -> PairTemplate:
-        keys = settings.rerank_metadata_keys
-        return cls(
-            query_template=settings.rerank_query_template,
-            document_template=settings.rerank_document_template,
-            metadata_keys=None if keys is None else tuple(keys),
-            metadata_template=settings.rerank_metadata_template,
-            metadata_separator=settings.rerank_metadata_separator,
-        )
+    def _query_template(cls, value: str) -> str:
+        return check_template(value, {"query"})
+
+    @field_validator("document_template")
+    @classmethod
+    def _document_template(cls, value: str) -> str:
+        return check_template(value, {"document"})
+
+    @field_validator("metadata_template")
+    @classmethod
+    def _metadata_template(cls, value: str) -> str:
+        return check_template(value, {"key", "value"}, required={"value"})
+
+    @field_validator("metadata_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: Any) -> Any:
+        """A list, or (from a variable) ``title,section`` or a JSON list; each key once."""
+        if isinstance(value, str):
+            value = (
+                json.loads(value)
+                if value.lstrip().startswith("[")
+                else [key.strip() for key in value.split(",") if key.strip()]
+            )
+        return None if value is None else check_metadata_keys(value)
 
     def describe(self) -> str:
         """One line for ``twostage info``."""

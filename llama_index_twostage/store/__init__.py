@@ -3,7 +3,7 @@ the change feed every writer leaves in Chroma, and the lexical index that follow
 reconcile, atomic reindex)."""
 
 from llama_index_twostage.store.analysis import LEXICAL_LANGUAGES, Analyser
-from llama_index_twostage.store.chroma import ChromaStore, HnswParameters
+from llama_index_twostage.store.chroma import ChromaConfig, ChromaStore, HnswParameters
 from llama_index_twostage.store.contract import (
     CollectionContract,
     distance_space,
@@ -12,7 +12,7 @@ from llama_index_twostage.store.contract import (
     verify_collection,
 )
 from llama_index_twostage.store.feed import LexicalFollower
-from llama_index_twostage.store.generations import LexicalFolder
+from llama_index_twostage.store.generations import LexicalConfig, LexicalFolder
 from llama_index_twostage.store.lexical import LexicalHits, LexicalIndex, LexicalRecord, TantivyIndex
 from llama_index_twostage.store.reconcile import LexicalDrift, find_drift, rebuild, reconcile, repair
 from llama_index_twostage.store.verify import VerifyReport, verify_store
@@ -20,9 +20,11 @@ from llama_index_twostage.store.verify import VerifyReport, verify_store
 __all__ = [
     "LEXICAL_LANGUAGES",
     "Analyser",
+    "ChromaConfig",
     "ChromaStore",
     "CollectionContract",
     "HnswParameters",
+    "LexicalConfig",
     "LexicalDrift",
     "LexicalFolder",
     "LexicalFollower",

@@ -14,11 +14,32 @@ refuses another (see :class:`~llama_index_twostage.store.lexical.TantivyIndex`).
 from __future__ import annotations
 
 import re
-from typing import get_args
+from typing import Literal, get_args
 
 import tantivy
 
-from llama_index_twostage.settings import LexicalLanguage
+# tantivy's stemmers, and character bigrams for Chinese, Japanese and Korean.
+LexicalLanguage = Literal[
+    "arabic",
+    "danish",
+    "dutch",
+    "english",
+    "finnish",
+    "french",
+    "german",
+    "greek",
+    "hungarian",
+    "italian",
+    "norwegian",
+    "portuguese",
+    "romanian",
+    "russian",
+    "spanish",
+    "swedish",
+    "tamil",
+    "turkish",
+    "cjk",
+]
 
 LEXICAL_LANGUAGES: tuple[str, ...] = get_args(LexicalLanguage)
 _STOP_WORD_LISTS = frozenset(

@@ -8,20 +8,20 @@ each keep their own. ``close()`` (or leaving a ``with`` block) releases the clie
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
-import math
+import re
 import shutil
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
-from pydantic import SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from llama_index_twostage.closing import Closing
 from llama_index_twostage.errors import (
@@ -30,10 +30,11 @@ from llama_index_twostage.errors import (
     ChromaUnavailableError,
     CollectionNotFoundError,
     ConfigurationError,
+    one_line,
 )
 from llama_index_twostage.redaction import Redactor
-from llama_index_twostage.settings import ChromaMode, DistanceSpace, RetrieverSettings
-from llama_index_twostage.store.contract import CollectionContract, verify_collection
+from llama_index_twostage.retry import RetryPolicy
+from llama_index_twostage.store.contract import CollectionContract, DistanceSpace, verify_collection
 from llama_index_twostage.store.embedded import EmbeddedStoreLock
 
 if TYPE_CHECKING:
@@ -48,23 +49,141 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 QUOTED_CHARS = 300  # of a server's error answer, in a message
 STORE_FILE = "chroma.sqlite3"  # what every embedded Chroma store holds
-DEFAULT_PERSIST_DIR: Path = RetrieverSettings.model_fields["persist_dir"].default
+
+ChromaMode = Literal["embedded", "memory", "server"]
+_COLLECTION_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
 
 
-@dataclass(frozen=True)
-class HnswParameters:
+def check_collection_name(name: str) -> str:
+    """Apply Chroma's naming rules up front, so a bad name fails at configuration time, not at first write."""
+    problem = None
+    if not _COLLECTION_NAME.fullmatch(name):
+        problem = "use 3-512 characters from [a-zA-Z0-9._-], starting and ending with a letter or digit"
+    elif ".." in name:
+        problem = "do not use two consecutive periods"
+    else:
+        try:
+            ipaddress.ip_address(name)
+            problem = "do not use an IP address"
+        except ValueError:
+            pass
+    if problem:
+        raise ValueError(f"invalid Chroma collection name {name!r}: {problem}")
+    return name
+
+
+CollectionName = Annotated[str, AfterValidator(check_collection_name)]
+
+
+def split_server_url(url: str, given: dict[str, Any]) -> dict[str, Any]:
+    """``http(s)://host[:port]`` -> host, port and ssl; refused where the other fields given disagree."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise ValueError(
+            f"chroma_host {url!r} is not a server address: give a host name (e.g. 'localhost') or a URL such as "
+            "'http://localhost:8000' without a path"
+        )
+    values: dict[str, Any] = {"host": parts.hostname, "ssl": parts.scheme == "https"}
+    if parts.port is not None:
+        values["port"] = parts.port
+    for key, value in values.items():
+        if key != "host" and key in given and str(given[key]).lower() != str(value).lower():
+            raise ValueError(
+                f"chroma_host {url!r} says chroma_{key}={value}, but chroma_{key} is set to {given[key]!r}: give one"
+            )
+    return values
+
+
+class HnswParameters(BaseModel):
     """HNSW parameters of a collection; None leaves Chroma's default (ef_search 100, ef_construction 100, M 16)."""
 
-    ef_search: int | None = None
-    ef_construction: int | None = None
-    max_neighbors: int | None = None
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ef_search: int | None = Field(
+        None,
+        gt=0,
+        description="HNSW search breadth of the collection (unset: Chroma's 100). Keep it well above recall_k on "
+        "large collections: the approximate index otherwise loses candidates before any reranker sees them.",
+    )
+    ef_construction: int | None = Field(
+        None,
+        gt=0,
+        description="HNSW build breadth of newly created collections (unset: Chroma's 100). A wider build makes a "
+        "better graph: slower ingestion, higher recall at the same ef_search. Fixed once the collection exists.",
+    )
+    max_neighbors: int | None = Field(
+        None,
+        ge=2,
+        description="HNSW links per vector (M) of newly created collections (unset: Chroma's 16). More links: more "
+        "memory and slower ingestion, higher recall on large collections. Fixed once the collection exists.",
+    )
 
     def given(self) -> dict[str, int]:
         """The parameters that are set, in Chroma's configuration keys."""
-        return {key: value for key, value in asdict(self).items() if value is not None}
+        return self.model_dump(exclude_none=True)
 
 
 _BUILD_ONLY = ("ef_construction", "max_neighbors")  # Chroma fixes these when it creates the index
+
+
+class ChromaConfig(BaseModel):
+    """Where a Chroma store is and how it is reached: the configuration :class:`ChromaStore` is built from.
+
+    ``host`` alone selects server mode, and a URL there (``http://host:port``) is split into host, port and ssl.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    mode: ChromaMode = Field(
+        "embedded",
+        description="'embedded' (on disk, in process), 'memory' (in process, gone on exit) or 'server'. "
+        "Setting chroma_host alone selects 'server'.",
+    )
+    persist_dir: Path = Field(Path("./.twostage/chroma"), description="Directory of the embedded Chroma store.")
+    host: str | None = Field(
+        None, description="Host of a `chroma run` server; a URL (`http://host:port`) is split into host, port and ssl."
+    )
+    port: int = Field(8000, ge=1, le=65535, description="Port of the Chroma server.")
+    ssl: bool = Field(False, description="Use HTTPS to reach the Chroma server.")
+    token: SecretStr | None = Field(None, description="Bearer token for the Chroma server; never printed.")
+    timeout_s: float = Field(
+        10.0, gt=0, allow_inf_nan=False, description="Bound on every Chroma server request, in seconds."
+    )
+    retry: RetryPolicy = Field(
+        RetryPolicy(retries=2, backoff_s=0.2),
+        description="Retries of a server call that failed in transport (refused, reset, timed out), with backoff; "
+        "every retried call is idempotent.",
+    )
+    distance_space: DistanceSpace = Field("cosine", description="Distance space of newly created collections.")
+    hnsw: HnswParameters = Field(HnswParameters(), description="HNSW parameters of the collection.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _host_selects_server(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("host"), str) and "://" in data["host"]:
+            data = {**data, **split_server_url(data["host"], data)}
+        if isinstance(data, dict) and data.get("host") and "mode" not in data:
+            data = {**data, "mode": "server"}
+        return data
+
+    @model_validator(mode="after")
+    def _server_has_host(self) -> ChromaConfig:
+        if self.mode == "server" and not self.host:
+            raise ValueError("chroma_mode 'server' needs chroma_host (and chroma_port)")
+        return self
+
+    @property
+    def server_address(self) -> str:
+        """``host:port`` of the server, for messages."""
+        return f"{self.host}:{self.port}"
+
+    def describe(self) -> str:
+        """Where the vectors live, for messages and ``twostage info``."""
+        if self.mode == "server":
+            return f"the Chroma server at {self.server_address}"
+        if self.mode == "memory":
+            return "the in-memory Chroma store"
+        return f"the embedded Chroma store at {str(self.persist_dir)!r}"
 
 
 def bound_request_timeout(client: ClientAPI, timeout_s: float) -> None:
@@ -80,87 +199,67 @@ class ChromaStore(Closing):
     """A Chroma collection and the clients that reach it, owned here and released by :meth:`close`.
 
     Args:
-        collection: the collection name (Chroma's naming rules; checked by ``RetrieverSettings``).
-        mode: ``embedded`` (on disk in ``persist_dir``), ``memory`` (in process, shared by the process's in-memory
-            stores as Chroma does) or ``server`` (``host``/``port``).
-        timeout_s: bound on every server request (sync and async); Chroma's own clients wait without limit.
-        retries, retry_backoff_s: retries of a server call that failed in transport, with exponential backoff;
-            only idempotent calls come through :meth:`with_retries`.
-        distance_space, hnsw: the index of a collection this store creates (``ef_search`` also updates an existing one).
+        collection: the collection name (Chroma's naming rules).
+        config: where the store is and how it is reached (:class:`ChromaConfig`; by default an embedded store in
+            ``./.twostage/chroma``). Keyword arguments are a shorthand for its fields:
+            ``ChromaStore("docs", mode="memory")``.
     """
 
-    def __init__(
-        self,
-        collection: str = "twostage",
-        *,
-        mode: ChromaMode = "embedded",
-        persist_dir: str | Path = DEFAULT_PERSIST_DIR,
-        host: str | None = None,
-        port: int = 8000,
-        ssl: bool = False,
-        token: SecretStr | None = None,
-        timeout_s: float = 10.0,
-        retries: int = 2,
-        retry_backoff_s: float = 0.2,
-        distance_space: DistanceSpace = "cosine",
-        hnsw: HnswParameters | None = None,
-    ) -> None:
-        if mode == "server" and not host:
-            raise ConfigurationError("a Chroma store in server mode needs a host (and port)")
-        if not (0 < timeout_s < math.inf and 0 <= retry_backoff_s < math.inf) or retries < 0:
-            raise ConfigurationError(
-                "timeout_s must be positive and finite, retry_backoff_s finite and not negative, retries not negative"
-            )
-        self.collection_name = collection
-        self.mode = mode
-        self.persist_dir = Path(persist_dir).expanduser()
-        self.host, self.port, self.ssl = host, port, ssl
-        self._token = token
-        self._redact = Redactor([token])
-        self.timeout_s = timeout_s
-        self.retries = retries
-        self.retry_backoff_s = retry_backoff_s
-        self.distance_space = distance_space
-        self.hnsw = hnsw or HnswParameters()
+    def __init__(self, collection: str = "twostage", config: ChromaConfig | None = None, **fields: Any) -> None:
+        if config is not None and fields:
+            raise ConfigurationError(f"give a ChromaConfig or its fields {sorted(fields)}, not both")
+        try:
+            self.collection_name = check_collection_name(collection)
+            self.config = config if config is not None else ChromaConfig(**fields)
+        except ValidationError as error:
+            raise ConfigurationError(one_line(error)) from None
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
+        self._redact = Redactor([self.config.token])
+        self._retry = self.config.retry if self.mode == "server" else RetryPolicy(retries=0)
         self._client: ClientAPI | None = None
         self._async_client: AsyncClientAPI | None = None
         self._lock = threading.Lock()
 
-    @classmethod
-    def from_settings(cls, settings: RetrieverSettings) -> ChromaStore:
-        """The store the settings describe (a thin convenience over the constructor)."""
-        return cls(
-            settings.collection,
-            mode=settings.chroma_mode,
-            persist_dir=settings.persist_dir,
-            host=settings.chroma_host,
-            port=settings.chroma_port,
-            ssl=settings.chroma_ssl,
-            token=settings.chroma_token,
-            timeout_s=settings.chroma_timeout_s,
-            retries=settings.chroma_retries,
-            retry_backoff_s=settings.chroma_retry_backoff_s,
-            distance_space=settings.distance_space,
-            hnsw=HnswParameters(settings.hnsw_ef_search, settings.hnsw_ef_construction, settings.hnsw_max_neighbors),
-        )
+    # The configuration, as the store uses it.
+
+    @property
+    def mode(self) -> ChromaMode:
+        return self.config.mode
+
+    @property
+    def persist_dir(self) -> Path:
+        return self.config.persist_dir.expanduser()
+
+    @property
+    def host(self) -> str | None:
+        return self.config.host
+
+    @property
+    def port(self) -> int:
+        return self.config.port
+
+    @property
+    def timeout_s(self) -> float:
+        return self.config.timeout_s
+
+    @property
+    def hnsw(self) -> HnswParameters:
+        return self.config.hnsw
 
     # Where the store is, for messages.
 
     @property
     def server_address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return self.config.server_address
 
     @property
     def server_url(self) -> str:
-        return f"{'https' if self.ssl else 'http'}://{self.server_address}"
+        return f"{'https' if self.config.ssl else 'http'}://{self.server_address}"
 
     def describe(self) -> str:
         """Where the vectors live, for messages and ``twostage info``."""
-        if self.mode == "server":
-            return f"the Chroma server at {self.server_address}"
-        if self.mode == "memory":
-            return "the in-memory Chroma store"
-        return f"the embedded Chroma store at {str(self.persist_dir)!r}"
+        return self.config.describe()
 
     def __repr__(self) -> str:
         return f"ChromaStore(collection={self.collection_name!r}, {self.describe()})"
@@ -168,7 +267,8 @@ class ChromaStore(Closing):
     # Clients.
 
     def _auth_headers(self) -> dict[str, str]:
-        return {} if self._token is None else {"Authorization": f"Bearer {self._token.get_secret_value()}"}
+        token = self.config.token
+        return {} if token is None else {"Authorization": f"Bearer {token.get_secret_value()}"}
 
     def _quote(self, error: BaseException) -> str:
         """``error`` for a message: its type and the start of its text, every secret masked."""
@@ -192,7 +292,7 @@ class ChromaStore(Closing):
         )
 
     def _refused(self, status: int | str) -> ChromaAuthenticationError:
-        token = "the chroma_token given" if self._token is not None else "no chroma_token"
+        token = "the chroma_token given" if self.config.token is not None else "no chroma_token"
         return ChromaAuthenticationError(
             f"the Chroma server at {self.server_address} refused the request with {token} (authentication failed: "
             f"{status}): set chroma_token (TWOSTAGE_CHROMA_TOKEN) to a token the server accepts"
@@ -250,7 +350,7 @@ class ChromaStore(Closing):
             client = chromadb.HttpClient(
                 host=self.host or "localhost",
                 port=self.port,
-                ssl=self.ssl,
+                ssl=self.config.ssl,
                 headers=self._auth_headers(),
                 settings=self._chroma_settings(),
             )
@@ -284,7 +384,7 @@ class ChromaStore(Closing):
                 chromadb.AsyncHttpClient(
                     host=self.host or "localhost",
                     port=self.port,
-                    ssl=self.ssl,
+                    ssl=self.config.ssl,
                     headers=self._auth_headers(),
                     settings=self._chroma_settings(),
                 )
@@ -343,47 +443,28 @@ class ChromaStore(Closing):
                 raise
             raise self._failed(error) from None
 
-    def _attempts(self) -> int:
-        """Only a server is worth retrying: an in-process store that failed once fails the same way again."""
-        return self.retries + 1 if self.mode == "server" else 1
-
-    def _retry_delay(self, failed_attempt: int, error: Exception) -> float:
-        """The exponential backoff before the next attempt, logged so that a flapping server shows in the logs."""
-        delay = self.retry_backoff_s * 2 ** (failed_attempt - 1)
-        logger.warning(
-            "Chroma call failed (attempt %d of %d), retrying in %.2fs: %s",
-            failed_attempt,
-            self._attempts(),
-            delay,
-            error,
-        )
-        return delay
-
     def with_retries(self, operation: Callable[[], T]) -> T:
-        """Run an idempotent operation; retry server transport failures ``retries`` times with backoff.
+        """Run an idempotent operation; retry server transport failures as the retry policy says.
 
         Only reads, and upserts and deletes of deterministic ids, come here, so repeating one whose request did reach
-        the server changes nothing. The last failure is a :class:`ChromaUnavailableError`.
+        the server changes nothing. Only a server is worth retrying: an in-process store that failed once fails the
+        same way again. The last failure is a :class:`ChromaUnavailableError`.
         """
-        for attempt in range(1, self._attempts()):
-            try:
-                with self.server_errors():
-                    return operation()
-            except ChromaUnavailableError as error:
-                time.sleep(self._retry_delay(attempt, error))
-        with self.server_errors():
-            return operation()
+
+        def attempt() -> T:
+            with self.server_errors():
+                return operation()
+
+        return self._retry.run(attempt, retried=ChromaUnavailableError, logger=logger, what="Chroma call")
 
     async def awith_retries(self, operation: Callable[[], Awaitable[T]]) -> T:
         """:meth:`with_retries` for coroutines: the backoff awaits, so the event loop keeps serving other queries."""
-        for attempt in range(1, self._attempts()):
-            try:
-                with self.server_errors():
-                    return await operation()
-            except ChromaUnavailableError as error:
-                await asyncio.sleep(self._retry_delay(attempt, error))
-        with self.server_errors():
-            return await operation()
+
+        async def attempt() -> T:
+            with self.server_errors():
+                return await operation()
+
+        return await self._retry.arun(attempt, retried=ChromaUnavailableError, logger=logger, what="Chroma call")
 
     # The collection.
 

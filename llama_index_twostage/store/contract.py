@@ -7,15 +7,15 @@ Opening it with another model or dimension fails loudly instead of returning non
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from llama_index_twostage.errors import CollectionMismatchError
-from llama_index_twostage.settings import DistanceSpace
 
 if TYPE_CHECKING:
     from chromadb.api.models.AsyncCollection import AsyncCollection
     from chromadb.api.models.Collection import Collection
 
+DistanceSpace = Literal["cosine", "l2", "ip"]
 MODEL_KEY = "twostage:embed_model"
 DIMENSION_KEY = "twostage:dimension"
 

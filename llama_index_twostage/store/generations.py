@@ -22,9 +22,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from llama_index_twostage.closing import Closing
 from llama_index_twostage.errors import LexicalIndexBusy, LexicalIndexError
-from llama_index_twostage.store.lexical import LexicalHits, LexicalRecord, TantivyIndex
+from llama_index_twostage.store.analysis import Analyser, LexicalLanguage
+from llama_index_twostage.store.chroma import ChromaConfig
+from llama_index_twostage.store.lexical import LexicalHits, LexicalIndex, LexicalRecord, TantivyIndex
 
 try:
     import fcntl
@@ -36,6 +40,61 @@ MARKER = ".twostage-lexical"
 POINTER = "CURRENT"
 MARK_FILE = "feed-mark"
 GENERATION_PREFIX = "gen-"
+SERVER_LEXICAL_ROOT = Path("./.twostage/lexical")  # a Chroma server's records, BM25-indexed on this host
+
+
+class LexicalConfig(BaseModel):
+    """How this host keeps the BM25 side of a Chroma store: how it reads text, where, and how stale it may be."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    language: LexicalLanguage = Field(
+        "english",
+        description="How BM25 reads text: a language's stemmer (and its stop words where tantivy has them), or 'cjk' "
+        "(character bigrams for Chinese, Japanese and Korean). Recorded in the index: changing it needs "
+        "`twostage reindex`.",
+    )
+    dir: Path | None = Field(
+        None,
+        description="Folder of the BM25 indexes (one per collection). Unset: persist_dir/twostage-lexical for an "
+        "embedded store, ./.twostage/lexical/<host>-<port> for a server, in memory for the in-memory store; empty "
+        "means unset. The folder must be new, empty or the library's own: one holding other files is refused.",
+    )
+    refresh_s: float = Field(
+        5.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="How stale a long-lived retriever's BM25 side may be: it reads Chroma's change feed at most this "
+        "often before a query (0: before every query).",
+    )
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """``TWOSTAGE_LEXICAL_DIR=`` means the default location, never the current folder."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def path(self, collection: str, chroma: ChromaConfig) -> Path | None:
+        """Where ``collection`` of that store keeps its BM25 index on this host: ``dir/<collection>``, by default
+        beside an embedded store or, for a server, in a local folder per server; None (in memory) for the in-memory
+        store. Nothing is created until the index is first written."""
+        if self.dir is not None:
+            root = self.dir
+        elif chroma.mode == "memory":
+            return None
+        elif chroma.mode == "server":
+            root = SERVER_LEXICAL_ROOT / f"{chroma.host}-{chroma.port}"
+        else:
+            root = chroma.persist_dir / "twostage-lexical"
+        return root / collection
+
+    def open_index(self, collection: str, chroma: ChromaConfig) -> LexicalIndex:
+        """The BM25 index of ``collection`` on this host (in memory for the in-memory store), owned by the caller."""
+        path = self.path(collection, chroma)
+        analyser = Analyser(self.language)
+        if path is None:
+            return TantivyIndex(None, analyser)
+        return LexicalFolder(path, root=self.dir, analyser=analyser)
 
 
 def _write_atomically(path: Path, text: str) -> None:

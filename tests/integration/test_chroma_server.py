@@ -8,7 +8,7 @@ import pytest
 from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
 
 from llama_index_twostage.nodes import model_text, stage_info
-from llama_index_twostage.pipeline import build_two_stage_retriever
+from llama_index_twostage.pipeline import TwoStagePipeline, build_two_stage_retriever
 from llama_index_twostage.stage2 import CrossEncoderRerank, CrossEncoderScorer
 from llama_index_twostage.store import CollectionContract, model_identity
 
@@ -90,7 +90,7 @@ def server_candidates(on_server, some_queries):
 def reranker(pipeline, **update) -> CrossEncoderRerank:
     """The pipeline's reranker, returning all 12 candidates, with other settings where given."""
     settings = pipeline.settings.model_copy(update={"top_k": 12, **update})
-    return CrossEncoderRerank.from_settings(settings, pool=pipeline.models)
+    return TwoStagePipeline(settings, models=pipeline.models, store=pipeline.store, lexical=pipeline.lexical).reranker()
 
 
 def test_score_threshold_drops_low_scores(on_server, server_candidates):

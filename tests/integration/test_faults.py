@@ -179,7 +179,7 @@ class KillingEmbedding:
 
 
 def stored_ids(settings) -> list[str]:
-    with ChromaStore.from_settings(settings) as store:
+    with ChromaStore(settings.collection, settings.chroma) as store:
         return sorted(store.open_collection().get(include=[])["ids"])
 
 

@@ -59,13 +59,13 @@ FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(Healt
 
 def stored_count(settings_) -> int:
     try:
-        return ChromaStore.from_settings(settings_).open_collection().count()
+        return ChromaStore(settings_.collection, settings_.chroma).open_collection().count()
     except CollectionNotFoundError:
         return 0
 
 
 def by_source(settings_, doc_id: str) -> list[str]:
-    collection = ChromaStore.from_settings(settings_).open_collection()
+    collection = ChromaStore(settings_.collection, settings_.chroma).open_collection()
     return collection.get(where={"ref_doc_id": doc_id}, include=[])["ids"]
 
 

@@ -35,7 +35,7 @@ def settings(cheap_settings):
 
 def collection_of(settings):
     """The settings' collection, read directly through a store of its own (left open for the test to use)."""
-    return ChromaStore.from_settings(settings).open_collection()
+    return ChromaStore(settings.collection, settings.chroma).open_collection()
 
 
 def chunks_by_source(settings) -> dict[str, dict[str, dict]]:

@@ -28,6 +28,7 @@ from llama_index_twostage import (
     TwoStagePipeline,
 )
 from llama_index_twostage.redaction import MIN_PIECE
+from llama_index_twostage.retry import RetryPolicy
 
 pytestmark = pytest.mark.integration
 
@@ -137,7 +138,9 @@ def test_a_heartbeat_redirect_that_echoes_the_token_is_masked_too(tmp_path):
 def test_the_library_logs_no_token_at_debug(caplog, status):
     caplog.set_level(logging.DEBUG)
     server = EchoingChroma(status)
-    store = ChromaStore("docs", mode="server", host="127.0.0.1", port=server.port, token=SecretStr(TOKEN), retries=0)
+    store = ChromaStore(
+        "docs", mode="server", host="127.0.0.1", port=server.port, token=SecretStr(TOKEN), retry=RetryPolicy(retries=0)
+    )
     try:
         with pytest.raises(ChromaServerError, match=r"answered an error .*\*{10}") as raised:
             store.with_retries(store.open_collection)
@@ -152,7 +155,13 @@ def test_after_close_the_http_loggers_are_left_as_they_were():
     http11 = logging.getLogger("httpcore.http11")
     before = list(http11.filters)
     store = ChromaStore(
-        "docs", mode="server", host="127.0.0.1", port=9, token=SecretStr(TOKEN), retries=0, timeout_s=0.5
+        "docs",
+        mode="server",
+        host="127.0.0.1",
+        port=9,
+        token=SecretStr(TOKEN),
+        retry=RetryPolicy(retries=0),
+        timeout_s=0.5,
     )
     with pytest.raises(ChromaUnavailableError):
         store.with_retries(store.open_collection)

@@ -10,7 +10,14 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.llms import MockLLM
 
 from llama_index_twostage.nodes import model_text, stage_info
-from llama_index_twostage.pipeline import TwoStagePipeline, build_query_engine, build_two_stage_retriever
+from llama_index_twostage.pipeline import (
+    TwoStagePipeline,
+    TwoStageQueryEngine,
+    build_query_engine,
+    build_retriever,
+    build_two_stage_retriever,
+)
+from llama_index_twostage.stage1 import ChromaRecallRetriever
 
 pytestmark = pytest.mark.integration
 
@@ -122,3 +129,34 @@ def test_pipeline_shares_its_objects_and_close_releases_the_store(ingested, mode
         assert [n.node.node_id for n in again.two_stage_retriever().retrieve(some_queries[0])] == [
             n.node.node_id for n in first
         ]
+
+
+def test_what_a_build_function_returns_keeps_its_pipeline_and_closes_it(ingested, some_queries):
+    with build_two_stage_retriever(ingested.settings) as retriever:
+        store = retriever.recall.store
+        assert_final(retriever.retrieve(some_queries[0]), ingested.settings.top_k)
+        assert store.is_open
+    assert not store.is_open  # the with block closed the pipeline nothing else held
+    engine = build_query_engine(ingested.settings, llm=MockLLM(), response_mode="no_text")
+    assert isinstance(engine, TwoStageQueryEngine)
+    assert_final(engine.query(some_queries[0]).source_nodes, ingested.settings.top_k)
+    engine_store = engine.retriever.store
+    engine.close()
+    assert not engine_store.is_open
+    dense = build_retriever(ingested.settings.replace(stage1_mode="dense"))
+    assert isinstance(dense, ChromaRecallRetriever) and dense.retrieve(some_queries[0])
+    dense.close()
+    assert not dense.store.is_open
+
+
+def test_a_component_asked_of_a_pipeline_owns_nothing_and_describe_loads_no_model(ingested, some_queries):
+    with TwoStagePipeline(ingested.settings) as pipeline:
+        described = pipeline.describe()
+        assert len(pipeline.models) == 0  # no model loaded, no auto calibration run, to describe
+        assert described["nodes"] == str(pipeline.store.open_collection().count())
+        assert described["stage 1"].startswith("hybrid: bi-encoder + BM25 (english)")
+        assert described["rerank backend"].startswith(ingested.settings.rerank_backend)
+        retriever = pipeline.two_stage_retriever()
+        retriever.retrieve(some_queries[0])
+        retriever.close()
+        assert pipeline.store.is_open and retriever.retrieve(some_queries[0])  # the pipeline's, still open

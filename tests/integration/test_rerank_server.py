@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from llama_index_twostage import RerankAuthenticationError, RerankServerError
 from llama_index_twostage.cli import app
+from llama_index_twostage.retry import RetryPolicy
 from llama_index_twostage.stage2 import CrossEncoderScorer, HttpRerankScorer
 from llama_index_twostage.testing import LocalInfinityServer
 
@@ -112,8 +113,9 @@ async def test_concurrent_aretrieve_and_aquery_equal_sequential_runs(on_server, 
 
 async def test_a_server_killed_mid_query_is_named_then_served_again_after_a_restart(infinity_server, candidates):
     query, texts = next(iter(candidates.items()))
-    scorer = scorer_on(infinity_server, timeout_s=5.0, retries=1, retry_backoff_s=0.1, max_documents=4)
-    bound = (scorer.retries + 1) * 3 * scorer.timeout_s + scorer.retries * scorer.timeout_s  # 3 phases per attempt
+    scorer = scorer_on(infinity_server, timeout_s=5.0, retry=RetryPolicy(retries=1, backoff_s=0.1), max_documents=4)
+    retries = scorer.retry.retries
+    bound = (retries + 1) * 3 * scorer.timeout_s + retries * scorer.timeout_s  # 3 phases per attempt
     try:
         in_flight = asyncio.create_task(scorer.ascore(query, texts))
         await asyncio.sleep(0.5)  # requests sent (a trigger, not a measurement)
@@ -131,7 +133,10 @@ async def test_a_server_killed_mid_query_is_named_then_served_again_after_a_rest
 @pytest.mark.parametrize("key", [None, "sk-wrong-key-123"], ids=["no key", "wrong key"])
 def test_a_refused_key_is_a_clear_error_that_never_shows_it(infinity_server, key):
     scorer = HttpRerankScorer(
-        infinity_server.rerank_url, model="reranker", api_key=SecretStr(key) if key else None, retries=0
+        infinity_server.rerank_url,
+        model="reranker",
+        api_key=SecretStr(key) if key else None,
+        retry=RetryPolicy(retries=0),
     )
     try:
         with pytest.raises(RerankAuthenticationError, match="refused the credentials \\(HTTP 401\\)") as raised:

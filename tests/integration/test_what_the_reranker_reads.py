@@ -22,7 +22,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from safetensors.torch import load_file, save_file
 from sentence_transformers import CrossEncoder
 
-from llama_index_twostage import ModelOutputError, PairTemplate, RetrieverSettings
+from llama_index_twostage import ModelOutputError, PairTemplate
 from llama_index_twostage.errors import ConfigurationError
 from llama_index_twostage.evaluation import evaluate
 from llama_index_twostage.stage2 import CrossEncoderRerank, CrossEncoderScorer, ScoreCache
@@ -283,9 +283,7 @@ def test_evaluation_reads_the_title_only_when_asked(settings_for, tmp_path):
     assert some_doc.metadata["title"] and some_doc.metadata["title"] not in some_doc.text
     settings = settings_for("embedded", persist_dir=tmp_path, recall_k=5, top_k=5, rerank_metadata_keys=[])
     without = evaluate(titled, settings, sweep=[5], limit=3)
-    with_title = evaluate(
-        titled, RetrieverSettings(**{**settings.model_dump(), "rerank_metadata_keys": ["title"]}), sweep=[5], limit=3
-    )
+    with_title = evaluate(titled, settings.replace(rerank_metadata_keys=["title"]), sweep=[5], limit=3)
     assert with_title.ingest["added"] == 0  # one stage 1 for both: only what the reranker reads differs
     assert [t.candidates for t in without.traces] == [t.candidates for t in with_title.traces]
     assert [t.rankings for t in without.traces] != [t.rankings for t in with_title.traces]

@@ -20,8 +20,15 @@ import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
 from pydantic import SecretStr
 
-from llama_index_twostage import RerankAuthenticationError, RerankServerError, RetrieverSettings
+from llama_index_twostage import (
+    RerankAuthenticationError,
+    RerankServerError,
+    RetrieverSettings,
+    TwoStagePipeline,
+    build_reranker,
+)
 from llama_index_twostage.models import ModelPool
+from llama_index_twostage.retry import RetryPolicy
 from llama_index_twostage.stage2 import CrossEncoderRerank, HttpRerankScorer, ScoreCache
 from llama_index_twostage.stage2.http import retry_after_s
 from llama_index_twostage.testing import free_port
@@ -126,8 +133,9 @@ def scorer_for(stub: StubServer) -> Iterator[Callable[..., HttpRerankScorer]]:
     made: list[HttpRerankScorer] = []
 
     def make(**options: Any) -> HttpRerankScorer:
-        options = {"model": "reranker", "api_key": SecretStr(KEY), "retry_backoff_s": 0.0, **options}
-        made.append(HttpRerankScorer(options.pop("url", stub.url), **options))
+        options = {"model": "reranker", "api_key": SecretStr(KEY), **options}
+        retry = RetryPolicy(retries=options.pop("retries", 2), backoff_s=options.pop("retry_backoff_s", 0.0))
+        made.append(HttpRerankScorer(options.pop("url", stub.url), retry=retry, **options))
         return made[-1]
 
     yield make
@@ -303,16 +311,27 @@ async def test_the_reranker_keeps_its_cache_and_metadata_on_a_server(stub, score
 
 def test_settings_build_one_scorer_per_pool_and_the_pool_closes_it(stub):
     settings = RetrieverSettings(
-        rerank_backend="http", rerank_url=stub.url, rerank_model="reranker", rerank_api_key=KEY, rerank_retries=0
+        rerank_backend="http", rerank_url=stub.url, rerank_model="reranker", rerank_api_key=KEY, chroma_mode="memory"
     )
     pool = ModelPool()
-    scorers = [CrossEncoderRerank.from_settings(settings, pool=pool).scorer for _ in range(2)]
+    scorers = [TwoStagePipeline(settings, models=pool).reranker().scorer for _ in range(2)]
     assert scorers[0] is scorers[1] and scorers[0].score("q", ["a"]) == [0.1]
-    other_key = settings.model_copy(update={"rerank_api_key": SecretStr("another")})
-    assert CrossEncoderRerank.from_settings(other_key, pool=pool).scorer is not scorers[0]
+    other_key = settings.replace(rerank_api_key=SecretStr("another"))
+    assert TwoStagePipeline(other_key, models=pool).reranker().scorer is not scorers[0]
     pool.close()
     with pytest.raises(ValueError, match="is closed"):
         scorers[0].score("q", ["a"])
+
+
+def test_a_reranker_built_alone_keeps_its_http_clients_and_closes_them(stub):
+    settings = RetrieverSettings(
+        rerank_backend="http", rerank_url=stub.url, rerank_model="reranker", chroma_mode="memory"
+    )
+    with build_reranker(settings) as reranker:
+        scorer = reranker.scorer
+        assert scorer.score("q", ["a"]) == [0.1]
+    with pytest.raises(ValueError, match="is closed"):
+        scorer.score("q", ["a"])
 
 
 # Secrets: a server that echoes the Authorization header never gets the key into a log line or an error.
@@ -490,8 +509,8 @@ def test_a_call_fails_only_when_every_replica_failed_it(scorer_for):
 
 def test_replicas_are_one_setting_and_one_cache_key(stub, second_stub, scorer_for):
     settings = RetrieverSettings(rerank_backend="http", rerank_url=[second_stub.url, stub.url])
-    assert settings.rerank_urls == [second_stub.url, stub.url]
-    assert RetrieverSettings(rerank_url=f"{stub.url}, {second_stub.url}").rerank_urls == [stub.url, second_stub.url]
+    assert settings.rerank_server.urls == (second_stub.url, stub.url)
+    assert RetrieverSettings(rerank_url=f"{stub.url}, {second_stub.url}").rerank_url == (stub.url, second_stub.url)
     with pytest.raises(ValueError, match="names a replica twice"):
         RetrieverSettings(rerank_url=f"{stub.url},{stub.url}")
     one, other = scorer_for(url=[stub.url, second_stub.url]), scorer_for(url=[second_stub.url, stub.url])

@@ -10,10 +10,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from pydantic import ValidationError
 
-from llama_index_twostage.errors import ConfigurationError, LexicalIndexError
+from llama_index_twostage.errors import LexicalIndexError
 from llama_index_twostage.stage1 import HybridRecallRetriever
-from llama_index_twostage.stage1.fusion import reciprocal_rank_fusion
+from llama_index_twostage.stage1.fusion import FusionConfig, reciprocal_rank_fusion
 from llama_index_twostage.store.analysis import Analyser, cjk_bigrams
 from llama_index_twostage.store.lexical import RECORD_FILE, LexicalHits, LexicalRecord, TantivyIndex
 
@@ -142,7 +143,7 @@ def test_in_memory_index(tmp_path: Path) -> None:
 
 
 def test_fusion_by_hand() -> None:
-    fused = reciprocal_rank_fusion({"dense": ["a", "b", "c"], "lexical": ["c", "d"]}, {"dense": 1, "lexical": 1}, k=60)
+    fused = reciprocal_rank_fusion({"dense": ["a", "b", "c"], "lexical": ["c", "d"]}, FusionConfig(rrf_k=60))
     expected = {"a": 1 / 61, "b": 1 / 62, "c": 1 / 63 + 1 / 61, "d": 1 / 62}
     assert [node_id for node_id, _ in fused] == ["c", "a", "b", "d"]  # b and d tie: dense (listed first) wins
     assert dict(fused) == pytest.approx(expected)
@@ -150,16 +151,23 @@ def test_fusion_by_hand() -> None:
 
 def test_fusion_honours_weights() -> None:
     rankings = {"dense": ["a", "b", "c"], "lexical": ["c", "b", "a"]}
-    assert [i for i, _ in reciprocal_rank_fusion(rankings, {"dense": 1, "lexical": 0})] == ["a", "b", "c"]
-    assert [i for i, _ in reciprocal_rank_fusion(rankings, {"dense": 0, "lexical": 1})] == ["c", "b", "a"]
-    tilted = dict(reciprocal_rank_fusion(rankings, {"dense": 2, "lexical": 1}, k=1))
+    assert [i for i, _ in reciprocal_rank_fusion(rankings, FusionConfig(lexical_weight=0))] == ["a", "b", "c"]
+    assert [i for i, _ in reciprocal_rank_fusion(rankings, FusionConfig(dense_weight=0))] == ["c", "b", "a"]
+    tilted = dict(reciprocal_rank_fusion(rankings, FusionConfig(dense_weight=2, rrf_k=1)))
     assert tilted["a"] == pytest.approx(2 / 2 + 1 / 4)
 
 
-@pytest.mark.parametrize(("weights", "k"), [({"dense": 1}, 60), ({"dense": 1, "lexical": -1}, 60), ({}, 0)])
-def test_fusion_refuses_bad_parameters(weights: dict[str, float], k: float) -> None:
-    with pytest.raises(ConfigurationError):
-        reciprocal_rank_fusion({"dense": ["a"], "lexical": ["b"]}, weights, k=k)
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"lexical_weight": -1}, "greater than or equal to 0"),
+        ({"rrf_k": 0}, "greater than 0"),
+        ({"dense_weight": 0, "lexical_weight": 0}, "both 0"),
+    ],
+)
+def test_fusion_refuses_bad_parameters(fields: dict[str, float], problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        FusionConfig(**fields)
 
 
 class EndlessIndex:

@@ -133,8 +133,9 @@ def test_pair_template_checks_its_own_rules():
 
     with pytest.raises(ValueError, match="lacks"):
         PairTemplate(document_template="no placeholder")
-    with pytest.raises(ValueError, match="a list"):
-        PairTemplate(metadata_keys="title")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="repeat"):
+        PairTemplate(metadata_keys=("title", "title"))
+    assert PairTemplate(metadata_keys="title, year").metadata_keys == ("title", "year")  # as a variable gives them
 
 
 @pytest.mark.parametrize(("size", "overlap"), [(4, 1), (5, 2), (3, 0), (7, 3)])

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 from conftest import fake_cross_encoder
 from pydantic import ValidationError
 
 from llama_index_twostage.errors import ConfigurationError
-from llama_index_twostage.settings import RetrieverSettings, _validate_collection_name
+from llama_index_twostage.retry import RetryPolicy
+from llama_index_twostage.settings import FLAT_NAMES, SECTIONS, RetrieverSettings
+from llama_index_twostage.stage1 import FusionConfig
+from llama_index_twostage.stage2 import CascadeConfig, PairTemplate, RerankServerConfig
+from llama_index_twostage.store import ChromaConfig
+from llama_index_twostage.store.chroma import check_collection_name
 
 TOKEN = "tok-3f9a-very-secret"
 
@@ -80,7 +86,7 @@ def test_plain_settings_ignore_toml_in_cwd(tmp_path, monkeypatch):
 def test_chroma_host_alone_selects_server_mode():
     settings = RetrieverSettings(chroma_host="chroma.internal", chroma_port=9000)
     assert settings.chroma_mode == "server"
-    assert settings.server_address == "chroma.internal:9000"
+    assert settings.chroma.server_address == "chroma.internal:9000"
 
 
 def test_chroma_host_from_env_selects_server_mode(monkeypatch):
@@ -214,7 +220,7 @@ def ephemeral_client():
 @pytest.mark.parametrize("name", CHROMA_NAME_CASES)
 def test_collection_name_validator_agrees_with_chroma(name, ephemeral_client):
     try:
-        _validate_collection_name(name)
+        check_collection_name(name)
         ours = True
     except ValueError:
         ours = False
@@ -409,11 +415,11 @@ def test_malformed_toml_and_a_folder_are_one_clear_error(tmp_path):
 
 def test_rerank_metadata_keys_read_from_the_environment_comma_separated_or_as_json(twostage_env):
     twostage_env(RERANK_METADATA_KEYS="title, section")
-    assert RetrieverSettings().rerank_metadata_keys == ["title", "section"]
+    assert RetrieverSettings().rerank_metadata_keys == ("title", "section")
     twostage_env(RERANK_METADATA_KEYS='["title"]')
-    assert RetrieverSettings().rerank_metadata_keys == ["title"]
+    assert RetrieverSettings().rerank_metadata_keys == ("title",)
     twostage_env(RERANK_METADATA_KEYS="")
-    assert RetrieverSettings().rerank_metadata_keys == []
+    assert RetrieverSettings().rerank_metadata_keys == ()
     assert RetrieverSettings(rerank_metadata_keys=None).rerank_metadata_keys is None
 
 
@@ -432,3 +438,74 @@ def test_an_empty_lexical_dir_is_the_default_location_and_refresh_is_checked(mon
     assert RetrieverSettings().lexical_refresh_s <= 10
     with pytest.raises(ValidationError, match="lexical_refresh_s"):
         RetrieverSettings(lexical_refresh_s=-1)
+
+
+# Composition: each component's config is a section; every flat name keeps working.
+
+
+def test_flat_names_and_sections_build_the_same_settings(monkeypatch):
+    flat = RetrieverSettings(
+        chroma_host="h", chroma_retries=5, rrf_k=30, rerank_metadata_keys=["title"], cascade_k=20, cascade_max_length=64
+    )
+    sectioned = RetrieverSettings(
+        chroma=ChromaConfig(host="h", retry=RetryPolicy(retries=5, backoff_s=0.2)),
+        fusion=FusionConfig(rrf_k=30),
+        pair_template=PairTemplate(metadata_keys=("title",)),
+        cascade={"k": 20, "max_length": 64},
+    )
+    assert flat == sectioned
+    assert (flat.chroma.retry.retries, flat.chroma_retries, flat.fusion.rrf_k, flat.cascade_k) == (5, 5, 30, 20)
+    assert flat.chroma.mode == "server"  # the host alone selects server mode in either form
+
+
+def test_every_flat_name_is_a_variable_and_reads_back(monkeypatch):
+    monkeypatch.setenv("TWOSTAGE_CHROMA_RETRY_BACKOFF_S", "1.5")
+    monkeypatch.setenv("twostage_lexical_language", "german")  # any case, as before
+    monkeypatch.setenv("TWOSTAGE_RERANK_URL", "http://a:1/rerank, http://b:2/rerank")
+    settings = RetrieverSettings()
+    assert settings.chroma.retry.backoff_s == 1.5 and settings.lexical.language == "german"
+    assert settings.rerank_server.urls == ("http://a:1/rerank", "http://b:2/rerank")
+    assert set(settings.to_dict()) == set(RetrieverSettings.model_fields) - set(SECTIONS) | set(FLAT_NAMES)
+
+
+def test_sectioned_toml_mixes_with_flat_keys_and_the_environment_wins_setting_by_setting(tmp_path, monkeypatch):
+    path = tmp_path / "settings.toml"
+    path.write_text('recall_k = 40\nrrf_k = 20\n[chroma]\nhost = "h"\nport = 9\n[chroma.retry]\nretries = 7\n')
+    monkeypatch.setenv("TWOSTAGE_CHROMA_PORT", "10")
+    settings = RetrieverSettings.from_toml(path, top_k=4)
+    assert (settings.chroma.host, settings.chroma.port, settings.chroma.retry.retries) == ("h", 10, 7)
+    assert (settings.recall_k, settings.top_k, settings.fusion.rrf_k, settings.chroma.mode) == (40, 4, 20, "server")
+
+
+def test_a_setting_given_flat_and_in_its_section_is_refused(tmp_path):
+    path = tmp_path / "settings.toml"
+    path.write_text("chroma_port = 9\n[chroma]\nport = 10\n")
+    with pytest.raises(ConfigurationError, match="chroma_port is given twice"):
+        RetrieverSettings.from_toml(path)
+
+
+def test_errors_name_the_flat_setting_even_inside_a_section():
+    with pytest.raises(ValidationError) as raised:
+        RetrieverSettings(chroma={"retry": {"retries": -1}})
+    assert [error["loc"] for error in raised.value.errors()] == [("chroma_retries",)]
+
+
+def test_a_copy_with_changes_is_validated_like_new_settings():
+    settings = RetrieverSettings(recall_k=20, chroma_host="h")
+    assert settings.replace(top_k=10).top_k == 10 and settings.replace(top_k=10).chroma.host == "h"
+    with pytest.raises(ValidationError, match="recall_k"):
+        settings.model_copy(update={"top_k": 50})  # pydantic's copy would take it unchecked
+    assert settings.model_copy(update={"lexical_dir": "/x"}).lexical.dir == Path("/x")
+
+
+def test_each_component_checks_its_own_rules_without_the_settings():
+    with pytest.raises(ValidationError, match="both 0"):
+        FusionConfig(dense_weight=0, lexical_weight=0)
+    with pytest.raises(ValidationError, match="lacks"):
+        PairTemplate(query_template="no query")
+    with pytest.raises(ValidationError, match="names a replica twice"):
+        RerankServerConfig(urls="http://a/r,http://a/r")
+    with pytest.raises(ValidationError, match="needs chroma_host"):
+        ChromaConfig(mode="server")
+    with pytest.raises(ConfigurationError, match="the shortlist must hold top_k"):
+        CascadeConfig(k=3).check(top_k=5, backend="torch", max_length=None)

@@ -140,24 +140,25 @@ def test_verify_uses_the_recorded_contract(client):
     ],
 )
 def test_describe_store(settings, expected):
-    assert ChromaStore.from_settings(settings).describe() == expected
+    assert ChromaStore(settings.collection, settings.chroma).describe() == expected
 
 
 def test_store_takes_every_setting_it_reads_per_instance():
     settings = RetrieverSettings(
         collection="docs", chroma_host="h", chroma_port=9, chroma_timeout_s=0.5, chroma_retries=4, hnsw_ef_search=300
     )
-    store = ChromaStore.from_settings(settings)
-    assert (store.collection_name, store.host, store.port, store.timeout_s, store.retries) == ("docs", "h", 9, 0.5, 4)
+    store = ChromaStore(settings.collection, settings.chroma)
+    retries = store.config.retry.retries
+    assert (store.collection_name, store.host, store.port, store.timeout_s, retries) == ("docs", "h", 9, 0.5, 4)
     assert store.hnsw == HnswParameters(ef_search=300)
-    other = ChromaStore.from_settings(settings.model_copy(update={"chroma_timeout_s": 3.0}))
+    other = ChromaStore(settings.collection, settings.replace(chroma_timeout_s=3.0).chroma)
     assert (store.timeout_s, other.timeout_s) == (0.5, 3.0)
 
 
 def test_store_checks_its_own_rules():
-    with pytest.raises(ConfigurationError, match="needs a host"):
+    with pytest.raises(ConfigurationError, match="needs chroma_host"):
         ChromaStore(mode="server")
-    with pytest.raises(ConfigurationError, match="timeout_s must be positive"):
+    with pytest.raises(ConfigurationError, match="timeout_s: Input should be greater than 0"):
         ChromaStore(mode="memory", timeout_s=0)
 
 
