@@ -33,6 +33,7 @@ from llama_index_twostage.models import ModelPool
 from llama_index_twostage.nodes import STAGE_KEY, StagedNode, stage_info
 from llama_index_twostage.pipeline import (
     TwoStagePipeline,
+    TwoStageQueryEngine,
     TwoStageRetriever,
     build_query_engine,
     build_reranker,
@@ -41,29 +42,44 @@ from llama_index_twostage.pipeline import (
     ingest_documents,
     verify_collection_integrity,
 )
+from llama_index_twostage.retry import RetryPolicy
 from llama_index_twostage.settings import RetrieverSettings
-from llama_index_twostage.stage1 import ChromaRecallRetriever, HybridRecallRetriever
+from llama_index_twostage.stage1 import ChromaRecallRetriever, FusionConfig, HybridRecallRetriever
 from llama_index_twostage.stage2 import (
+    CascadeConfig,
     CrossEncoderRerank,
     CrossEncoderScorer,
     HttpRerankScorer,
     PairScorer,
     PairTemplate,
+    RerankServerConfig,
     ScoreCache,
 )
-from llama_index_twostage.store import ChromaStore, LexicalFolder, LexicalIndex, TantivyIndex, VerifyReport
+from llama_index_twostage.store import (
+    ChromaConfig,
+    ChromaStore,
+    LexicalConfig,
+    LexicalFolder,
+    LexicalIndex,
+    TantivyIndex,
+    VerifyReport,
+)
 
 __all__ = [
     "STAGE_KEY",
     "StagedNode",
     "ChromaAuthenticationError",
     "ChromaServerError",
+    "CascadeConfig",
+    "ChromaConfig",
     "ChromaRecallRetriever",
     "ChromaStore",
     "Chunking",
     "CrossEncoderScorer",
     "HttpRerankScorer",
+    "FusionConfig",
     "HybridRecallRetriever",
+    "LexicalConfig",
     "LexicalIndex",
     "LexicalFolder",
     "LexicalIndexBusy",
@@ -87,10 +103,13 @@ __all__ = [
     "ModelLoadError",
     "ModelOutputError",
     "RerankAuthenticationError",
+    "RerankServerConfig",
     "RerankServerError",
+    "RetryPolicy",
     "RetrieverSettings",
     "TantivyIndex",
     "TwoStageError",
+    "TwoStageQueryEngine",
     "TwoStageRetriever",
     "VerifyReport",
     "build_query_engine",

@@ -137,7 +137,7 @@ def test_what_a_build_function_returns_keeps_its_pipeline_and_closes_it(ingested
         assert_final(retriever.retrieve(some_queries[0]), ingested.settings.top_k)
         assert store.is_open
     assert not store.is_open  # the with block closed the pipeline nothing else held
-    engine = build_query_engine(ingested.settings, llm=MockLLM(), response_mode="no_text")
+    engine = build_query_engine(ingested.settings, llm=MockLLM())
     assert isinstance(engine, TwoStageQueryEngine)
     assert_final(engine.query(some_queries[0]).source_nodes, ingested.settings.top_k)
     engine_store = engine.retriever.store
