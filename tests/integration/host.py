@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conftest import HashEmbedding  # noqa: E402
 from llama_index.core import Document  # noqa: E402
+from support import HashEmbedding  # noqa: E402
 
 from llama_index_twostage.nodes import stage_info  # noqa: E402
 from llama_index_twostage.pipeline import TwoStagePipeline  # noqa: E402

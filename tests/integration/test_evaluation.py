@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from bs4 import BeautifulSoup
-from conftest import RecordingPairs, RecordingScorer
+from support import RecordingPairs, RecordingScorer
 from typer.testing import CliRunner
 
 from llama_index_twostage.cli import app

@@ -29,8 +29,8 @@ def documents(n: int = 10) -> list[Document]:
 
 
 @pytest.fixture
-def server_settings(restartable_server, cheap_settings):
-    """``server_settings(**overrides)``: settings for the test's own server, with fast retries."""
+def restartable_settings(restartable_server, cheap_settings):
+    """``restartable_settings(**overrides)``: settings for the test's own server, with fast retries."""
 
     def make(**overrides):
         address = {"chroma_host": restartable_server.host, "chroma_port": restartable_server.port}
@@ -40,9 +40,9 @@ def server_settings(restartable_server, cheap_settings):
 
 
 @pytest.fixture
-def on_server(server_settings, hash_embedding):
-    """Server settings with a small collection already ingested."""
-    settings = server_settings(recall_k=5)
+def small_collection(restartable_settings, hash_embedding):
+    """Settings of a small collection already ingested on the test's own server."""
+    settings = restartable_settings(recall_k=5)
     ingest_documents(documents(), settings, embed_model=hash_embedding)
     return settings
 
@@ -71,8 +71,8 @@ def query_until_failure(retriever, expected: list[str], failed: threading.Event)
     return outcomes
 
 
-def test_server_killed_mid_query_fails_clearly_then_recovers(on_server, restartable_server, retriever_for):
-    retriever = retriever_for(on_server)
+def test_server_killed_mid_query_fails_clearly_then_recovers(small_collection, restartable_server, retriever_for):
+    retriever = retriever_for(small_collection)
     expected = ids(retriever.retrieve("bees"))
     failed = threading.Event()
     with ThreadPoolExecutor(4) as pool:
@@ -85,9 +85,9 @@ def test_server_killed_mid_query_fails_clearly_then_recovers(on_server, restarta
 
 
 async def test_server_killed_mid_async_queries_fails_clearly_then_recovers(
-    retriever_for, on_server, restartable_server, hash_embedding
+    retriever_for, small_collection, restartable_server, hash_embedding
 ):
-    retriever = retriever_for(on_server)
+    retriever = retriever_for(small_collection)
     expected = ids(await retriever.aretrieve("bees"))
 
     async def one_query() -> str:
@@ -107,8 +107,8 @@ async def test_server_killed_mid_async_queries_fails_clearly_then_recovers(
 
 
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
-async def test_hung_server_times_out_then_recovers(on_server, restartable_server, retriever_for, asynchronous):
-    settings = on_server.model_copy(update={"chroma_timeout_s": 1.0, "chroma_retries": 1})
+async def test_hung_server_times_out_then_recovers(small_collection, restartable_server, retriever_for, asynchronous):
+    settings = small_collection.model_copy(update={"chroma_timeout_s": 1.0, "chroma_retries": 1})
     retriever = retriever_for(settings)
     expected = ids(await retriever.aretrieve("bees") if asynchronous else retriever.retrieve("bees"))
     restartable_server.pause()
@@ -120,8 +120,8 @@ async def test_hung_server_times_out_then_recovers(on_server, restartable_server
     assert ids(await retriever.aretrieve("bees") if asynchronous else retriever.retrieve("bees")) == expected
 
 
-def test_retries_ride_out_a_short_outage(on_server, restartable_server, retriever_for):
-    settings = on_server.model_copy(update={"chroma_retries": 8, "chroma_retry_backoff_s": 0.2})
+def test_retries_ride_out_a_short_outage(small_collection, restartable_server, retriever_for):
+    settings = small_collection.model_copy(update={"chroma_retries": 8, "chroma_retry_backoff_s": 0.2})
     retriever = retriever_for(settings)
     expected = ids(retriever.retrieve("bees"))
     restartable_server.kill()
@@ -133,8 +133,8 @@ def test_retries_ride_out_a_short_outage(on_server, restartable_server, retrieve
         restarting.join()
 
 
-def test_no_retries_fail_on_the_first_error(on_server, restartable_server, retriever_for, caplog):
-    retriever = retriever_for(on_server.model_copy(update={"chroma_retries": 0}))
+def test_no_retries_fail_on_the_first_error(small_collection, restartable_server, retriever_for, caplog):
+    retriever = retriever_for(small_collection.model_copy(update={"chroma_retries": 0}))
     retriever.retrieve("bees")
     restartable_server.kill()
     with pytest.raises(ChromaUnavailableError):
@@ -143,11 +143,11 @@ def test_no_retries_fail_on_the_first_error(on_server, restartable_server, retri
 
 
 @pytest.mark.timeout(30)
-def test_two_stores_on_one_server_keep_their_own_timeouts(on_server, restartable_server, retriever_for):
+def test_two_stores_on_one_server_keep_their_own_timeouts(small_collection, restartable_server, retriever_for):
     """A second store on the same server with a shorter timeout used to get the first one's client: asked for
     0.5 s against a hung server, it waited the first one's timeout (here 60 s, past this test's 30 s limit)."""
-    patient = retriever_for(on_server.model_copy(update={"chroma_timeout_s": 60.0, "chroma_retries": 0}))
-    impatient = retriever_for(on_server.model_copy(update={"chroma_timeout_s": 0.5, "chroma_retries": 0}))
+    patient = retriever_for(small_collection.model_copy(update={"chroma_timeout_s": 60.0, "chroma_retries": 0}))
+    impatient = retriever_for(small_collection.model_copy(update={"chroma_timeout_s": 0.5, "chroma_retries": 0}))
     expected = ids(patient.retrieve("bees"))
     assert ids(impatient.retrieve("bees")) == expected
     # chromadb offers no timeout setting; the store bounds its client's session (see bound_request_timeout).
@@ -183,8 +183,8 @@ def stored_ids(settings) -> list[str]:
         return sorted(store.open_collection().get(include=[])["ids"])
 
 
-def test_server_killed_mid_ingestion_rerun_completes_exactly(restartable_server, server_settings, hash_embedding):
-    settings = server_settings(upsert_batch_size=4, embed_batch_size=4)
+def test_server_killed_mid_ingestion_rerun_completes_exactly(restartable_server, restartable_settings, hash_embedding):
+    settings = restartable_settings(upsert_batch_size=4, embed_batch_size=4)
     corpus = documents(30)
     with pytest.raises(ChromaUnavailableError):
         ingest_documents(corpus, settings, embed_model=KillingEmbedding(hash_embedding, restartable_server))
@@ -200,13 +200,13 @@ def test_server_killed_mid_ingestion_rerun_completes_exactly(restartable_server,
 
 
 @pytest.mark.parametrize("shutdown", ["stop", "kill"])
-def test_data_persists_across_restarts(on_server, restartable_server, retriever_for, shutdown):
-    retriever = retriever_for(on_server)
-    before = (stored_ids(on_server), ids(retriever.retrieve("tides")))
+def test_data_persists_across_restarts(small_collection, restartable_server, retriever_for, shutdown):
+    retriever = retriever_for(small_collection)
+    before = (stored_ids(small_collection), ids(retriever.retrieve("tides")))
     getattr(restartable_server, shutdown)()
     restartable_server.start()
-    assert (stored_ids(on_server), ids(retriever.retrieve("tides"))) == before
-    assert verify_collection_integrity(on_server).ok
+    assert (stored_ids(small_collection), ids(retriever.retrieve("tides"))) == before
+    assert verify_collection_integrity(small_collection).ok
 
 
 # --- embedded stores that cannot be used ------------------------------------------------------------------------
@@ -248,8 +248,10 @@ def test_corrupt_store_fails_clearly(cheap_settings, tmp_path, hash_embedding):
 SECRET = "tok-4d2e-never-print-me"
 
 
-def test_token_never_logged_or_in_errors(retriever_for, restartable_server, server_settings, hash_embedding, caplog):
-    settings = server_settings(chroma_token=SECRET)
+def test_token_never_logged_or_in_errors(
+    retriever_for, restartable_server, restartable_settings, hash_embedding, caplog
+):
+    settings = restartable_settings(chroma_token=SECRET)
     retriever = retriever_for(settings)
     with caplog.at_level("DEBUG"):
         ingest_documents(documents(3), settings, embed_model=hash_embedding)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import HashEmbedding
 from llama_index.core import Document
 from llama_index.core.vector_stores.types import ExactMatchFilter, MetadataFilters
+from support import HashEmbedding
 from typer.testing import CliRunner
 
 from llama_index_twostage.cli import app

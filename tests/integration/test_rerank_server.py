@@ -12,15 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import INFINITY, INFINITY_KEY
 from llama_index.core.llms import MockLLM
 from pydantic import SecretStr
+from servers import LocalInfinityServer
+from support import INFINITY, INFINITY_KEY
 from typer.testing import CliRunner
 
 from llama_index_twostage import RerankAuthenticationError, RerankServerError
 from llama_index_twostage.cli import app
 from llama_index_twostage.stage2 import CrossEncoderScorer, HttpRerankScorer
-from llama_index_twostage.testing import LocalInfinityServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -40,7 +40,7 @@ def server_options(server, **overrides):
 
 
 @pytest.fixture(scope="module")
-def on_server(infinity_server, ingested, pipeline_for):
+def reranked_by_server(infinity_server, ingested, pipeline_for):
     """The embedded SciFact subset, reranked by the server (score cache off: every pair goes to the server)."""
     return pipeline_for(ingested.settings.model_copy(update=server_options(infinity_server, score_cache_size=0)))
 
@@ -75,8 +75,8 @@ def test_server_scores_equal_the_local_cross_encoder(infinity_server, candidates
         scorer.close()
 
 
-def test_pipeline_on_the_server_returns_the_local_top_k(on_server, ingested, queries, same_ranking):
-    local, remote = ingested.pipeline.two_stage_retriever(), on_server.two_stage_retriever()
+def test_pipeline_on_the_server_returns_the_local_top_k(reranked_by_server, ingested, queries, same_ranking):
+    local, remote = ingested.pipeline.two_stage_retriever(), reranked_by_server.two_stage_retriever()
     for query in queries:
         expected, got = local.retrieve(query), remote.retrieve(query)
         scores = {r.node.node_id: r.score for r in expected}
@@ -95,10 +95,10 @@ def assert_close(got: list[list[tuple[str, float]]], expected: list[list[tuple[s
     assert np.allclose([s for run in got for _, s in run], [s for run in expected for _, s in run], atol=TOLERANCE)
 
 
-async def test_concurrent_aretrieve_and_aquery_equal_sequential_runs(on_server, some_queries):
+async def test_concurrent_aretrieve_and_aquery_equal_sequential_runs(reranked_by_server, some_queries):
     """CONCURRENCY calls at once, half aretrieve and half aquery, over the few queries (3 candidates each)."""
-    small = on_server.settings.model_copy(update={"recall_k": 3, "top_k": 2})
-    pipeline = type(on_server)(small, models=on_server.models, store=on_server.store)
+    small = reranked_by_server.settings.model_copy(update={"recall_k": 3, "top_k": 2})
+    pipeline = type(reranked_by_server)(small, models=reranked_by_server.models, store=reranked_by_server.store)
     asked = [some_queries[i % len(some_queries)] for i in range(CONCURRENCY // 2)]
     retriever, engine = pipeline.two_stage_retriever(), pipeline.query_engine(llm=MockLLM())
     expected = {query: ranking(await retriever.aretrieve(query)) for query in set(asked)}

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import RERANK_DIR, RecordingPairs, RecordingScorer, scifact_subset
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from safetensors.torch import load_file, save_file
 from sentence_transformers import CrossEncoder
+from support import RERANK_DIR, RecordingPairs, RecordingScorer, scifact_subset
 
 from llama_index_twostage import ModelOutputError, PairTemplate, RetrieverSettings
 from llama_index_twostage.errors import ConfigurationError

@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import fake_cross_encoder
 from pydantic import ValidationError
+from support import fake_cross_encoder
 
 from llama_index_twostage.errors import ConfigurationError
 from llama_index_twostage.settings import RetrieverSettings, _validate_collection_name
