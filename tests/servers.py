@@ -95,15 +95,23 @@ class LocalServer:
         except httpx.HTTPError:
             return False
 
-    def connected_clients(self) -> int:
-        """Connections established to the server's port now (a client's request is in flight or about to be)."""
+    def clients(self) -> set[tuple[str, int]]:
+        """The addresses of the clients connected to the server now (loopback: visible from this machine)."""
         import psutil
 
-        return sum(
-            1
+        return {
+            (connection.raddr.ip, connection.raddr.port)
             for connection in psutil.net_connections("tcp")
-            if connection.status == psutil.CONN_ESTABLISHED and connection.laddr and connection.laddr.port == self.port
-        )
+            if connection.status == psutil.CONN_ESTABLISHED and connection.laddr.port == self.port and connection.raddr
+        }
+
+    def wait_for_a_new_client(self, known: set[tuple[str, int]], timeout_s: float = 60.0) -> None:
+        """Until a client not in ``known`` has connected (a request is on its way); AssertionError after
+        ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not self.clients() - known:
+            assert time.monotonic() < deadline, f"no new client connected to {self.name} within {timeout_s:g}s"
+            time.sleep(0.01)
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_bytes()[-chars:].decode(errors="replace") if self.log_path.exists() else ""

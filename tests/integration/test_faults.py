@@ -5,6 +5,7 @@ recovers without rebuilding anything once the server is back."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -57,13 +58,15 @@ def ids(nodes) -> list[str]:
     return [scored.node.node_id for scored in nodes]
 
 
-def query_until_failure(retriever, expected: list[str], failed: threading.Event) -> list[str]:
-    """Query in a loop until one query fails; every answer before must be the right one."""
+def query_until_failure(retriever, expected: list[str], answered: threading.Event, failed: threading.Event) -> list:
+    """Query in a loop until one query fails; every answer before must be the right one (``answered`` is set after
+    the first)."""
     outcomes = []
     while not failed.is_set():
         try:
             assert ids(retriever.retrieve("bees")) == expected
             outcomes.append("ok")
+            answered.set()
         except ChromaUnavailableError as error:
             assert "chroma run" in str(error)
             failed.set()
@@ -74,10 +77,11 @@ def query_until_failure(retriever, expected: list[str], failed: threading.Event)
 def test_server_killed_mid_query_fails_clearly_then_recovers(small_collection, restartable_server, retriever_for):
     retriever = retriever_for(small_collection)
     expected = ids(retriever.retrieve("bees"))
-    failed = threading.Event()
+    answered, failed = threading.Event(), threading.Event()
     with ThreadPoolExecutor(4) as pool:
-        loops = [pool.submit(query_until_failure, retriever, expected, failed) for _ in range(4)]
-        threading.Timer(0.5, restartable_server.kill).start()
+        loops = [pool.submit(query_until_failure, retriever, expected, answered, failed) for _ in range(4)]
+        assert answered.wait(timeout=60)  # the loops are querying: now the crash lands mid-query
+        restartable_server.kill()
         outcomes = [outcome for loop in loops for outcome in loop.result()]
     assert "ok" in outcomes and "unavailable" in outcomes
     restartable_server.start()
@@ -120,17 +124,38 @@ async def test_hung_server_times_out_then_recovers(small_collection, restartable
     assert ids(await retriever.aretrieve("bees") if asynchronous else retriever.retrieve("bees")) == expected
 
 
+class RetryWatch(logging.Handler):
+    """Sets ``seen`` when the store logs that it is retrying a failed call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "retrying" in record.getMessage():
+            self.seen.set()
+
+
 def test_retries_ride_out_a_short_outage(small_collection, restartable_server, retriever_for):
     settings = small_collection.model_copy(update={"chroma_retries": 8, "chroma_retry_backoff_s": 0.2})
     retriever = retriever_for(settings)
     expected = ids(retriever.retrieve("bees"))
     restartable_server.kill()
-    restarting = threading.Timer(0.5, restartable_server.start)
+    retried = RetryWatch()
+    logging.getLogger("llama_index_twostage.store.chroma").addHandler(retried)
+
+    def restart_once_retrying() -> None:
+        retried.seen.wait(60)
+        restartable_server.start()
+
+    restarting = threading.Thread(target=restart_once_retrying)
     restarting.start()
     try:
         assert ids(retriever.retrieve("bees")) == expected  # retried until the server was back
     finally:
+        retried.seen.set()
         restarting.join()
+        logging.getLogger("llama_index_twostage.store.chroma").removeHandler(retried)
 
 
 def test_no_retries_fail_on_the_first_error(small_collection, restartable_server, retriever_for, caplog):

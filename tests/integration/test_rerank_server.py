@@ -5,7 +5,6 @@ while the other serves, and refused keys."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -115,8 +114,9 @@ async def test_a_server_killed_mid_query_is_named_then_served_again_after_a_rest
     scorer = scorer_on(infinity_server, timeout_s=5.0, retries=1, retry_backoff_s=0.1, max_documents=4)
     bound = (scorer.retries + 1) * 3 * scorer.timeout_s + scorer.retries * scorer.timeout_s  # 3 phases per attempt
     try:
+        known = infinity_server.clients()
         in_flight = asyncio.create_task(scorer.ascore(query, texts))
-        await asyncio.sleep(0.5)  # requests sent (a trigger, not a measurement)
+        await asyncio.to_thread(infinity_server.wait_for_a_new_client, known)  # the requests are on their way
         await asyncio.to_thread(infinity_server.kill)
         with pytest.raises(RerankServerError) as raised:
             await asyncio.wait_for(in_flight, bound)  # an error, never a hang
@@ -178,8 +178,9 @@ def test_a_replica_killed_mid_query_leaves_the_results_unchanged(infinity_server
     )
     try:
         with ThreadPoolExecutor(1) as caller:
+            known = second_infinity_server.clients()
             in_flight = caller.submit(scorer.score, query, texts)  # the sync path: 4 requests across 2 replicas
-            time.sleep(0.5)  # requests sent (a trigger, not a measurement)
+            second_infinity_server.wait_for_a_new_client(known)  # its requests are on their way
             second_infinity_server.kill()
             scores = in_flight.result(timeout=300)
         np.testing.assert_allclose(scores, reference, atol=TOLERANCE)

@@ -128,7 +128,7 @@ def test_reindex_swaps_atomically_under_concurrent_queries(server_settings, host
     with TwoStagePipeline(server_settings, embed_model=hash_embedding) as pipeline:
         pipeline.ingest([article(i) for i in range(8)])
         watcher = start_host(host_a, server_settings, "watch", "marker report", 8)
-        time.sleep(3)  # the watcher is up and querying
+        assert watcher.stdout is not None and watcher.stdout.readline().strip() == "watching"
         for _ in range(3):
             assert pipeline.reindex() == 24
         generations = [entry for entry in pipeline.lexical.path.iterdir() if entry.name.startswith("gen-")]
