@@ -70,20 +70,11 @@ async def test_concurrent_aretrieve_and_aquery_keep_the_loop_free(small_on_serve
     assert ticks >= 5, "the event loop was starved while the queries ran"
 
 
-def test_embedding_model_loads_once_under_concurrent_first_use(ingested, monkeypatch):
-    from llama_index.embeddings import huggingface
-
-    constructed = []
-    real = huggingface.HuggingFaceEmbedding
-
-    def counting(*args, **kwargs):
-        constructed.append(kwargs["model_name"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(huggingface, "HuggingFaceEmbedding", counting)
+def test_embedding_model_loads_once_under_concurrent_first_use(settings_for, caplog):
     shared = ModelPool()  # a new pool: nothing loaded yet; every pipeline below shares it
-    pipelines = [TwoStagePipeline(ingested.settings, models=shared) for _ in range(CONCURRENCY)]
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
+    pipelines = [TwoStagePipeline(settings_for("memory"), models=shared) for _ in range(CONCURRENCY)]
+    with caplog.at_level("INFO", logger="llama_index_twostage.models"), ThreadPoolExecutor(CONCURRENCY) as pool:
         models = list(pool.map(lambda pipeline: pipeline.embed_model, pipelines))
-    assert len(constructed) == 1
+    loads = [record for record in caplog.records if record.getMessage().startswith("loading embedding model")]
+    assert len(loads) == 1
     assert all(model is models[0] for model in models)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -275,14 +276,17 @@ def test_a_two_output_model_ranks_through_the_pipeline(
 
 
 def test_evaluation_reads_the_title_only_when_asked(settings_for, tmp_path):
-    titled = scifact_subset(title_as_metadata=True)
+    subset = scifact_subset(title_as_metadata=True).limit(3)
+    relevant = [doc_id for judged in subset.qrels.values() for doc_id in judged]
+    others = [doc_id for doc_id in subset.corpus if doc_id not in relevant][:20]  # enough to rank against: cheap
+    titled = replace(subset, corpus={doc_id: subset.corpus[doc_id] for doc_id in relevant + others})
     assert titled.name == "scifact-title-metadata"
     some_doc = next(iter(titled.corpus.values()))
     assert some_doc.metadata["title"] and some_doc.metadata["title"] not in some_doc.text
     settings = settings_for("embedded", persist_dir=tmp_path, recall_k=5, top_k=5, rerank_metadata_keys=[])
-    without = evaluate(titled, settings, sweep=[5], limit=3)
+    without = evaluate(titled, settings, sweep=[5])
     with_title = evaluate(
-        titled, RetrieverSettings(**{**settings.model_dump(), "rerank_metadata_keys": ["title"]}), sweep=[5], limit=3
+        titled, RetrieverSettings(**{**settings.model_dump(), "rerank_metadata_keys": ["title"]}), sweep=[5]
     )
     assert with_title.ingest["added"] == 0  # one stage 1 for both: only what the reranker reads differs
     assert [t.candidates for t in without.traces] == [t.candidates for t in with_title.traces]
