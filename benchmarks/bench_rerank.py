@@ -43,6 +43,7 @@ import peers
 import torch
 from bench_anchor_quality import SHARED, STOCK_MAX_LENGTH, corpus_subset
 from llama_index.core.schema import Document, NodeWithScore, TextNode
+from loopback import LocalInfinityServer
 from sentence_transformers import SentenceTransformer
 
 from llama_index_twostage import (
@@ -56,7 +57,6 @@ from llama_index_twostage import (
 from llama_index_twostage.evaluation import evaluate_run, load_beir
 from llama_index_twostage.nodes import stage_info
 from llama_index_twostage.stage2.auto import Agreement, cpu
-from llama_index_twostage.testing import LocalInfinityServer
 from llama_index_twostage.timing import Stopwatch
 
 TOP_K = 10  # nDCG@10 reads a full list

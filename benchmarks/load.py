@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llama_index.core.base.base_retriever import BaseRetriever
+from loopback import LocalChromaServer
 
 from llama_index_twostage import RetrieverSettings, build_retriever, build_two_stage_retriever, ingest_documents
 from llama_index_twostage.evaluation.datasets import load_beir
-from llama_index_twostage.testing import LocalChromaServer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

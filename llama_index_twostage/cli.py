@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from llama_index_twostage.errors import ConfigurationError, DocumentError, TwoStageError, one_line
-from llama_index_twostage.ingest.files import FolderDocuments, read_files
+from llama_index_twostage.errors import ConfigurationError, TwoStageError, one_line
+from llama_index_twostage.ingest.sources import load_documents
 from llama_index_twostage.nodes import stage_info
 from llama_index_twostage.pipeline import TwoStagePipeline
 from llama_index_twostage.redaction import Redactor
@@ -129,30 +129,6 @@ def fail(message: str) -> NoReturn:
     """End the command with one red line on stderr and exit code 2."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
-
-
-def load_documents(path: Path, limit: int | None = None, source: str | None = None) -> FolderDocuments:
-    """A BEIR corpus (``corpus.jsonl`` or a folder holding one), else the text files of a folder (or one file),
-    named ``source`` where given."""
-    from llama_index_twostage.evaluation.datasets import load_beir_corpus
-
-    if limit is not None and limit < 1:
-        raise ConfigurationError(f"--limit must be at least 1, got {limit}: leave it out to ingest every document")
-    corpus = path / "corpus.jsonl" if path.is_dir() else path
-    if corpus.suffix == ".jsonl" and corpus.is_file():
-        read = FolderDocuments(load_beir_corpus(corpus))
-    else:
-        read = read_files(path, source)
-    if read.skipped:
-        logger.warning(
-            "skipped %d files: %s",
-            len(read.skipped),
-            "; ".join(f"{name} ({why})" for name, why in read.skipped.items()),
-        )
-    if not read.documents:
-        raise DocumentError(f"no documents to ingest in {str(path)!r}: {len(read.skipped)} files, none of them text")
-    read.documents = read.documents[:limit]
-    return read
 
 
 def _one_line(error: Exception) -> str:

@@ -27,8 +27,7 @@ from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_va
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from llama_index_twostage.errors import ConfigurationError
-from llama_index_twostage.ingest.ingestion import Chunking
-from llama_index_twostage.ingest.transform import check_splitter
+from llama_index_twostage.ingest.transform import Chunking, check_splitter
 from llama_index_twostage.models import looks_like_local_path
 from llama_index_twostage.stage1.fusion import FusionConfig, Stage1Mode
 from llama_index_twostage.stage2.backends import BackendSetting

@@ -1,6 +1,7 @@
 """Retrieval evaluation: benchmark loaders, BEIR-compatible metrics, and the two-stage evaluation report."""
 
-from llama_index_twostage.evaluation.compare import Stage1Comparison, compare_stage1, parse_modes, write_comparison
+from llama_index_twostage.evaluation.artifacts import write_comparison, write_report
+from llama_index_twostage.evaluation.compare import Stage1Comparison, compare_stage1, parse_modes
 from llama_index_twostage.evaluation.datasets import (
     DatasetError,
     RetrievalDataset,
@@ -20,9 +21,10 @@ from llama_index_twostage.evaluation.metrics import (
     recall_at_k,
     relevant_ranks,
 )
-from llama_index_twostage.evaluation.report import EvaluationReport, SweepPoint, format_table, write_report
+from llama_index_twostage.evaluation.report import EvaluationReport, SweepPoint, format_table
 from llama_index_twostage.evaluation.runner import collection_name, evaluate, evaluate_stage1_modes
-from llama_index_twostage.evaluation.sweep import QueryTrace, parse_sweep
+from llama_index_twostage.evaluation.sweep import parse_sweep
+from llama_index_twostage.evaluation.traces import QueryTrace
 
 __all__ = [
     "DatasetError",

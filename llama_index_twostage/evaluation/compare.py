@@ -13,17 +13,15 @@ point -> recall), ``two_stage_ndcg@10`` and ``pairs_per_query`` at the operating
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any, get_args
 
 from llama_index_twostage.errors import ConfigurationError
 from llama_index_twostage.evaluation.datasets import RetrievalDataset
 from llama_index_twostage.evaluation.metrics import Qrels, recall_curve
-from llama_index_twostage.evaluation.report import NDCG, EvaluationReport, write_report
+from llama_index_twostage.evaluation.report import NDCG, EvaluationReport
 from llama_index_twostage.evaluation.runner import evaluate_stage1_modes
 from llama_index_twostage.settings import RetrieverSettings, Stage1Mode
 
@@ -130,17 +128,3 @@ def parse_modes(text: str) -> list[Stage1Mode]:
     if unknown:
         raise ConfigurationError(f"unknown stage-1 modes {unknown}: use {', '.join(get_args(Stage1Mode))}")
     return modes  # type: ignore[return-value]
-
-
-def write_comparison(comparison: Stage1Comparison, out_dir: str | Path) -> dict[str, Path]:
-    """Each mode's report in ``out_dir/<mode>/``, ``comparison.json`` and ``stage1_recall.png`` in ``out_dir``."""
-    from llama_index_twostage.evaluation.plots import plot_stage1_recall
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for mode, report in comparison.reports.items():
-        write_report(report, out / mode)
-    paths = {"comparison.json": out / "comparison.json", "stage1_recall.png": out / "stage1_recall.png"}
-    paths["comparison.json"].write_text(json.dumps(comparison.to_dict(), indent=2) + "\n", encoding="utf-8")
-    plot_stage1_recall(comparison, paths["stage1_recall.png"])
-    return paths

@@ -9,27 +9,27 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from llama_index.core.schema import Document
 
-from llama_index_twostage.errors import TwoStageError
+from llama_index_twostage.ingest.beir import (
+    BEIR_LAYOUT,
+    DatasetError,
+    iter_jsonl_records,
+    load_beir_corpus,
+    required_field,
+)
 
 logger = logging.getLogger(__name__)
 
-BEIR_LAYOUT = "<dir>/corpus.jsonl, <dir>/queries.jsonl, <dir>/qrels/<split>.tsv"
 ACCEPTED_LAYOUTS = (
     f"a BEIR directory ({BEIR_LAYOUT}), the path of a BEIR corpus.jsonl, "
     "or a LlamaIndex EmbeddingQAFinetuneDataset .json file"
 )
 _QA_KEYS = ("queries", "corpus", "relevant_docs")
-
-
-class DatasetError(TwoStageError, ValueError):
-    """A dataset is missing, laid out wrongly or malformed."""
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,8 @@ def load_beir(path: str | Path, split: str = "test", *, title_as_metadata: bool 
     qrels = _read_qrels_tsv(qrels_path)
     corpus = _unique_ids(load_beir_corpus(corpus_path, title_as_metadata=title_as_metadata), corpus_path)
     queries = {
-        qid: str(_field(record, "text", queries_path, lineno))
-        for lineno, qid, record in _iter_jsonl_records(queries_path)
+        qid: str(required_field(record, "text", queries_path, lineno))
+        for lineno, qid, record in iter_jsonl_records(queries_path)
         if qid in qrels
     }
     return _assemble(f"{root.name}-title-metadata" if title_as_metadata else root.name, corpus, queries, qrels)
@@ -133,15 +133,6 @@ def load_llamaindex_qa(path: str | Path) -> RetrievalDataset:
     return _assemble(file.stem, corpus, queries, qrels)
 
 
-def load_beir_corpus(path: str | Path, *, title_as_metadata: bool = False) -> list[Document]:
-    """The documents of a BEIR ``corpus.jsonl``, in file order: the title joined to the text, or with
-    ``title_as_metadata`` the text alone and the title in ``metadata["title"]`` (which the bi-encoder embeds, as
-    LlamaIndex does, and the reranker reads only when ``rerank_metadata_keys`` names it or is unset)."""
-    corpus_path = _require_file(Path(path))
-    make = _titled_document if title_as_metadata else _beir_document
-    return [make(doc_id, record) for _, doc_id, record in _iter_jsonl_records(corpus_path)]
-
-
 def _unique_ids(documents: list[Document], path: Path) -> dict[str, Document]:
     """Documents by id; an id twice is refused (a dict would silently keep the last copy), as ingestion does."""
     corpus: dict[str, Document] = {}
@@ -159,53 +150,6 @@ def _require_file(path: Path) -> Path:
             "or a LlamaIndex EmbeddingQAFinetuneDataset .json file"
         )
     return path
-
-
-def _iter_jsonl_records(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
-    """Stream (line number, ``_id``, record) from a BEIR jsonl file, skipping
-    blank lines; the line number lets callers report bad fields precisely."""
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise DatasetError(f"{path}:{lineno}: expected a JSON object")
-            yield lineno, str(_field(record, "_id", path, lineno)), record
-
-
-def _field(record: Mapping[str, Any], key: str, path: Path, lineno: int) -> Any:
-    """A required field of a jsonl record, with file and line in the error."""
-    if key not in record:
-        raise DatasetError(f"{path}:{lineno}: missing field {key!r}")
-    return record[key]
-
-
-def _beir_document(doc_id: str, record: Mapping[str, Any]) -> Document:
-    """BEIR record -> Document whose text is "title\\ntext".
-
-    The title is also kept as metadata but excluded from the embed/LLM views,
-    otherwise LlamaIndex would prepend it a second time when embedding.
-    """
-    title = record.get("title") or ""
-    text = record.get("text") or ""
-    if not title:
-        return Document(id_=doc_id, text=text)
-    return Document(
-        id_=doc_id,
-        text=f"{title}\n{text}",
-        metadata={"title": title},
-        excluded_embed_metadata_keys=["title"],
-        excluded_llm_metadata_keys=["title"],
-    )
-
-
-def _titled_document(doc_id: str, record: Mapping[str, Any]) -> Document:
-    title = record.get("title") or ""
-    return Document(id_=doc_id, text=record.get("text") or "", metadata={"title": title} if title else {})
 
 
 def _read_qrels_tsv(path: Path) -> dict[str, dict[str, int]]:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from llama_index_twostage.evaluation.metrics import relevant_ranks
-from llama_index_twostage.evaluation.sweep import QueryTrace
+from llama_index_twostage.evaluation.traces import QueryTrace
 
 HIT = "hit"
 RERANKER_MISS = "reranker_miss"

@@ -1,7 +1,7 @@
 """The evaluation report: what each stage contributes, what recall_k you need, and the files that show it.
 
-:func:`build_report` turns the per-query traces into metrics (pure; no models), :func:`write_report` writes them
-to a folder and :func:`format_table` renders the summary a terminal prints.
+:func:`build_report` turns the per-query traces into metrics (pure; no models) and :func:`format_table` renders the
+summary a terminal prints; :func:`~llama_index_twostage.evaluation.artifacts.write_report` writes them to a folder.
 
 ``report.json`` schema (version 1; keys are stable, new keys may be added):
 
@@ -26,6 +26,9 @@ to a folder and :func:`format_table` renders the summary a terminal prints.
 - ``ingest``: what ingestion did this run (``added`` is 0 when the corpus was already embedded).
 - ``settings``: ``RetrieverSettings.to_dict()`` of the evaluation (Chroma token masked).
 
+The files an evaluation writes (``report.json``, ``per_query.csv``, the figures, ``report.html``) are written by
+:mod:`~llama_index_twostage.evaluation.artifacts`.
+
 ``per_query.csv``: one row per query: ``query_id``, ``outcome``, ``stage1_<metric>`` and ``two_stage_<metric>`` for
 the four quality metrics, ``stage1_ms``, ``stage2_ms``, ``pairs`` and ``relevant`` (``doc:stage1->final(side)`` for
 each relevant doc: ``none`` for no rank; side, for a retrieved doc, is the stage-1 side that found it: ``dense``,
@@ -36,18 +39,15 @@ each relevant doc: ``none`` for no rank; side, for a retrieved doc, is the stage
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from llama_index_twostage.evaluation.diagnosis import DocDiagnosis, QueryDiagnosis, diagnose, summarize
+from llama_index_twostage.evaluation.diagnosis import QueryDiagnosis, diagnose, summarize
 from llama_index_twostage.evaluation.metrics import Qrels, evaluate_run, per_query_metrics
-from llama_index_twostage.evaluation.sweep import QueryTrace
+from llama_index_twostage.evaluation.traces import QueryTrace
 
 SCHEMA_VERSION = 1
 NDCG = "ndcg@10"
@@ -219,55 +219,6 @@ def build_report(
         settings=settings,
         ingest=ingest,
     )
-
-
-def _rank(rank: int | None) -> str:
-    return "none" if rank is None else str(rank)
-
-
-def _movement(doc: DocDiagnosis) -> str:
-    side = f"({doc.found_by})" if doc.found_by else ""
-    return f"{doc.doc_id}:{_rank(doc.stage1_rank)}->{_rank(doc.final_rank)}{side}"
-
-
-def _csv_rows(report: EvaluationReport) -> list[dict[str, Any]]:
-    rows = []
-    for trace, diagnosis in zip(report.traces, report.diagnoses):
-        metrics = report.per_query[trace.query_id]
-        row: dict[str, Any] = {"query_id": trace.query_id, "outcome": diagnosis.outcome}
-        for stage in ("stage1", "two_stage"):
-            row.update({f"{stage}_{key}": round(metrics[f"{stage}_{key}"], 6) for key in report.quality_keys})
-        row["stage1_ms"] = round(trace.stage1_ms, 3)
-        row["stage2_ms"] = round(trace.stage2_ms[report.recall_k], 3)
-        row["pairs"] = trace.pairs(report.recall_k)
-        row["relevant"] = " ".join(_movement(doc) for doc in diagnosis.docs)
-        rows.append(row)
-    return rows
-
-
-def write_report(report: EvaluationReport, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``report.json``, ``per_query.csv``, ``sweep.png``, ``rank_movement.png`` and ``report.html`` (the
-    page that shows them all: :mod:`~llama_index_twostage.evaluation.html`); returns their paths."""
-    from llama_index_twostage.evaluation.html import write_html
-    from llama_index_twostage.evaluation.plots import plot_rank_movement, plot_sweep
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / name for name in ("report.json", "per_query.csv", "sweep.png", "rank_movement.png")}
-    paths["report.json"].write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-    rows = _csv_rows(report)
-    with paths["per_query.csv"].open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["query_id"])
-        writer.writeheader()
-        writer.writerows(rows)
-    plot_sweep(report, paths["sweep.png"])
-    plot_rank_movement(report, paths["rank_movement.png"])
-    figures = {
-        "Quality and cost against recall_k": paths["sweep.png"],
-        "Where the relevant documents went: stage-1 rank against final rank": paths["rank_movement.png"],
-    }
-    paths["report.html"] = write_html(report, figures, out / "report.html")
-    return paths
 
 
 def format_table(report: EvaluationReport) -> str:

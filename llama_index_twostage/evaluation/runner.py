@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from llama_index_twostage.evaluation.datasets import RetrievalDataset
 from llama_index_twostage.evaluation.report import EvaluationReport, build_report
-from llama_index_twostage.evaluation.sweep import QueryTrace, sweep_points
+from llama_index_twostage.evaluation.sweep import sweep_points
+from llama_index_twostage.evaluation.traces import QueryTrace
 from llama_index_twostage.models import ModelPool
 from llama_index_twostage.nodes import stage_info
 from llama_index_twostage.pipeline import TwoStagePipeline

@@ -32,14 +32,13 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import BaseNode, Document, MetadataMode
 from llama_index.core.vector_stores.utils import node_to_metadata_dict
 from tqdm.auto import tqdm
 
 from llama_index_twostage.errors import ConfigurationError, DocumentError, LexicalIndexBusy
 from llama_index_twostage.ingest.documents import Source, collect_sources
-from llama_index_twostage.ingest.transform import NodeSplitter, Splitting, rekeyed
+from llama_index_twostage.ingest.transform import Chunking, NodeSplitter, Splitting, rekeyed
 from llama_index_twostage.models import embedding_dimension, embedding_model_name
 from llama_index_twostage.nodes import model_text
 from llama_index_twostage.store.chroma import ChromaStore
@@ -66,31 +65,6 @@ logger = logging.getLogger(__name__)
 _SOURCES_PER_LOOKUP = 256
 _NODE_ID_NAMESPACE = uuid.UUID("5f1b3c9e-2d4a-4c1e-9a7b-7e6f0d2c8a41")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Chunking:
-    """How documents are split: LlamaIndex's ``SentenceSplitter`` with this chunk size and overlap, in tokens."""
-
-    chunk_size: int = 512
-    chunk_overlap: int = 64
-
-    def __post_init__(self) -> None:
-        if self.chunk_size <= 0 or not 0 <= self.chunk_overlap < self.chunk_size:
-            raise ConfigurationError(
-                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size}), "
-                "and neither negative"
-            )
-
-    @property
-    def identity(self) -> tuple[int, int]:
-        """What of the chunking goes into each document's hash."""
-        return (self.chunk_size, self.chunk_overlap)
-
-    def splitter(self) -> SentenceSplitter:
-        return SentenceSplitter(
-            chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap, include_prev_next_rel=False
-        )
 
 
 @dataclass(frozen=True)
@@ -427,7 +401,7 @@ def _embed_and_write(writer: Writer, nodes: list[BaseNode], embed_model: BaseEmb
 def _open_for_writing(store: ChromaStore, embed_model: BaseEmbedding, batch_size: int) -> tuple[Collection, int]:
     """The collection (created with the model's contract, or checked against it) and the upsert batch size."""
     contract = CollectionContract(
-        embedding_model_name(embed_model), embedding_dimension(embed_model), store.config.distance_space
+        embedding_model_name(embed_model), embedding_dimension(embed_model), store.distance_space
     )
     collection = store.with_retries(partial(store.create_or_open_collection, contract))
     return collection, min(batch_size, store.max_batch_size())

@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.ingestion import run_transformations
@@ -33,10 +33,6 @@ def check_splitter(name: str) -> str:
     raise ValueError(f"unknown splitter {name!r}: choose {SPLITTERS}")
 
 
-if TYPE_CHECKING:
-    from llama_index_twostage.ingest.ingestion import Chunking
-
-
 class NodeSplitter(Protocol):
     """What turns one document into its chunks (LlamaIndex's node parsers have this method)."""
 
@@ -50,6 +46,31 @@ class Splitting(Protocol):
     def identity(self) -> tuple[int, int] | str: ...
 
     def splitter(self) -> NodeSplitter: ...
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How documents are split: LlamaIndex's ``SentenceSplitter`` with this chunk size and overlap, in tokens."""
+
+    chunk_size: int = 512
+    chunk_overlap: int = 64
+
+    def __post_init__(self) -> None:
+        if self.chunk_size <= 0 or not 0 <= self.chunk_overlap < self.chunk_size:
+            raise ConfigurationError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size}), "
+                "and neither negative"
+            )
+
+    @property
+    def identity(self) -> tuple[int, int]:
+        """What of the chunking goes into each document's hash."""
+        return (self.chunk_size, self.chunk_overlap)
+
+    def splitter(self) -> SentenceSplitter:
+        return SentenceSplitter(
+            chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap, include_prev_next_rel=False
+        )
 
 
 def preset(name: str, chunking: Chunking, embed_model: BaseEmbedding) -> Transformations | None:

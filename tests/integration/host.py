@@ -8,7 +8,8 @@ Actions:
     ingest VERSION I...     ingest ``article(i, VERSION)`` for each i
     delete ID...            delete documents
     query TEXT              lexical ids of a fresh process's first query
-    watch TEXT SECONDS      the number of lexical hits of TEXT, queried in a loop for SECONDS (a long-lived retriever)
+    watch TEXT SECONDS      the number of lexical hits of TEXT, queried in a loop for SECONDS (a long-lived retriever;
+                            prints "watching" once the first query has answered)
     hold SECONDS            hold the live lexical index's writer lock (print "held" once taken)
     reconcile               a full reconcile (``verify --repair``)
 """
@@ -22,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conftest import HashEmbedding  # noqa: E402
 from llama_index.core import Document  # noqa: E402
+from support import HashEmbedding  # noqa: E402
 
 from llama_index_twostage.nodes import stage_info  # noqa: E402
 from llama_index_twostage.pipeline import TwoStagePipeline  # noqa: E402
@@ -60,9 +61,11 @@ def main(settings_json: str, action: str, *args: str) -> dict:
         if action == "watch":
             retriever = pipeline.retriever(stage1_mode="lexical")
             seen, deadline = [], time.monotonic() + float(args[1])
-            while time.monotonic() < deadline:
+            while not seen or time.monotonic() < deadline:
                 nodes = retriever.retrieve(args[0])
                 seen.append(sum("lexical_rank" in stage_info(scored) for scored in nodes))
+                if len(seen) == 1:
+                    print("watching", flush=True)  # the first answer is in: the caller may start writing
             return {"hits": seen}
         if action == "hold":
             live = pipeline.lexical._writing()  # the live generation's tantivy index  # noqa: SLF001

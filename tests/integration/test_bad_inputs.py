@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 from llama_index.core.embeddings import MockEmbedding
@@ -18,7 +20,8 @@ from llama_index_twostage.errors import (
     ModelLoadError,
 )
 from llama_index_twostage.nodes import stage_info
-from llama_index_twostage.pipeline import ingest_documents
+from llama_index_twostage.pipeline import TwoStagePipeline, ingest_documents
+from llama_index_twostage.stage2.scorers import TokenWindow
 from llama_index_twostage.store import CollectionContract
 
 pytestmark = pytest.mark.integration
@@ -250,6 +253,39 @@ def test_unloadable_cross_encoder_is_named(settings_for, pipeline_for, tmp_path)
     assert "rerank_model" in str(excinfo.value) and str(broken) in str(excinfo.value)
 
 
+def with_remote_code(model_dir: str, folder: Path, auto_class: str, marker: Path) -> str:
+    """``model_dir`` (linked, not copied) whose config names custom code, as a hub repository with remote code does;
+    the code, if anything runs it, writes ``marker``."""
+    folder.mkdir()
+    for entry in Path(model_dir).iterdir():
+        if entry.name != "config.json":
+            (folder / entry.name).symlink_to(entry)
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    config["auto_map"] = {auto_class: "custom_model.CustomModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "custom_model.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n")
+    return str(folder)
+
+
+@pytest.mark.timeout(120)
+def test_remote_code_is_not_run_by_default(settings_for, embed_model_dir, rerank_model_dir, tmp_path):
+    """LlamaIndex's stock SentenceTransformerRerank trusts remote code; here neither model runs the code its
+    repository ships unless trust_remote_code is set."""
+    marker = tmp_path / "remote-code-ran"
+    settings = settings_for(
+        "memory",
+        embed_model=with_remote_code(embed_model_dir, tmp_path / "embed", "AutoModel", marker),
+        rerank_model=with_remote_code(
+            rerank_model_dir, tmp_path / "rerank", "AutoModelForSequenceClassification", marker
+        ),
+    )
+    assert settings.trust_remote_code is False
+    with TwoStagePipeline(settings) as pipeline:  # a pool of its own: both models load here
+        assert len(pipeline.embed_model.get_text_embedding("bees")) == 384
+        assert len(pipeline.reranker().scorer.score("bees", ["Bees make honey."])) == 1
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("window", [128, 256, 512])
 def test_truncation_count_equals_tokenizing_each_pair(ingested, pipeline_for, scifact, window):
     """Counting from cached per-text token counts gives exactly what tokenizing every (query, text) pair gives."""
@@ -265,18 +301,16 @@ def test_truncation_count_equals_tokenizing_each_pair(ingested, pipeline_for, sc
     assert scorer.window.count_truncated(query, texts) == expected  # the second time from the cache
 
 
-def test_repeated_texts_are_not_tokenized_again_for_counting(ingested, scifact, monkeypatch):
+def test_repeated_texts_are_not_tokenized_again_for_counting(scifact, rerank_model_dir):
+    """A window keeps each text's token count: candidates seen with one query are looked up, not tokenized, with the
+    next, and the count is what a fresh window computes."""
+    from transformers import AutoTokenizer
+
     texts = [document.text for document in scifact.corpus.values()][:20]
-    window = ingested.pipeline.reranker().scorer.window
-    tokenizer = window.tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(rerank_model_dir)
+    window = TokenWindow(tokenizer, 256)
     window.count_truncated("first query", texts)
-    calls: list[int] = []
-    original = type(tokenizer).__call__
-
-    def counting(self, text, *args, **kwargs):
-        calls.append(len(text) if isinstance(text, list) else 1)
-        return original(self, text, *args, **kwargs)
-
-    monkeypatch.setattr(type(tokenizer), "__call__", counting)
-    window.count_truncated("another query about the same candidates", texts)
-    assert calls == [1]  # only the new query
+    assert (window.token_counts.stats().hits, window.token_counts.stats().misses) == (0, 20)
+    again = window.count_truncated("another query about the same candidates", texts)
+    assert (window.token_counts.stats().hits, window.token_counts.stats().misses) == (20, 20)
+    assert again == TokenWindow(tokenizer, 256).count_truncated("another query about the same candidates", texts) > 0

@@ -16,23 +16,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def subset_ids(scifact) -> list[str]:
-    """The relevant documents of the first queries plus some others: small enough to embed again quickly."""
-    relevant = [doc_id for qid in list(scifact.qrels)[:4] for doc_id in scifact.qrels[qid]]
-    others = [doc_id for doc_id in scifact.corpus if doc_id not in relevant][:20]
-    return relevant + others
-
-
-@pytest.fixture(scope="module")
-def on_server(chroma_server, settings_for, pipeline_for, scifact, subset_ids):
-    host, port = chroma_server
-    pipeline = pipeline_for(settings_for("server", chroma_host=host, chroma_port=port, recall_k=12, top_k=4))
-    report = pipeline.ingest([scifact.corpus[doc_id] for doc_id in subset_ids])
-    assert report.added == report.stored_total > 0
-    return pipeline
-
-
-@pytest.fixture(scope="module")
 def same_docs_embedded(ingested, pipeline_for, subset_ids):
     """The session's embedded collection restricted to the same documents (same chunk ids, same vectors)."""
     filters = MetadataFilters(filters=[MetadataFilter(key="doc_id", value=subset_ids, operator=FilterOperator.IN)])
@@ -43,23 +26,23 @@ def ids(nodes) -> list[str]:
     return [n.node.node_id for n in nodes]
 
 
-def test_server_collection_records_the_contract(on_server):
-    contract = CollectionContract.of(on_server.store.open_collection())
+def test_server_collection_records_the_contract(server_pipeline):
+    contract = CollectionContract.of(server_pipeline.store.open_collection())
     assert contract is not None
     assert model_identity(contract.embed_model) == "all-MiniLM-L6-v2"
     assert (contract.dimension, contract.space) == (384, "cosine")
 
 
-def test_reingesting_on_server_adds_nothing(on_server, scifact, subset_ids):
-    again = on_server.ingest([scifact.corpus[doc_id] for doc_id in subset_ids])
-    assert again.added == 0 and again.stored_total == on_server.store.open_collection().count()
+def test_reingesting_on_server_adds_nothing(server_pipeline, scifact, subset_ids):
+    again = server_pipeline.ingest([scifact.corpus[doc_id] for doc_id in subset_ids])
+    assert again.added == 0 and again.stored_total == server_pipeline.store.open_collection().count()
 
 
-async def test_stage1_server_sync_async_and_embedded_agree(on_server, same_docs_embedded, some_queries):
+async def test_stage1_server_sync_async_and_embedded_agree(server_pipeline, same_docs_embedded, some_queries):
     embedded_pipeline, filters = same_docs_embedded
     # Dense: BM25 statistics differ between a collection and a filtered view of a larger one (test_hybrid_stage1
     # holds hybrid to server/embedded and sync/async agreement on identical corpora).
-    server = on_server.retriever(stage1_mode="dense")
+    server = server_pipeline.retriever(stage1_mode="dense")
     embedded = embedded_pipeline.retriever(filters=filters, stage1_mode="dense")
     for query in some_queries:
         reference = embedded.retrieve(query)
@@ -71,9 +54,9 @@ async def test_stage1_server_sync_async_and_embedded_agree(on_server, same_docs_
         assert [n.score for n in asynchronous] == pytest.approx([n.score for n in reference], abs=1e-5)
 
 
-async def test_two_stage_on_server_matches_embedded(on_server, same_docs_embedded, some_queries):
+async def test_two_stage_on_server_matches_embedded(server_pipeline, same_docs_embedded, some_queries):
     embedded_pipeline, filters = same_docs_embedded
-    server = build_two_stage_retriever(on_server.settings)  # the two-line convenience, from settings alone
+    server = build_two_stage_retriever(server_pipeline.settings)  # the two-line convenience, from settings alone
     reference = embedded_pipeline.two_stage_retriever(filters=filters).retrieve(some_queries[0])
     sync = server.retrieve(some_queries[0])
     asynchronous = await server.aretrieve(some_queries[0])
@@ -83,8 +66,8 @@ async def test_two_stage_on_server_matches_embedded(on_server, same_docs_embedde
 
 
 @pytest.fixture(scope="module")
-def server_candidates(on_server, some_queries):
-    return on_server.retriever().retrieve(some_queries[1]), some_queries[1]
+def server_candidates(server_pipeline, some_queries):
+    return server_pipeline.retriever().retrieve(some_queries[1]), some_queries[1]
 
 
 def reranker(pipeline, **update) -> CrossEncoderRerank:
@@ -93,22 +76,22 @@ def reranker(pipeline, **update) -> CrossEncoderRerank:
     return TwoStagePipeline(settings, models=pipeline.models, store=pipeline.store, lexical=pipeline.lexical).reranker()
 
 
-def test_score_threshold_drops_low_scores(on_server, server_candidates):
+def test_score_threshold_drops_low_scores(server_pipeline, server_candidates):
     candidates, query = server_candidates
-    everything = reranker(on_server).postprocess_nodes(candidates, query_str=query)
+    everything = reranker(server_pipeline).postprocess_nodes(candidates, query_str=query)
     threshold = everything[len(everything) // 2].score  # keeps about half
-    kept = reranker(on_server, score_threshold=threshold).postprocess_nodes(candidates, query_str=query)
+    kept = reranker(server_pipeline, score_threshold=threshold).postprocess_nodes(candidates, query_str=query)
     assert 0 < len(kept) < len(everything)
     assert all(n.score >= threshold for n in kept)
     assert ids(kept) == [n.node.node_id for n in everything if n.score >= threshold]
     assert [stage_info(n)["final_rank"] for n in kept] == list(range(1, len(kept) + 1))
 
 
-def test_normalize_does_not_apply_a_second_sigmoid(on_server, server_candidates):
+def test_normalize_does_not_apply_a_second_sigmoid(server_pipeline, server_candidates):
     # The test reranker already outputs sigmoid scores: normalize must leave them alone.
     candidates, query = server_candidates
-    plain = reranker(on_server).postprocess_nodes(candidates, query_str=query)
-    normalized = reranker(on_server, normalize_scores=True).postprocess_nodes(candidates, query_str=query)
+    plain = reranker(server_pipeline).postprocess_nodes(candidates, query_str=query)
+    normalized = reranker(server_pipeline, normalize_scores=True).postprocess_nodes(candidates, query_str=query)
     assert ids(plain) == ids(normalized)
     assert [n.score for n in normalized] == pytest.approx([n.score for n in plain], abs=1e-6)
     assert all(0.0 <= n.score <= 1.0 for n in normalized)

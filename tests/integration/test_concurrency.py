@@ -28,14 +28,10 @@ def queries(some_queries) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def on_server(chroma_server, settings_for, pipeline_for, scifact):
-    """A small collection on the session's `chroma run` (the relevant documents of the first queries + others)."""
-    relevant = [doc_id for qid in list(scifact.qrels)[:4] for doc_id in scifact.qrels[qid]]
-    others = [doc_id for doc_id in scifact.corpus if doc_id not in relevant][:12]
-    host, port = chroma_server
-    pipeline = pipeline_for(settings_for("server", chroma_host=host, chroma_port=port, recall_k=8, top_k=3))
-    pipeline.ingest([scifact.corpus[doc_id] for doc_id in relevant + others])
-    return pipeline
+def small_on_server(server_pipeline, pipeline_for) -> TwoStagePipeline:
+    """The session's pipeline on `chroma run`, with fewer candidates (8) and results (3)."""
+    small = server_pipeline.settings.model_copy(update={"recall_k": 8, "top_k": 3})
+    return pipeline_for(small, store=server_pipeline.store)
 
 
 def test_threads_get_the_sequential_results(ingested, pipeline_for, queries):
@@ -46,9 +42,9 @@ def test_threads_get_the_sequential_results(ingested, pipeline_for, queries):
     assert [ranking(result) for result in results] == [expected[query] for query in queries]
 
 
-async def test_concurrent_aretrieve_and_aquery_keep_the_loop_free(on_server, queries):
-    stage1 = on_server.retriever()
-    engine = on_server.query_engine(llm=MockLLM())
+async def test_concurrent_aretrieve_and_aquery_keep_the_loop_free(small_on_server, queries):
+    stage1 = small_on_server.retriever()
+    engine = small_on_server.query_engine(llm=MockLLM())
     expected_stage1 = {query: ranking(stage1.retrieve(query)) for query in set(queries)}
     expected_final = {query: ranking(engine.query(query).source_nodes) for query in set(queries)}
     ticks = 0
@@ -74,20 +70,11 @@ async def test_concurrent_aretrieve_and_aquery_keep_the_loop_free(on_server, que
     assert ticks >= 5, "the event loop was starved while the queries ran"
 
 
-def test_embedding_model_loads_once_under_concurrent_first_use(ingested, monkeypatch):
-    from llama_index.embeddings import huggingface
-
-    constructed = []
-    real = huggingface.HuggingFaceEmbedding
-
-    def counting(*args, **kwargs):
-        constructed.append(kwargs["model_name"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(huggingface, "HuggingFaceEmbedding", counting)
+def test_embedding_model_loads_once_under_concurrent_first_use(settings_for, caplog):
     shared = ModelPool()  # a new pool: nothing loaded yet; every pipeline below shares it
-    pipelines = [TwoStagePipeline(ingested.settings, models=shared) for _ in range(CONCURRENCY)]
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
+    pipelines = [TwoStagePipeline(settings_for("memory"), models=shared) for _ in range(CONCURRENCY)]
+    with caplog.at_level("INFO", logger="llama_index_twostage.models"), ThreadPoolExecutor(CONCURRENCY) as pool:
         models = list(pool.map(lambda pipeline: pipeline.embed_model, pipelines))
-    assert len(constructed) == 1
+    loads = [record for record in caplog.records if record.getMessage().startswith("loading embedding model")]
+    assert len(loads) == 1
     assert all(model is models[0] for model in models)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from bs4 import BeautifulSoup
-from conftest import RecordingPairs, RecordingScorer
+from support import RecordingPairs, RecordingScorer
 from typer.testing import CliRunner
 
 from llama_index_twostage.cli import app
@@ -131,12 +131,18 @@ def check_html_report(page: Path, report: dict) -> None:
     assert all("\u2192" in row.find_all("td")[-1].get_text() for row in rows)
 
 
-def test_cli_eval_writes_the_report_files(tmp_path_factory: pytest.TempPathFactory) -> None:
-    data = _write_scifact_subset(tmp_path_factory.mktemp("data") / "scifact-mini")
+@pytest.fixture(scope="module")
+def mini_beir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small BEIR folder and the store its evaluations share: the first `twostage eval` embeds it, the next finds
+    it embedded (what a second eval on the same data does)."""
+    return _write_scifact_subset(tmp_path_factory.mktemp("data") / "scifact-mini"), tmp_path_factory.mktemp("store")
+
+
+def test_cli_eval_writes_the_report_files(tmp_path_factory: pytest.TempPathFactory, mini_beir) -> None:
+    data, store = mini_beir
     out = tmp_path_factory.mktemp("report")
     args = ["eval", str(data), "--out", str(out), "--limit", "5", "--sweep", "5,10", "--top-k", "5"]
-    args += ["--embed-model", str(EMBED), "--rerank-model", str(RERANK)]
-    args += ["--persist-dir", str(tmp_path_factory.mktemp("mini-store"))]
+    args += ["--embed-model", str(EMBED), "--rerank-model", str(RERANK), "--persist-dir", str(store)]
     result = CliRunner().invoke(app, args, env={"TWOSTAGE_MAX_LENGTH": "256", "TWOSTAGE_SHOW_PROGRESS": "false"})
     assert result.exit_code == 0, result.output
     assert "recommended recall_k" in result.output
@@ -154,12 +160,12 @@ def test_cli_eval_writes_the_report_files(tmp_path_factory: pytest.TempPathFacto
     assert report["settings"]["collection"] == "eval-scifact-mini-all-MiniLM-L6-v2"
 
 
-def test_cli_eval_compares_stage1_modes(tmp_path_factory: pytest.TempPathFactory) -> None:
-    data = _write_scifact_subset(tmp_path_factory.mktemp("data") / "scifact-compare")
+def test_cli_eval_compares_stage1_modes(tmp_path_factory: pytest.TempPathFactory, mini_beir) -> None:
+    data, store = mini_beir
     out = tmp_path_factory.mktemp("compare")
     args = ["eval", str(data), "--out", str(out), "--limit", "5", "--sweep", "5,10", "--top-k", "5"]
     args += ["--embed-model", str(EMBED), "--rerank-model", str(RERANK), "--compare-stage1", "dense,hybrid"]
-    args += ["--persist-dir", str(tmp_path_factory.mktemp("compare-store"))]
+    args += ["--persist-dir", str(store)]
     result = CliRunner().invoke(app, args, env={"TWOSTAGE_MAX_LENGTH": "256", "TWOSTAGE_SHOW_PROGRESS": "false"})
     assert result.exit_code == 0, result.output
     assert "stage-1 modes compared (reference dense)" in result.output

@@ -5,6 +5,7 @@ recovers without rebuilding anything once the server is back."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,8 +30,8 @@ def documents(n: int = 10) -> list[Document]:
 
 
 @pytest.fixture
-def server_settings(restartable_server, cheap_settings):
-    """``server_settings(**overrides)``: settings for the test's own server, with fast retries."""
+def restartable_settings(restartable_server, cheap_settings):
+    """``restartable_settings(**overrides)``: settings for the test's own server, with fast retries."""
 
     def make(**overrides):
         address = {"chroma_host": restartable_server.host, "chroma_port": restartable_server.port}
@@ -40,9 +41,9 @@ def server_settings(restartable_server, cheap_settings):
 
 
 @pytest.fixture
-def on_server(server_settings, hash_embedding):
-    """Server settings with a small collection already ingested."""
-    settings = server_settings(recall_k=5)
+def small_collection(restartable_settings, hash_embedding):
+    """Settings of a small collection already ingested on the test's own server."""
+    settings = restartable_settings(recall_k=5)
     ingest_documents(documents(), settings, embed_model=hash_embedding)
     return settings
 
@@ -57,13 +58,15 @@ def ids(nodes) -> list[str]:
     return [scored.node.node_id for scored in nodes]
 
 
-def query_until_failure(retriever, expected: list[str], failed: threading.Event) -> list[str]:
-    """Query in a loop until one query fails; every answer before must be the right one."""
+def query_until_failure(retriever, expected: list[str], answered: threading.Event, failed: threading.Event) -> list:
+    """Query in a loop until one query fails; every answer before must be the right one (``answered`` is set after
+    the first)."""
     outcomes = []
     while not failed.is_set():
         try:
             assert ids(retriever.retrieve("bees")) == expected
             outcomes.append("ok")
+            answered.set()
         except ChromaUnavailableError as error:
             assert "chroma run" in str(error)
             failed.set()
@@ -71,13 +74,14 @@ def query_until_failure(retriever, expected: list[str], failed: threading.Event)
     return outcomes
 
 
-def test_server_killed_mid_query_fails_clearly_then_recovers(on_server, restartable_server, retriever_for):
-    retriever = retriever_for(on_server)
+def test_server_killed_mid_query_fails_clearly_then_recovers(small_collection, restartable_server, retriever_for):
+    retriever = retriever_for(small_collection)
     expected = ids(retriever.retrieve("bees"))
-    failed = threading.Event()
+    answered, failed = threading.Event(), threading.Event()
     with ThreadPoolExecutor(4) as pool:
-        loops = [pool.submit(query_until_failure, retriever, expected, failed) for _ in range(4)]
-        threading.Timer(0.5, restartable_server.kill).start()
+        loops = [pool.submit(query_until_failure, retriever, expected, answered, failed) for _ in range(4)]
+        assert answered.wait(timeout=60)  # the loops are querying: now the crash lands mid-query
+        restartable_server.kill()
         outcomes = [outcome for loop in loops for outcome in loop.result()]
     assert "ok" in outcomes and "unavailable" in outcomes
     restartable_server.start()
@@ -85,9 +89,9 @@ def test_server_killed_mid_query_fails_clearly_then_recovers(on_server, restarta
 
 
 async def test_server_killed_mid_async_queries_fails_clearly_then_recovers(
-    retriever_for, on_server, restartable_server, hash_embedding
+    retriever_for, small_collection, restartable_server, hash_embedding
 ):
-    retriever = retriever_for(on_server)
+    retriever = retriever_for(small_collection)
     expected = ids(await retriever.aretrieve("bees"))
 
     async def one_query() -> str:
@@ -107,8 +111,8 @@ async def test_server_killed_mid_async_queries_fails_clearly_then_recovers(
 
 
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
-async def test_hung_server_times_out_then_recovers(on_server, restartable_server, retriever_for, asynchronous):
-    settings = on_server.model_copy(update={"chroma_timeout_s": 1.0, "chroma_retries": 1})
+async def test_hung_server_times_out_then_recovers(small_collection, restartable_server, retriever_for, asynchronous):
+    settings = small_collection.model_copy(update={"chroma_timeout_s": 1.0, "chroma_retries": 1})
     retriever = retriever_for(settings)
     expected = ids(await retriever.aretrieve("bees") if asynchronous else retriever.retrieve("bees"))
     restartable_server.pause()
@@ -120,21 +124,42 @@ async def test_hung_server_times_out_then_recovers(on_server, restartable_server
     assert ids(await retriever.aretrieve("bees") if asynchronous else retriever.retrieve("bees")) == expected
 
 
-def test_retries_ride_out_a_short_outage(on_server, restartable_server, retriever_for):
-    settings = on_server.model_copy(update={"chroma_retries": 8, "chroma_retry_backoff_s": 0.2})
+class RetryWatch(logging.Handler):
+    """Sets ``seen`` when the store logs that it is retrying a failed call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "retrying" in record.getMessage():
+            self.seen.set()
+
+
+def test_retries_ride_out_a_short_outage(small_collection, restartable_server, retriever_for):
+    settings = small_collection.model_copy(update={"chroma_retries": 8, "chroma_retry_backoff_s": 0.2})
     retriever = retriever_for(settings)
     expected = ids(retriever.retrieve("bees"))
     restartable_server.kill()
-    restarting = threading.Timer(0.5, restartable_server.start)
+    retried = RetryWatch()
+    logging.getLogger("llama_index_twostage.store.chroma").addHandler(retried)
+
+    def restart_once_retrying() -> None:
+        retried.seen.wait(60)
+        restartable_server.start()
+
+    restarting = threading.Thread(target=restart_once_retrying)
     restarting.start()
     try:
         assert ids(retriever.retrieve("bees")) == expected  # retried until the server was back
     finally:
+        retried.seen.set()
         restarting.join()
+        logging.getLogger("llama_index_twostage.store.chroma").removeHandler(retried)
 
 
-def test_no_retries_fail_on_the_first_error(on_server, restartable_server, retriever_for, caplog):
-    retriever = retriever_for(on_server.model_copy(update={"chroma_retries": 0}))
+def test_no_retries_fail_on_the_first_error(small_collection, restartable_server, retriever_for, caplog):
+    retriever = retriever_for(small_collection.model_copy(update={"chroma_retries": 0}))
     retriever.retrieve("bees")
     restartable_server.kill()
     with pytest.raises(ChromaUnavailableError):
@@ -143,11 +168,11 @@ def test_no_retries_fail_on_the_first_error(on_server, restartable_server, retri
 
 
 @pytest.mark.timeout(30)
-def test_two_stores_on_one_server_keep_their_own_timeouts(on_server, restartable_server, retriever_for):
+def test_two_stores_on_one_server_keep_their_own_timeouts(small_collection, restartable_server, retriever_for):
     """A second store on the same server with a shorter timeout used to get the first one's client: asked for
     0.5 s against a hung server, it waited the first one's timeout (here 60 s, past this test's 30 s limit)."""
-    patient = retriever_for(on_server.model_copy(update={"chroma_timeout_s": 60.0, "chroma_retries": 0}))
-    impatient = retriever_for(on_server.model_copy(update={"chroma_timeout_s": 0.5, "chroma_retries": 0}))
+    patient = retriever_for(small_collection.model_copy(update={"chroma_timeout_s": 60.0, "chroma_retries": 0}))
+    impatient = retriever_for(small_collection.model_copy(update={"chroma_timeout_s": 0.5, "chroma_retries": 0}))
     expected = ids(patient.retrieve("bees"))
     assert ids(impatient.retrieve("bees")) == expected
     # chromadb offers no timeout setting; the store bounds its client's session (see bound_request_timeout).
@@ -183,8 +208,8 @@ def stored_ids(settings) -> list[str]:
         return sorted(store.open_collection().get(include=[])["ids"])
 
 
-def test_server_killed_mid_ingestion_rerun_completes_exactly(restartable_server, server_settings, hash_embedding):
-    settings = server_settings(upsert_batch_size=4, embed_batch_size=4)
+def test_server_killed_mid_ingestion_rerun_completes_exactly(restartable_server, restartable_settings, hash_embedding):
+    settings = restartable_settings(upsert_batch_size=4, embed_batch_size=4)
     corpus = documents(30)
     with pytest.raises(ChromaUnavailableError):
         ingest_documents(corpus, settings, embed_model=KillingEmbedding(hash_embedding, restartable_server))
@@ -200,13 +225,13 @@ def test_server_killed_mid_ingestion_rerun_completes_exactly(restartable_server,
 
 
 @pytest.mark.parametrize("shutdown", ["stop", "kill"])
-def test_data_persists_across_restarts(on_server, restartable_server, retriever_for, shutdown):
-    retriever = retriever_for(on_server)
-    before = (stored_ids(on_server), ids(retriever.retrieve("tides")))
+def test_data_persists_across_restarts(small_collection, restartable_server, retriever_for, shutdown):
+    retriever = retriever_for(small_collection)
+    before = (stored_ids(small_collection), ids(retriever.retrieve("tides")))
     getattr(restartable_server, shutdown)()
     restartable_server.start()
-    assert (stored_ids(on_server), ids(retriever.retrieve("tides"))) == before
-    assert verify_collection_integrity(on_server).ok
+    assert (stored_ids(small_collection), ids(retriever.retrieve("tides"))) == before
+    assert verify_collection_integrity(small_collection).ok
 
 
 # --- embedded stores that cannot be used ------------------------------------------------------------------------
@@ -248,8 +273,10 @@ def test_corrupt_store_fails_clearly(cheap_settings, tmp_path, hash_embedding):
 SECRET = "tok-4d2e-never-print-me"
 
 
-def test_token_never_logged_or_in_errors(retriever_for, restartable_server, server_settings, hash_embedding, caplog):
-    settings = server_settings(chroma_token=SECRET)
+def test_token_never_logged_or_in_errors(
+    retriever_for, restartable_server, restartable_settings, hash_embedding, caplog
+):
+    settings = restartable_settings(chroma_token=SECRET)
     retriever = retriever_for(settings)
     with caplog.at_level("DEBUG"):
         ingest_documents(documents(3), settings, embed_model=hash_embedding)

@@ -107,7 +107,7 @@ def test_fuzzed_documents_are_stored_whole_or_refused_whole(cheap_settings, hash
 
 @pytest.fixture(scope="module")
 def small_collection(cheap_settings, pipeline_for):
-    from conftest import HashEmbedding
+    from support import HashEmbedding
 
     pipeline = pipeline_for(cheap_settings("memory", recall_k=3, top_k=2), embed_model=HashEmbedding())
     pipeline.ingest([Document(id_=f"d{i}", text=f"document number {i}") for i in range(5)])

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import HashEmbedding
 from llama_index.core import Document
 from llama_index.core.vector_stores.types import ExactMatchFilter, MetadataFilters
+from support import HashEmbedding
 from typer.testing import CliRunner
 
 from llama_index_twostage.cli import app
@@ -61,10 +61,10 @@ def in_step(pipeline: TwoStagePipeline) -> bool:
 
 def test_both_indexes_hold_the_same_records_through_ingest_replace_and_delete(pipeline):
     pipeline.ingest(corpus())
-    assert in_step(pipeline) and pipeline.lexical.count() > 12
-    report = pipeline.ingest([article(0, version=2), *corpus()[1:]])  # doc-0 gains chunks and loses its old ones
-    assert report.replaced_documents == 1 and report.removed_stale > 0
-    assert in_step(pipeline) and report.lexical_repaired == 0
+    assert in_step(pipeline) and pipeline.lexical.count() == 12 * 3  # three chunks an article
+    report = pipeline.ingest([article(0, version=2), *corpus()[1:]])  # doc-0: its 3 chunks replaced by 5 new ones
+    assert (report.replaced_documents, report.removed_stale, report.added) == (1, 3, 5)
+    assert in_step(pipeline) and report.lexical_repaired == 0 and pipeline.lexical.count() == 11 * 3 + 5
     hits = pipeline.lexical.search("version 0 code0", limit=50).ids
     assert hits and all(
         stage_id in chroma_versions(pipeline.store, pipeline.store.open_collection(), 100)[0] for stage_id in hits

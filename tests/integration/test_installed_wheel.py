@@ -65,6 +65,7 @@ def test_the_installed_wheel_runs_the_cli_and_a_default_query(venv_bin, tmp_path
     }
     where = run(venv_bin / "python", "-c", "import llama_index_twostage as m; print(m.__file__)", cwd=tmp_path)
     assert where.startswith(str(venv_bin.parent)), where  # the wheel's copy, not the checkout's
+    assert not (Path(where).parent / "testing").exists()  # test support stays in tests/ (POSIX-only, checkout)
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "volcano.txt").write_text("A volcano erupts when magma rises through the crust and escapes as lava.")

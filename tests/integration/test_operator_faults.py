@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HASH_MODEL, HashEmbedding
 from llama_index.core import Document
 from pydantic import SecretStr
+from support import HASH_MODEL, HashEmbedding
 
 from llama_index_twostage import (
     ChromaServerError,

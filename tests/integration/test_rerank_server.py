@@ -5,23 +5,22 @@ while the other serves, and refused keys."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import INFINITY, INFINITY_KEY
 from llama_index.core.llms import MockLLM
 from pydantic import SecretStr
+from servers import LocalInfinityServer
+from support import INFINITY, INFINITY_KEY
 from typer.testing import CliRunner
 
 from llama_index_twostage import RerankAuthenticationError, RerankServerError
 from llama_index_twostage.cli import app
 from llama_index_twostage.retry import RetryPolicy
 from llama_index_twostage.stage2 import CrossEncoderScorer, HttpRerankScorer
-from llama_index_twostage.testing import LocalInfinityServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -41,7 +40,7 @@ def server_options(server, **overrides):
 
 
 @pytest.fixture(scope="module")
-def on_server(infinity_server, ingested, pipeline_for):
+def reranked_by_server(infinity_server, ingested, pipeline_for):
     """The embedded SciFact subset, reranked by the server (score cache off: every pair goes to the server)."""
     return pipeline_for(ingested.settings.model_copy(update=server_options(infinity_server, score_cache_size=0)))
 
@@ -76,8 +75,8 @@ def test_server_scores_equal_the_local_cross_encoder(infinity_server, candidates
         scorer.close()
 
 
-def test_pipeline_on_the_server_returns_the_local_top_k(on_server, ingested, queries, same_ranking):
-    local, remote = ingested.pipeline.two_stage_retriever(), on_server.two_stage_retriever()
+def test_pipeline_on_the_server_returns_the_local_top_k(reranked_by_server, ingested, queries, same_ranking):
+    local, remote = ingested.pipeline.two_stage_retriever(), reranked_by_server.two_stage_retriever()
     for query in queries:
         expected, got = local.retrieve(query), remote.retrieve(query)
         scores = {r.node.node_id: r.score for r in expected}
@@ -96,10 +95,10 @@ def assert_close(got: list[list[tuple[str, float]]], expected: list[list[tuple[s
     assert np.allclose([s for run in got for _, s in run], [s for run in expected for _, s in run], atol=TOLERANCE)
 
 
-async def test_concurrent_aretrieve_and_aquery_equal_sequential_runs(on_server, some_queries):
+async def test_concurrent_aretrieve_and_aquery_equal_sequential_runs(reranked_by_server, some_queries):
     """CONCURRENCY calls at once, half aretrieve and half aquery, over the few queries (3 candidates each)."""
-    small = on_server.settings.model_copy(update={"recall_k": 3, "top_k": 2})
-    pipeline = type(on_server)(small, models=on_server.models, store=on_server.store)
+    small = reranked_by_server.settings.model_copy(update={"recall_k": 3, "top_k": 2})
+    pipeline = type(reranked_by_server)(small, models=reranked_by_server.models, store=reranked_by_server.store)
     asked = [some_queries[i % len(some_queries)] for i in range(CONCURRENCY // 2)]
     retriever, engine = pipeline.two_stage_retriever(), pipeline.query_engine(llm=MockLLM())
     expected = {query: ranking(await retriever.aretrieve(query)) for query in set(asked)}
@@ -117,8 +116,9 @@ async def test_a_server_killed_mid_query_is_named_then_served_again_after_a_rest
     retries = scorer.retry.retries
     bound = (retries + 1) * 3 * scorer.timeout_s + retries * scorer.timeout_s  # 3 phases per attempt
     try:
+        known = infinity_server.clients()
         in_flight = asyncio.create_task(scorer.ascore(query, texts))
-        await asyncio.sleep(0.5)  # requests sent (a trigger, not a measurement)
+        await asyncio.to_thread(infinity_server.wait_for_a_new_client, known)  # the requests are on their way
         await asyncio.to_thread(infinity_server.kill)
         with pytest.raises(RerankServerError) as raised:
             await asyncio.wait_for(in_flight, bound)  # an error, never a hang
@@ -183,8 +183,9 @@ def test_a_replica_killed_mid_query_leaves_the_results_unchanged(infinity_server
     )
     try:
         with ThreadPoolExecutor(1) as caller:
+            known = second_infinity_server.clients()
             in_flight = caller.submit(scorer.score, query, texts)  # the sync path: 4 requests across 2 replicas
-            time.sleep(0.5)  # requests sent (a trigger, not a measurement)
+            second_infinity_server.wait_for_a_new_client(known)  # its requests are on their way
             second_infinity_server.kill()
             scores = in_flight.result(timeout=300)
         np.testing.assert_allclose(scores, reference, atol=TOLERANCE)

@@ -59,7 +59,7 @@ def answer(process: subprocess.Popen[str], timeout: float = 120) -> dict:
 
 
 @pytest.fixture
-def on_server(chroma_server, cheap_settings):
+def server_settings(chroma_server, cheap_settings):
     """Settings for a fresh collection on the session's `chroma run`; the lexical index in each host's default
     folder (relative to its working directory), refreshed before every query."""
     host, port = chroma_server
@@ -77,29 +77,29 @@ def host_a(tmp_path, monkeypatch) -> Path:
     return folder
 
 
-def test_another_host_sees_a_replacement_and_a_deletion(on_server, host_a, tmp_path, hash_embedding):
+def test_another_host_sees_a_replacement_and_a_deletion(server_settings, host_a, tmp_path, hash_embedding):
     """Issue item 1: host B replaces a document (same chunk count) and deletes another; a long-lived retriever on
     host A, and a fresh process on A, find B's new text and lose the deleted one; verify on A is clean."""
     host_b = tmp_path / "host-b"
-    with TwoStagePipeline(on_server, embed_model=hash_embedding) as pipeline:
+    with TwoStagePipeline(server_settings, embed_model=hash_embedding) as pipeline:
         pipeline.ingest([article(i) for i in range(6)])
-        assert run_host(host_b, on_server, "ingest", 0, *range(6))["added"] == 0  # B builds its index from Chroma
+        assert run_host(host_b, server_settings, "ingest", 0, *range(6))["added"] == 0  # B builds its index from Chroma
         retriever = pipeline.retriever(stage1_mode="lexical")
         assert len(retriever.retrieve("code3 word0")) == 10
         before = pipeline.lexical.count()
-        assert run_host(host_b, on_server, "ingest", 1, 3)["replaced_documents"] == 1
-        assert run_host(host_b, on_server, "delete", "doc-5")["chunks"] == 3
+        assert run_host(host_b, server_settings, "ingest", 1, 3)["replaced_documents"] == 1
+        assert run_host(host_b, server_settings, "delete", "doc-5")["chunks"] == 3
         found = {scored.node.node_id for scored in retriever.retrieve("word1")}
         replaced = set(pipeline.store.open_collection().get(where={"ref_doc_id": "doc-3"})["ids"])
         assert found == replaced and len(replaced) == 3  # the long-lived retriever sees B's new text
         assert pipeline.lexical.count() == before - 3  # and B's deletion
         assert pipeline.verify().ok
-    assert set(run_host(host_a, on_server, "query", "word1")["ids"]) == replaced  # a fresh process on A too
+    assert set(run_host(host_a, server_settings, "query", "word1")["ids"]) == replaced  # a fresh process on A too
 
 
-def test_reconcile_never_deletes_a_record_chroma_holds(on_server, host_a, hash_embedding):
+def test_reconcile_never_deletes_a_record_chroma_holds(server_settings, host_a, hash_embedding):
     """Issue item 2: another process adds a record while a reconcile runs; the reconcile must not delete it."""
-    with TwoStagePipeline(on_server, embed_model=hash_embedding) as pipeline:
+    with TwoStagePipeline(server_settings, embed_model=hash_embedding) as pipeline:
         pipeline.ingest([article(0), article(1)])
         collection = pipeline.store.open_collection()
         scan = pipeline.store.pages
@@ -107,9 +107,9 @@ def test_reconcile_never_deletes_a_record_chroma_holds(on_server, host_a, hash_e
         def scan_between_writers(*args, **kwargs):
             # another process of this host writes (Chroma, then this host's index) before and after Chroma's scan:
             # whichever index is read second, one of the two records lands between the reads
-            run_host(host_a, on_server, "ingest", 0, 7)
+            run_host(host_a, server_settings, "ingest", 0, 7)
             yield from scan(*args, **kwargs)
-            run_host(host_a, on_server, "ingest", 0, 8)
+            run_host(host_a, server_settings, "ingest", 0, 8)
 
         pipeline.store.pages = scan_between_writers  # type: ignore[method-assign]
         reconcile(pipeline.store, collection, pipeline.lexical, page_size=100)
@@ -122,13 +122,13 @@ def test_reconcile_never_deletes_a_record_chroma_holds(on_server, host_a, hash_e
         assert set(added) <= set(pipeline.lexical.versions()) and pipeline.verify().ok
 
 
-def test_reindex_swaps_atomically_under_concurrent_queries(on_server, host_a, hash_embedding):
+def test_reindex_swaps_atomically_under_concurrent_queries(server_settings, host_a, hash_embedding):
     """Issue item 3: a process on the same host queries in a loop while this one reindexes three times: every
     answer is the full one, never a partial or empty index."""
-    with TwoStagePipeline(on_server, embed_model=hash_embedding) as pipeline:
+    with TwoStagePipeline(server_settings, embed_model=hash_embedding) as pipeline:
         pipeline.ingest([article(i) for i in range(8)])
-        watcher = start_host(host_a, on_server, "watch", "marker report", 8)
-        time.sleep(3)  # the watcher is up and querying
+        watcher = start_host(host_a, server_settings, "watch", "marker report", 8)
+        assert watcher.stdout is not None and watcher.stdout.readline().strip() == "watching"
         for _ in range(3):
             assert pipeline.reindex() == 24
         generations = [entry for entry in pipeline.lexical.path.iterdir() if entry.name.startswith("gen-")]
@@ -137,32 +137,32 @@ def test_reindex_swaps_atomically_under_concurrent_queries(on_server, host_a, ha
     assert len(generations) == 2  # the live one and the one before it; older ones removed
 
 
-def test_queries_never_wait_for_the_writer_lock_and_catch_up_later(on_server, host_a, tmp_path):
+def test_queries_never_wait_for_the_writer_lock_and_catch_up_later(server_settings, host_a, tmp_path):
     """Issue item 4: while another process holds this host's writer lock, a fresh process's query answers from what
     the index holds; once the lock is free, the next query catches up."""
-    run_host(host_a, on_server, "ingest", 0, *range(4))
-    holder = start_host(host_a, on_server, "hold", 20)
+    run_host(host_a, server_settings, "ingest", 0, *range(4))
+    holder = start_host(host_a, server_settings, "hold", 20)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    run_host(tmp_path / "host-b", on_server, "ingest", 2, 1)  # another host changes doc-1
+    run_host(tmp_path / "host-b", server_settings, "ingest", 2, 1)  # another host changes doc-1
     started = time.monotonic()
-    assert run_host(host_a, on_server, "query", "word2")["ids"] == []  # answers from what it has, without waiting
+    assert run_host(host_a, server_settings, "query", "word2")["ids"] == []  # answers from what it has, without waiting
     assert time.monotonic() - started < 15
     holder.terminate()
     holder.wait(timeout=30)
-    assert len(run_host(host_a, on_server, "query", "word2")["ids"]) == 3  # caught up
+    assert len(run_host(host_a, server_settings, "query", "word2")["ids"]) == 3  # caught up
 
 
-def test_read_only_commands_create_nothing(on_server, tmp_path, rerank_model_dir):
+def test_read_only_commands_create_nothing(server_settings, tmp_path, rerank_model_dir):
     """Issue item 4: info, verify and query on a host that never wrote create no folder there (the CLI, as a
     separate process in a fresh working directory)."""
-    run_host(tmp_path / "writer", on_server, "ingest", 0, 0, 1)
+    run_host(tmp_path / "writer", server_settings, "ingest", 0, 0, 1)
     fresh = tmp_path / "reader"
     fresh.mkdir()
     env = {
         **os.environ,
-        "TWOSTAGE_CHROMA_HOST": on_server.chroma_host,
-        "TWOSTAGE_CHROMA_PORT": str(on_server.chroma_port),
-        "TWOSTAGE_COLLECTION": on_server.collection,
+        "TWOSTAGE_CHROMA_HOST": server_settings.chroma_host,
+        "TWOSTAGE_CHROMA_PORT": str(server_settings.chroma_port),
+        "TWOSTAGE_COLLECTION": server_settings.collection,
         "TWOSTAGE_EMBED_MODEL": "test/hash-embedding",
         "TWOSTAGE_RERANK_MODEL": rerank_model_dir,
         "TWOSTAGE_RERANK_BACKEND": "torch",
@@ -175,7 +175,7 @@ def test_read_only_commands_create_nothing(on_server, tmp_path, rerank_model_dir
     verified = subprocess.run([str(twostage), "verify"], cwd=fresh, env=env, capture_output=True, text=True)
     assert verified.returncode == 1 and "6 records missing from the lexical index" in verified.stdout
     queried = subprocess.run(
-        [sys.executable, str(HOST), on_server.model_dump_json(), "query", "code1"], cwd=fresh, capture_output=True
+        [sys.executable, str(HOST), server_settings.model_dump_json(), "query", "code1"], cwd=fresh, capture_output=True
     )
     assert queried.returncode != 0 and b"twostage reindex" in queried.stderr
     assert list(fresh.iterdir()) == []

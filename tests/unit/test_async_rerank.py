@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from conftest import RecordingScorer
 from llama_index.core.schema import NodeWithScore, TextNode
+from support import RecordingScorer
 
 from llama_index_twostage.stage2 import CrossEncoderRerank, ScoreCache
 from llama_index_twostage.stage2.plan import ScoreRequest, arun, run

@@ -6,9 +6,9 @@ import os
 import sys
 
 import pytest
-from conftest import RecordingScorer
 from llama_index.core.schema import NodeWithScore, TextNode
 from pydantic import ValidationError
+from support import RecordingScorer
 
 from llama_index_twostage.errors import ConfigurationError, ModelLoadError
 from llama_index_twostage.nodes import stage_info

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from llama_index_twostage.errors import ConfigurationError, DocumentError
 from llama_index_twostage.evaluation.datasets import (
     DatasetError,
     RetrievalDataset,
@@ -17,6 +18,7 @@ from llama_index_twostage.evaluation.datasets import (
     load_dataset,
     load_llamaindex_qa,
 )
+from llama_index_twostage.ingest.sources import load_documents
 
 SCIFACT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "scifact"
 
@@ -260,3 +262,33 @@ def test_a_duplicate_corpus_id_is_refused(tmp_path: Path) -> None:
 def test_a_dataset_with_no_evaluable_query_says_why(tmp_path: Path, corpus, queries, qrels, why) -> None:
     with pytest.raises(DatasetError, match=f"tiny: no query can be evaluated: .*{why}"):
         load_beir(_write_beir(tmp_path / "tiny", corpus=corpus, queries=queries, qrels=qrels))
+
+
+# --- what `twostage ingest PATH` reads (ingest/sources.py): a BEIR corpus, else a folder's files -------------------
+
+
+@pytest.mark.parametrize("given", ["folder", "corpus.jsonl"])
+def test_ingest_reads_a_beir_corpus_from_its_folder_or_its_file(tmp_path, given):
+    root = _write_beir(tmp_path / "beir")
+    read = load_documents(root if given == "folder" else root / "corpus.jsonl")
+    assert [document.id_ for document in read.documents] == ["d1", "d2", "d3"]
+    assert read.documents[0].text == "Cats\nCats purr." and read.source is None and read.skipped == {}
+
+
+def test_ingest_reads_any_other_folder_as_files_and_keeps_the_first_limit(tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for name, text in {"a.txt": "first note", "b.md": "# second", "c.txt": "third", "pic.png": ""}.items():
+        (folder / name).write_text(text)
+    (folder / "blob.bin").write_bytes(bytes(range(256)))
+    read = load_documents(folder, limit=2, source="kb")
+    assert [document.id_ for document in read.documents] == ["kb/a.txt", "kb/b.md"]
+    assert read.source == "kb" and set(read.skipped) == {"kb/blob.bin", "kb/pic.png"}
+
+
+def test_ingest_refuses_a_limit_below_one_and_a_folder_without_text(tmp_path):
+    with pytest.raises(ConfigurationError, match="--limit must be at least 1"):
+        load_documents(tmp_path, limit=0)
+    (tmp_path / "blob.bin").write_bytes(bytes(range(256)))
+    with pytest.raises(DocumentError, match="no documents to ingest .* 1 files, none of them text"):
+        load_documents(tmp_path)

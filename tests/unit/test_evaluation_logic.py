@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 
 from llama_index_twostage.errors import ConfigurationError
+from llama_index_twostage.evaluation.artifacts import write_report
 from llama_index_twostage.evaluation.diagnosis import HIT, LOST, RERANKER_MISS, diagnose, summarize
-from llama_index_twostage.evaluation.report import build_report, format_table, knee, write_report
-from llama_index_twostage.evaluation.sweep import QueryTrace, parse_sweep, sweep_points
+from llama_index_twostage.evaluation.report import build_report, format_table, knee
+from llama_index_twostage.evaluation.sweep import parse_sweep, sweep_points
+from llama_index_twostage.evaluation.traces import QueryTrace
 
 QRELS = {"a": {"d2": 1}, "b": {"d7": 1, "d9": 1}}
 # The rankings are what the reranker returns for the scores above (best first, ties in stage-1 order).

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from conftest import RecordingScorer
 from llama_index.core.schema import NodeRelationship, NodeWithScore, RelatedNodeInfo, TextNode
+from support import RecordingScorer
 
 from llama_index_twostage.evaluation.runner import collection_name, trace_query
 from llama_index_twostage.nodes import annotated

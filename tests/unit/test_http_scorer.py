@@ -19,6 +19,7 @@ import httpx
 import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
 from pydantic import SecretStr
+from servers import free_port
 
 from llama_index_twostage import (
     RerankAuthenticationError,
@@ -31,7 +32,6 @@ from llama_index_twostage.models import ModelPool
 from llama_index_twostage.retry import RetryPolicy
 from llama_index_twostage.stage2 import CrossEncoderRerank, HttpRerankScorer, ScoreCache
 from llama_index_twostage.stage2.http import retry_after_s
-from llama_index_twostage.testing import free_port
 
 KEY = "sk-stub-0123456789"
 TEXTS = ["a", "bbbb", "cc", "dddddd", "eee"]

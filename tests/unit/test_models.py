@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pytest
 
@@ -89,16 +88,21 @@ def test_loading_a_hub_id_offline_gives_the_hint():
 def test_pool_loads_once_under_concurrency():
     pool, key = ModelPool(), ("test", "model")
     calls = []
-    start = threading.Barrier(8)
+    calling = threading.Condition()
+    arrived = 0
     results = [None] * 8
 
     def load():
         calls.append(threading.get_ident())
-        time.sleep(0.2)  # long enough for every thread to arrive while the load runs
+        with calling:  # the load runs until every thread has called get: they arrive while it runs
+            assert calling.wait_for(lambda: arrived == 8, timeout=10)
         return object()
 
     def worker(index):
-        start.wait()
+        nonlocal arrived
+        with calling:
+            arrived += 1
+            calling.notify_all()
         results[index] = pool.get(key, load)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import RecordingScorer, fake_cross_encoder
 from llama_index.core.schema import NodeWithScore, TextNode
+from support import RecordingScorer, fake_cross_encoder
 
 from llama_index_twostage.nodes import stage_info
 from llama_index_twostage.stage2 import CrossEncoderRerank, CrossEncoderScorer, ScoreCache

@@ -6,7 +6,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import fake_cross_encoder
 from pydantic import ValidationError
 
 from llama_index_twostage.errors import ConfigurationError
@@ -324,36 +323,6 @@ def test_round_trip_keeps_a_real_token():
 def test_round_trip_without_token():
     settings = RetrieverSettings(collection="docs", recall_k=30, top_k=3, score_threshold=0.2)
     assert RetrieverSettings.from_dict(settings.to_dict()) == settings
-
-
-# --- trust_remote_code: off unless set (LlamaIndex's stock SentenceTransformerRerank turns it on) ----------------
-
-
-def test_remote_code_is_not_trusted_by_default(monkeypatch):
-    import sentence_transformers
-    from llama_index.embeddings import huggingface
-
-    from llama_index_twostage.pipeline import TwoStagePipeline
-
-    loaded: dict[str, object] = {}
-
-    def fake(kind):
-        def load(*args, **kwargs):
-            loaded[kind] = kwargs.get("trust_remote_code", "not passed")
-            return fake_cross_encoder()
-
-        return load
-
-    monkeypatch.setattr(huggingface, "HuggingFaceEmbedding", fake("embedding"))
-    monkeypatch.setattr(sentence_transformers, "CrossEncoder", fake("cross-encoder"))
-    settings = RetrieverSettings(
-        embed_model="test/embed", rerank_model="test/rerank", rerank_backend="torch", chroma_mode="memory"
-    )
-    assert settings.trust_remote_code is False
-    with TwoStagePipeline(settings) as pipeline:  # a fresh pool: nothing is loaded before
-        _ = pipeline.embed_model  # loading is what the fakes record
-        _ = pipeline.reranker()
-    assert loaded == {"embedding": False, "cross-encoder": False}
 
 
 # --- values that make no sense are refused, naming the field (issue 15) -------------------------------------------
