@@ -401,7 +401,7 @@ def _embed_and_write(writer: Writer, nodes: list[BaseNode], embed_model: BaseEmb
 def _open_for_writing(store: ChromaStore, embed_model: BaseEmbedding, batch_size: int) -> tuple[Collection, int]:
     """The collection (created with the model's contract, or checked against it) and the upsert batch size."""
     contract = CollectionContract(
-        embedding_model_name(embed_model), embedding_dimension(embed_model), store.distance_space
+        embedding_model_name(embed_model), embedding_dimension(embed_model), store.config.distance_space
     )
     collection = store.with_retries(partial(store.create_or_open_collection, contract))
     return collection, min(batch_size, store.max_batch_size())
