@@ -75,6 +75,9 @@ def test_embedding_model_loads_once_under_concurrent_first_use(settings_for, cap
     pipelines = [TwoStagePipeline(settings_for("memory"), models=shared) for _ in range(CONCURRENCY)]
     with caplog.at_level("INFO", logger="llama_index_twostage.models"), ThreadPoolExecutor(CONCURRENCY) as pool:
         models = list(pool.map(lambda pipeline: pipeline.embed_model, pipelines))
+    for pipeline in pipelines:
+        pipeline.close()
+    shared.close()
     loads = [record for record in caplog.records if record.getMessage().startswith("loading embedding model")]
     assert len(loads) == 1
     assert all(model is models[0] for model in models)
