@@ -1,22 +1,25 @@
-"""The factory: reads ``RetrieverSettings``, builds each heavy object once and hands it to the components that use it.
+"""The factory: reads ``RetrieverSettings``, builds each heavy object once from the section its component owns, and
+hands it to the components that use it.
 
 Object graph of one :class:`TwoStagePipeline`::
 
     TwoStagePipeline (owner: close() releases what it created)
-      ├── store: ChromaStore ─────────────── sync + async Chroma clients, collection contract, retries, timeouts
-      ├── lexical: LexicalFolder ─────────── BM25 index of the same records on this host (generations, atomic reindex)
-      ├── follower: LexicalFollower ──────── keeps it in step through Chroma's change feed (every lexical_refresh_s)
+      ├── store: ChromaStore(collection, settings.chroma) ── sync + async clients, contract, retries, timeouts
+      ├── lexical: settings.lexical.open_index(...) ──────── BM25 of the same records on this host (LexicalFolder)
+      ├── follower: LexicalFollower ──────── keeps it in step through Chroma's change feed (every lexical.refresh_s)
       ├── models: ModelPool ──────────────── each bi-encoder / cross-encoder (or rerank server client) once
       ├── score_cache: ScoreCache ─────────── shared by every reranker it builds
       ├── retriever()   -> ChromaRecallRetriever(store, embed_model, recall_k, filters)      stage 1 (dense)
-      │                    or HybridRecallRetriever(that, lexical, mode, rrf_k, weights)          (hybrid/lexical)
-      ├── reranker()    -> CrossEncoderRerank(CrossEncoderScorer, cascade scorer, score_cache,  stage 2
-      │                                      PairTemplate, long-document mode)
+      │                    or HybridRecallRetriever(that, lexical, mode, settings.fusion)          (hybrid/lexical)
+      ├── reranker()    -> CrossEncoderRerank(scorer(), cascade scorer, score_cache,         stage 2
+      │                                      settings.pair_template, long-document mode)
       ├── two_stage_retriever() / query_engine(llm)                                          both stages
+      ├── describe()    -> what `twostage info` prints (reads the store, loads no model)
       └── ingest(documents), delete(ref_doc_ids) (write both indexes and the feed), verify(repair), reindex()
 
 Stage 1 and stage 2 know nothing of each other; only this module wires them. The module-level ``build_*`` and
-``ingest_documents`` functions are the two-line conveniences: each builds a pipeline for the call.
+``ingest_documents`` functions are the two-line conveniences: each builds a pipeline for the call, and what a
+``build_*`` function returns keeps that pipeline and closes it with its own ``close()``.
 """
 
 from __future__ import annotations
