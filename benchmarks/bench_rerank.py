@@ -55,7 +55,7 @@ from llama_index_twostage import (
 )
 from llama_index_twostage.evaluation import evaluate_run, load_beir
 from llama_index_twostage.nodes import stage_info
-from llama_index_twostage.stage2.auto import Agreement, cpu
+from llama_index_twostage.stage2.auto import Agreement, Hardware
 from llama_index_twostage.testing import LocalInfinityServer
 from llama_index_twostage.timing import Stopwatch
 
@@ -365,7 +365,8 @@ def auto_line(summary: dict[str, tuple[float, Agreement]], backends: list[str], 
 
 
 def cpu_header() -> str:
-    name, flags = cpu()
+    cpu = Hardware.detect("cpu")
+    name, flags = cpu.name, cpu.flags
     shown = {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16", "avx512_vnni": "AVX512-VNNI", "avx512f": "AVX512F"}
     present = [label for flag, label in shown.items() if flag in flags] or ["none of AMX, AVX512-BF16, AVX512-VNNI"]
     return f"CPU: {name}, {torch.get_num_threads()} threads; {', '.join(present)}; torch {torch.__version__}"

@@ -33,8 +33,8 @@ SPLITTERS = "sentence, markdown, semantic or code:LANG (e.g. code:python)"
 
 ChromaMode = Literal["embedded", "memory", "server"]
 DistanceSpace = Literal["cosine", "l2", "ip"]
-RerankBackend = Literal["torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8"]
-BackendSetting = Literal["auto", "torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8", "http"]
+RerankBackend = Literal["torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8", "onnx-int8-static"]
+BackendSetting = Literal["auto", "torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8", "onnx-int8-static", "http"]
 RerankApi = Literal["cohere", "tei"]
 LongDocuments = Literal["truncate", "max-window"]
 Stage1Mode = Literal["dense", "hybrid", "lexical"]
