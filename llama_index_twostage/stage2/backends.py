@@ -164,14 +164,22 @@ def narrowing_matmuls(model_path: Path) -> list[str]:
 
 
 def attention_context_matmuls(model_path: Path) -> list[str]:
-    """MatMul nodes that read a Softmax: each layer's attention probabilities times the values.
+    """MatMul nodes that read a Softmax (directly or through a NaN guard or cast): each layer's attention
+    probabilities times the values.
 
     A fixed int8 scale for probabilities cannot serve both a 20-token pair (weights near 1/20) and a 300-token one
     (near 1/300, a level or two of int8): the second most sensitive MatMul to static int8 on long candidates.
     """
     graph = _graph(model_path)
-    softmax_outputs = {output for node in graph.node if node.op_type == "Softmax" for output in node.output}
-    return [node.name for node in graph.node if node.op_type == "MatMul" and node.input[0] in softmax_outputs]
+    producer = {output: node for node in graph.node for output in node.output}
+    pass_through = {"Where", "Cast", "Identity", "Dropout"}  # e.g. Where(IsNaN(p), 0, p) after the Softmax
+
+    def reads_softmax(tensor: str) -> bool:
+        node = producer.get(tensor)
+        sources = node.input if node is not None and node.op_type in pass_through else [tensor]
+        return any(name in producer and producer[name].op_type == "Softmax" for name in sources)
+
+    return [node.name for node in graph.node if node.op_type == "MatMul" and reads_softmax(node.input[0])]
 
 
 def _quantize_int8(source: Path, target: Path) -> None:
