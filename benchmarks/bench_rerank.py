@@ -88,7 +88,9 @@ def parse_args() -> argparse.Namespace:
     parser = data_parser(__doc__, limit=5)
     parser.add_argument("--corpus-size", type=int, default=500, help="documents searched (0: the whole corpus)")
     parser.add_argument(
-        "--backends", default="torch,torch-bf16,onnx,onnx-int8", help="comma-separated; torch is the reference"
+        "--backends",
+        default="torch,torch-bf16,onnx,onnx-int8,onnx-int8-static",
+        help="comma-separated; torch is the reference",
     )
     parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, of {','.join(PEERS)} ('' for none)")
     parser.add_argument("--cascade-k", type=int, default=30, help="shortlist of the cascade rows (0: no cascade)")

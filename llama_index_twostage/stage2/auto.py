@@ -4,18 +4,19 @@ Reduced precision is a large speed-up where the hardware computes it natively (f
 AVX512-BF16 or AMX; int8 on any x86 CPU, fastest with VNNI), none or a loss elsewhere, and it can reorder candidates
 whose scores nearly tie. So ``auto`` tries the candidates the device offers (its native half precision; on a CPU
 also static int8 when the ``onnx`` extra is installed) on a small calibration set shipped with the package (see
-:mod:`~llama_index_twostage.stage2.calibration`: short passages and abstract-length ones), scored with each and fp32,
+:mod:`~llama_index_twostage.stage2.calibration`: 6 queries x 16 passages), scored with each and with fp32,
 and keeps the fastest that ranks like fp32 (every query the same top-1, a mean top-10 set overlap of at least 0.98)
 and takes at most 0.9x fp32's time. Otherwise fp32. README "Performance" has what it chose on measured machines.
 
 The decision costs one calibration per backend (plus the one-time ONNX export and quantization when int8 is tried)
 the first time a model is loaded on a machine; it is stored in ``model_cache_dir`` by model weights, device,
-hardware, candidates and torch version, so later processes reuse it without scoring anything. An explicit backend
-is always used as given.
+hardware, candidates, calibration set and torch version, so later processes reuse it without scoring anything. An
+explicit backend is always used as given.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
@@ -208,7 +209,8 @@ class AutoBackend:
         if not self.candidates:
             return BackendChoice("torch", f"fp32: no native half precision on {found}, no int8 runtime installed")
         device = self.hardware.device
-        key = "|".join([weights_fingerprint(model), device, found, ",".join(self.candidates), torch.__version__])
+        pairs = hashlib.sha256(json.dumps(self.pairs).encode()).hexdigest()[:8]  # a changed set decides anew
+        key = "|".join([weights_fingerprint(model), device, found, ",".join(self.candidates), pairs, torch.__version__])
         decisions = Path(cache_dir).expanduser() / DECISIONS_FILE
         stored = _read_decisions(decisions).get(key)
         if stored is not None:

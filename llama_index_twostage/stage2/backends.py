@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from llama_index_twostage.settings import RerankBackend, looks_like_local_path
-from llama_index_twostage.stage2.calibration import Pairs, calibration_set
+from llama_index_twostage.stage2.calibration import Pairs, activation_calibration_set
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
@@ -260,7 +260,7 @@ def exported_model(cross_encoder: CrossEncoder, model: str, backend: RerankBacke
     if backend == "onnx-int8-static" and not target.is_file():
         logger.info("quantizing %s to static int8 in %s (once; calibrating its activation ranges)", model, folder)
         names = [node.name for node in _graph(fp32).input]
-        _quantize_static(fp32, target, calibration_feeds(cross_encoder.tokenizer, names, calibration_set()))
+        _quantize_static(fp32, target, calibration_feeds(cross_encoder.tokenizer, names, activation_calibration_set()))
     return target
 
 

@@ -96,6 +96,8 @@ def test_a_decision_is_stored_per_model_and_machine_and_reused(tmp_path):
     assert len(loaded) == 4  # another model: its own calibration
     AutoBackend(BF16_CPU, ("torch-bf16", "onnx-int8-static"), PAIRS[:1], clock).choose("org/model", tmp_path, scorer_of)
     assert loaded[4:] == ["torch", "torch-bf16", "onnx-int8-static"]  # other candidates: calibrated again
+    AutoBackend(BF16_CPU, ("torch-bf16",), PAIRS[:2], clock).choose("org/model", tmp_path, scorer_of)
+    assert len(loaded) == 9  # another calibration set: calibrated again
 
 
 def test_no_candidate_means_fp32_without_loading_anything(tmp_path):

@@ -64,12 +64,12 @@ def test_static_int8_is_a_backend_setting():
     assert RetrieverSettings(rerank_backend="onnx-int8-static").rerank_backend == "onnx-int8-static"
 
 
-def test_the_calibration_set_asks_each_query_against_short_and_abstract_length_passages():
-    pairs = calibration.calibration_set()
-    short, long = pairs[: len(pairs) // 2], pairs[len(pairs) // 2 :]
-    assert [query for query, _ in short] == [query for query, _ in long]
+def test_int8_ranges_are_calibrated_on_short_and_abstract_length_passages():
+    short = calibration.calibration_set()
+    pairs = calibration.activation_calibration_set()
+    assert pairs[: len(short)] == short and [query for query, _ in pairs[len(short) :]] == [query for query, _ in short]
     words = [[len(passage.split()) for passage in passages] for _, passages in short]
-    lengthened = [[len(passage.split()) for passage in passages] for _, passages in long]
+    lengthened = [[len(passage.split()) for passage in passages] for _, passages in pairs[len(short) :]]
     assert all(len(a) == len(b) == 16 for a, b in zip(words, lengthened))
     assert max(map(max, words)) < 40 and min(map(min, lengthened)) > 150  # a sentence; about an abstract
     assert calibration.lengthened(["a", "b", "c"], joined=2) == ["a b", "b c", "c a"]
