@@ -56,7 +56,7 @@ from llama_index_twostage import (
 )
 from llama_index_twostage.evaluation import evaluate_run, load_beir
 from llama_index_twostage.nodes import stage_info
-from llama_index_twostage.stage2.auto import Agreement, cpu
+from llama_index_twostage.stage2.auto import Agreement, Hardware
 from llama_index_twostage.timing import Stopwatch
 
 TOP_K = 10  # nDCG@10 reads a full list
@@ -88,7 +88,9 @@ def parse_args() -> argparse.Namespace:
     parser = data_parser(__doc__, limit=5)
     parser.add_argument("--corpus-size", type=int, default=500, help="documents searched (0: the whole corpus)")
     parser.add_argument(
-        "--backends", default="torch,torch-bf16,onnx,onnx-int8", help="comma-separated; torch is the reference"
+        "--backends",
+        default="torch,torch-bf16,onnx,onnx-int8,onnx-int8-static",
+        help="comma-separated; torch is the reference",
     )
     parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, of {','.join(PEERS)} ('' for none)")
     parser.add_argument("--cascade-k", type=int, default=30, help="shortlist of the cascade rows (0: no cascade)")
@@ -365,7 +367,8 @@ def auto_line(summary: dict[str, tuple[float, Agreement]], backends: list[str], 
 
 
 def cpu_header() -> str:
-    name, flags = cpu()
+    cpu = Hardware.detect("cpu")
+    name, flags = cpu.name, cpu.flags
     shown = {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16", "avx512_vnni": "AVX512-VNNI", "avx512f": "AVX512F"}
     present = [label for flag, label in shown.items() if flag in flags] or ["none of AMX, AVX512-BF16, AVX512-VNNI"]
     return f"CPU: {name}, {torch.get_num_threads()} threads; {', '.join(present)}; torch {torch.__version__}"

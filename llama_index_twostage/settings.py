@@ -246,10 +246,11 @@ class RetrieverSettings(BaseSettings):
     rerank_backend: BackendSetting = Field(
         "auto",
         description="Cross-encoder runtime: 'auto' (the fastest that ranks like fp32 here: fp16 on CUDA; on a CPU "
-        "bf16 where computed natively and onnx-int8 where the onnx extra is installed; each kept only if a "
-        "calibration agrees and it is faster; else fp32), 'torch' (fp32), "
-        "'torch-bf16' / 'torch-fp16' (half precision), 'onnx' (ONNX Runtime fp32) or 'onnx-int8' (int8); the onnx "
-        "ones need the 'onnx' extra. 'http': a rerank server at rerank_url scores the pairs (rerank_model is the "
+        "bf16 where computed natively and onnx-int8-static where the onnx extra is installed; each kept only if a "
+        "calibration agrees and it is faster; else fp32), 'torch' (fp32), 'torch-bf16' / 'torch-fp16' (half "
+        "precision), 'onnx' (ONNX Runtime fp32), 'onnx-int8' (int8, dynamic, pair by pair) or 'onnx-int8-static' "
+        "(int8 with calibrated activation ranges, batched; sensitive layers fp32); the onnx ones need the 'onnx' "
+        "extra. 'http': a rerank server at rerank_url scores the pairs (rerank_model is the "
         "model name sent to it).",
     )
     model_cache_dir: Path = Field(

@@ -1,43 +1,45 @@
 """``rerank_backend="auto"``: the fastest backend that still ranks like fp32, on the machine it runs on.
 
 Reduced precision is a large speed-up where the hardware computes it natively (fp16 on CUDA; bf16 on CPUs with
-AVX512-BF16 or AMX: 0.37x fp32's time on a Sapphire Rapids Xeon, 0.64x on an AVX512-BF16 EPYC), none or a loss
-elsewhere, and it can reorder candidates whose scores nearly tie. So ``auto`` tries the candidates the device
-offers (its native half precision; on a CPU also ``onnx-int8`` when the ``onnx`` extra is installed) on a small
-calibration set shipped with the package (6 queries x 16 passages that answer, mention or miss each query), scored
-with each and with fp32, and keeps the fastest that ranks like fp32 (every query the same top-1, a mean top-10 set
-overlap of at least 0.98) and takes at most 0.9x fp32's time. Otherwise fp32.
+AVX512-BF16 or AMX; int8 on any x86 CPU, fastest with VNNI), none or a loss elsewhere, and it can reorder candidates
+whose scores nearly tie. So ``auto`` tries the candidates the device offers (its native half precision; on a CPU
+also static int8 when the ``onnx`` extra is installed) on a small calibration set shipped with the package (see
+:mod:`~llama_index_twostage.stage2.calibration`: 6 queries x 16 passages), scored with each and with fp32,
+and keeps the fastest that ranks like fp32 (every query the same top-1, a mean top-10 set overlap of at least 0.98)
+and takes at most 0.9x fp32's time. Otherwise fp32. README "Performance" has what it chose on measured machines.
 
-The decision costs one calibration (about 100 short pairs per backend, a few seconds for MiniLM-sized models on a
-CPU, plus the one-time ONNX export when int8 is tried) the first time a model is loaded on a machine; it is stored
-in ``model_cache_dir`` by model weights, device, hardware, candidates and torch version, so later processes reuse it
-without scoring anything. An explicit backend is always used as given.
+The decision costs one calibration per backend (plus the one-time ONNX export and quantization when int8 is tried)
+the first time a model is loaded on a machine; it is stored in ``model_cache_dir`` by model weights, device,
+hardware, candidates, calibration set and torch version, so later processes reuse it without scoring anything. An
+explicit backend is always used as given.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from functools import cache
 from pathlib import Path
 
 import torch
 
 from llama_index_twostage.stage2.backends import RerankBackend, onnx_installed, weights_fingerprint, write_atomically
+from llama_index_twostage.stage2.calibration import Pairs, calibration_set
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
 DECISIONS_FILE = "auto-backend.json"
 TOP_N = 10
 MIN_TOP_OVERLAP = 0.98
 MAX_TIME_RATIO = 0.9
 """A candidate (half precision or int8) must take at most this share of fp32's time on the calibration pairs to be
 worth its risk to the ranking."""
+INT8_CANDIDATE: RerankBackend = "onnx-int8-static"
+"""The int8 backend ``auto`` tries on a CPU: static scales batch, and it ranks closer to fp32 than dynamic int8."""
 
 Score = Callable[[str, list[str]], list[float]]
 
@@ -80,8 +82,16 @@ def agreement(reference: Sequence[Sequence[float]], candidate: Sequence[Sequence
     return Agreement(sum(overlaps) / len(overlaps), same, len(overlaps))
 
 
-@cache
-def cpu() -> tuple[str, frozenset[str]]:
+def resolved_device(device: str | None) -> str:
+    """The device a model lands on when ``device`` is unset, as sentence-transformers picks it."""
+    if device:
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def read_cpu() -> tuple[str, frozenset[str]]:
     """The CPU's model name and feature flags (Linux ``/proc/cpuinfo``; elsewhere the platform name, no flags)."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -92,35 +102,40 @@ def cpu() -> tuple[str, frozenset[str]]:
     return fields.get("model name", platform.machine()), frozenset(fields.get("flags", "").split())
 
 
-def resolved_device(device: str | None) -> str:
-    """The device a model lands on when ``device`` is unset, as sentence-transformers picks it."""
-    if device:
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    return "mps" if torch.backends.mps.is_available() else "cpu"
+@dataclass(frozen=True)
+class Hardware:
+    """Where a model runs: the device, and the name and feature flags of its CPU or the name of its GPU."""
+
+    device: str
+    name: str
+    flags: frozenset[str] = frozenset()
+
+    @classmethod
+    def detect(cls, device: str | None = None) -> Hardware:
+        """This machine's hardware for ``device`` (unset: where sentence-transformers would load the model)."""
+        device = resolved_device(device)
+        if device.startswith("cuda"):
+            return cls(device, torch.cuda.get_device_name(device))
+        return cls(device, *read_cpu())
+
+    def native_half_precision(self) -> tuple[RerankBackend | None, str]:
+        """The half-precision backend this hardware computes natively, if any, and what was found."""
+        if self.device.startswith("cuda"):
+            return "torch-fp16", f"CUDA ({self.name})"
+        if self.device != "cpu":
+            return None, f"device {self.device}"
+        native = sorted(self.flags & {"avx512_bf16", "amx_bf16"})
+        return ("torch-bf16" if native else None), f"{self.name} ({', '.join(native) or 'no AVX512-BF16 or AMX'})"
 
 
-def native_half_precision(device: str) -> tuple[RerankBackend | None, str]:
-    """The half-precision backend ``device`` computes natively, if any, and what was found."""
-    if device.startswith("cuda"):
-        return "torch-fp16", f"CUDA ({torch.cuda.get_device_name(device)})"
-    if device != "cpu":
-        return None, f"device {device}"
-    name, flags = cpu()
-    native = sorted(flags & {"avx512_bf16", "amx_bf16"})
-    return ("torch-bf16" if native else None), f"{name} ({', '.join(native) or 'no AVX512-BF16 or AMX'})"
-
-
-def calibration_set() -> list[tuple[str, list[str]]]:
-    data = json.loads(CALIBRATION_FILE.read_text(encoding="utf-8"))
-    return [(entry["query"], entry["passages"]) for entry in data["queries"]]
-
-
-def _timed(score: Score, pairs: list[tuple[str, list[str]]]) -> tuple[list[list[float]], float]:
-    start = time.perf_counter()
-    scores = [score(query, passages) for query, passages in pairs]
-    return scores, time.perf_counter() - start
+def candidate_backends(hardware: Hardware, onnx: bool) -> tuple[list[RerankBackend], str]:
+    """What ``auto`` may try on ``hardware`` besides fp32: its native half precision, and on a CPU static int8 where
+    the ``onnx`` extra is installed (``onnx``). Also returns what was found, for the reason."""
+    half, found = hardware.native_half_precision()
+    candidates: list[RerankBackend] = [half] if half else []
+    if hardware.device == "cpu" and onnx:
+        candidates.append(INT8_CANDIDATE)
+    return candidates, found
 
 
 @dataclass(frozen=True)
@@ -139,16 +154,26 @@ class Trial:
         return f"{self.backend}: {self.agreement}, {self.time_ratio:.2f}x fp32's time"
 
 
-def calibrate(fp32: Score, candidates: dict[RerankBackend, Score], hardware: str) -> BackendChoice:
-    """Score the calibration set with fp32 and each candidate (after one warm-up each); keep the fastest candidate
-    that ranks like fp32 and is faster, else fp32."""
-    pairs = calibration_set()
-    fp32(*pairs[0])
-    reference, fp32_s = _timed(fp32, pairs)
+def calibrate(
+    fp32: Score,
+    candidates: dict[RerankBackend, Score],
+    hardware: str,
+    pairs: Pairs,
+    clock: Callable[[], float] = time.perf_counter,
+) -> BackendChoice:
+    """Score ``pairs`` with fp32 and each candidate (after one warm-up each), timed by ``clock``; keep the fastest
+    candidate that ranks like fp32 and is faster, else fp32."""
+
+    def timed(score: Score) -> tuple[list[list[float]], float]:
+        score(*pairs[0])
+        start = clock()
+        scores = [score(query, list(passages)) for query, passages in pairs]
+        return scores, clock() - start
+
+    reference, fp32_s = timed(fp32)
     trials = []
     for backend, score in candidates.items():
-        score(*pairs[0])
-        scores, seconds = _timed(score, pairs)
+        scores, seconds = timed(score)
         trials.append(Trial(backend, agreement(reference, scores), seconds / fp32_s))
     measured = "; ".join(str(trial) for trial in trials)
     earning = [trial for trial in trials if trial.earns_its_place]
@@ -158,36 +183,50 @@ def calibrate(fp32: Score, candidates: dict[RerankBackend, Score], hardware: str
     return BackendChoice(best.backend, f"{best.backend}: fastest that ranks like fp32 on {hardware} ({measured})")
 
 
-def candidate_backends(device: str) -> tuple[list[RerankBackend], str]:
-    """What ``auto`` may try on ``device`` besides fp32: its native half precision, and on a CPU int8 where the
-    ``onnx`` extra is installed. Also returns the hardware, for the reason."""
-    half, hardware = native_half_precision(device)
-    candidates: list[RerankBackend] = [half] if half else []
-    if device == "cpu" and onnx_installed():
-        candidates.append("onnx-int8")
-    return candidates, hardware
+@dataclass(frozen=True)
+class AutoBackend:
+    """The ``auto`` choice for one device, holding what it depends on: the hardware, the candidates tried, the
+    calibration pairs and the clock that times them. :meth:`detect` finds them on this machine; tests pass them."""
+
+    hardware: Hardware
+    candidates: tuple[RerankBackend, ...]
+    pairs: Pairs
+    clock: Callable[[], float] = time.perf_counter
+
+    @classmethod
+    def detect(cls, device: str | None = None) -> AutoBackend:
+        hardware = Hardware.detect(device)
+        candidates, _ = candidate_backends(hardware, onnx_installed())
+        return cls(hardware, tuple(candidates), calibration_set())
+
+    def choose(self, model: str, cache_dir: Path, scorer_of: Callable[[RerankBackend], Score]) -> BackendChoice:
+        """The backend for ``model``: a stored decision, else one calibration (stored for next time).
+
+        ``scorer_of(backend)`` loads the model on a backend and returns its scoring function.
+        """
+        _, found = self.hardware.native_half_precision()
+        if not self.candidates:
+            return BackendChoice("torch", f"fp32: no native half precision on {found}, no int8 runtime installed")
+        device = self.hardware.device
+        pairs = hashlib.sha256(json.dumps(self.pairs).encode()).hexdigest()[:8]  # a changed set decides anew
+        key = "|".join([weights_fingerprint(model), device, found, ",".join(self.candidates), pairs, torch.__version__])
+        decisions = Path(cache_dir).expanduser() / DECISIONS_FILE
+        stored = _read_decisions(decisions).get(key)
+        if stored is not None:
+            return BackendChoice(**stored)
+        logger.info("rerank_backend auto: calibrating %s on %s (once per model and machine)", self.candidates, found)
+        fp32 = scorer_of("torch")
+        scorers = {backend: scorer_of(backend) for backend in self.candidates}
+        choice = calibrate(fp32, scorers, found, self.pairs, self.clock)
+        _store_decision(decisions, key, choice)
+        return choice
 
 
 def choose_backend(
     model: str, device: str | None, cache_dir: Path, scorer_of: Callable[[RerankBackend], Score]
 ) -> BackendChoice:
-    """The backend for ``model`` on this machine: a stored decision, else one calibration (stored for next time).
-
-    ``scorer_of(backend)`` loads the model on a backend and returns its scoring function.
-    """
-    device = resolved_device(device)
-    candidates, hardware = candidate_backends(device)
-    if not candidates:
-        return BackendChoice("torch", f"fp32: no native half precision on {hardware}, no int8 runtime installed")
-    key = "|".join([weights_fingerprint(model), device, hardware, ",".join(candidates), torch.__version__])
-    decisions = Path(cache_dir).expanduser() / DECISIONS_FILE
-    stored = _read_decisions(decisions).get(key)
-    if stored is not None:
-        return BackendChoice(**stored)
-    logger.info("rerank_backend auto: calibrating %s on %s (once per model and machine)", candidates, hardware)
-    choice = calibrate(scorer_of("torch"), {backend: scorer_of(backend) for backend in candidates}, hardware)
-    _store_decision(decisions, key, choice)
-    return choice
+    """``auto``'s backend for ``model`` on ``device`` of this machine (see :class:`AutoBackend`)."""
+    return AutoBackend.detect(device).choose(model, cache_dir, scorer_of)
 
 
 def _read_decisions(path: Path) -> dict[str, dict[str, str]]:

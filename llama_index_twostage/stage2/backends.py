@@ -1,7 +1,7 @@
-"""Cross-encoder runtimes: torch at full or half precision, and ONNX Runtime at fp32 or dynamic int8.
+"""Cross-encoder runtimes: torch at full or half precision, and ONNX Runtime at fp32, dynamic int8 or static int8.
 
-The ONNX path exports the model once into ``model_cache_dir`` (model folders may be read-only, and an export takes
-seconds) and reuses that file in every later process. It drives ONNX Runtime through ``torch.onnx`` and
+The ONNX path exports (and quantizes) the model once into ``model_cache_dir`` (model folders may be read-only, and
+an export takes seconds) and reuses that file in every later process. It drives ONNX Runtime through ``torch.onnx`` and
 ``onnxruntime.quantization`` directly rather than through sentence-transformers' ``backend="onnx"``: that route
 needs ``optimum-onnx``, which pins ``transformers<4.58`` and so cannot live beside the transformers 5 this package
 runs on. The exported model replaces the torch module inside the ``CrossEncoder``, so tokenisation, length-sorted
@@ -24,19 +24,25 @@ import numpy as np
 import torch
 
 from llama_index_twostage.models import looks_like_local_path
+from llama_index_twostage.stage2.calibration import Pairs, activation_calibration_set
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
 
-RerankBackend = Literal["torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8"]
-BackendSetting = Literal["auto", "torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8", "http"]
+RerankBackend = Literal["torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8", "onnx-int8-static"]
+BackendSetting = Literal["auto", "torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8", "onnx-int8-static", "http"]
 logger = logging.getLogger(__name__)
 
 ONNX_EXTRA = 'pip install "llama-index-twostage[onnx]"'
 ONNX_OPSET = 17
 _TORCH_DTYPES: dict[str, torch.dtype] = {"torch-bf16": torch.bfloat16, "torch-fp16": torch.float16}
-# The int8 file name carries its recipe's revision, so a changed recipe never reuses an older cached export.
-_ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model_int8_r2.onnx"}
+# An int8 file name carries its recipe's revision (for static int8, its calibration set's too), so a changed recipe
+# never reuses an older cached export.
+_ONNX_FILES = {
+    "onnx": "model.onnx",
+    "onnx-int8": "model_int8_r2.onnx",
+    "onnx-int8-static": "model_int8_static_r1.onnx",
+}
 
 
 def is_onnx(backend: RerankBackend) -> bool:
@@ -137,16 +143,20 @@ def _export_fp32(cross_encoder: CrossEncoder, target: Path) -> None:
     write_atomically(target, write)
 
 
+def _graph(model_path: Path) -> Any:
+    import onnx
+
+    return onnx.load(str(model_path), load_external_data=False).graph
+
+
 def narrowing_matmuls(model_path: Path) -> list[str]:
     """MatMul nodes whose constant weight has more rows than columns: each layer's FFN down-projection.
 
     The down-projection reads the GELU output, whose few large outliers set the int8 scale of a whole row and
-    flatten everything else to a handful of levels; keeping these in fp32 (about a third of the encoder's weights)
-    is what holds int8 scores to fp32's order. Detected by shape, so it holds for any BERT-like encoder.
+    flatten everything else to a handful of levels; of all the encoder's MatMuls, int8 there costs most of the
+    agreement with fp32 (README "Performance"). Detected by shape, so it holds for any BERT-like encoder.
     """
-    import onnx
-
-    graph = onnx.load(str(model_path), load_external_data=False).graph
+    graph = _graph(model_path)
     shapes = {weight.name: tuple(weight.dims) for weight in graph.initializer}
     return [
         node.name
@@ -155,11 +165,29 @@ def narrowing_matmuls(model_path: Path) -> list[str]:
     ]
 
 
+def attention_context_matmuls(model_path: Path) -> list[str]:
+    """MatMul nodes that read a Softmax (directly or through a NaN guard or cast): each layer's attention
+    probabilities times the values.
+
+    A fixed int8 scale for probabilities cannot serve both a 20-token pair (weights near 1/20) and a 300-token one
+    (near 1/300, a level or two of int8): the second most sensitive MatMul to static int8 on long candidates.
+    """
+    graph = _graph(model_path)
+    producer = {output: node for node in graph.node for output in node.output}
+    pass_through = {"Where", "Cast", "Identity", "Dropout"}  # e.g. Where(IsNaN(p), 0, p) after the Softmax
+
+    def reads_softmax(tensor: str) -> bool:
+        node = producer.get(tensor)
+        sources = node.input if node is not None and node.op_type in pass_through else [tensor]
+        return any(name in producer and producer[name].op_type == "Softmax" for name in sources)
+
+    return [node.name for node in graph.node if node.op_type == "MatMul" and reads_softmax(node.input[0])]
+
+
 def _quantize_int8(source: Path, target: Path) -> None:
     """Dynamic int8 (weights per channel, activations at run time), MatMuls only: no calibration data needed.
 
-    Embedding lookups and the width-reducing MatMuls (:func:`narrowing_matmuls`) stay fp32: quantizing them cost
-    most of int8's agreement with fp32 (Spearman 0.986 with them, 0.995 without, on SciFact pairs).
+    Embedding lookups and the width-reducing MatMuls (:func:`narrowing_matmuls`) stay fp32.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -176,6 +204,50 @@ def _quantize_int8(source: Path, target: Path) -> None:
     )
 
 
+def calibration_feeds(tokenizer: Any, input_names: list[str], pairs: Pairs) -> list[dict[str, np.ndarray]]:
+    """One model input per (query, passage) of ``pairs``, each alone at its own length (padding would widen the
+    ranges with values no real token produces), cut to the tokenizer's window of at most 512 tokens."""
+    window = min(int(tokenizer.model_max_length), 512)
+    feeds = []
+    for query, passages in pairs:
+        for passage in passages:
+            encoded = tokenizer(query, passage, truncation=True, max_length=window, return_tensors="np")
+            feeds.append({name: encoded[name].astype(np.int64) for name in input_names})
+    return feeds
+
+
+def _quantize_static(source: Path, target: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+    """Static int8 in QDQ form: per-channel int8 weights, uint8 activations whose scales are fixed by ``feeds``.
+
+    Fixed scales make a pair's score independent of its batch, so this runs batched. The MatMuls that static int8
+    disturbs most, measured group by group on the calibration set (README "Performance"), stay fp32: each layer's
+    FFN down-projection (:func:`narrowing_matmuls`) and attention context (:func:`attention_context_matmuls`).
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.pending = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.pending, None)
+
+    write_atomically(
+        target,
+        lambda path: quantize_static(
+            source,
+            path,
+            Feeds(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=[*narrowing_matmuls(source), *attention_context_matmuls(source)],
+        ),
+    )
+
+
 def exported_model(cross_encoder: CrossEncoder, model: str, backend: RerankBackend, cache_dir: Path) -> Path:
     """The ONNX file for ``backend``, exported (and quantized) on first use, reused from the cache afterwards."""
     folder = export_dir(cache_dir, model)
@@ -184,9 +256,13 @@ def exported_model(cross_encoder: CrossEncoder, model: str, backend: RerankBacke
         logger.info("exporting %s to ONNX in %s (once; later loads reuse it)", model, folder)
         _export_fp32(cross_encoder, fp32)
     target = folder / _ONNX_FILES[backend]
-    if not target.is_file():
-        logger.info("quantizing %s to int8 in %s (once)", model, folder)
+    if backend == "onnx-int8" and not target.is_file():
+        logger.info("quantizing %s to dynamic int8 in %s (once)", model, folder)
         _quantize_int8(fp32, target)
+    if backend == "onnx-int8-static" and not target.is_file():
+        logger.info("quantizing %s to static int8 in %s (once; calibrating its activation ranges)", model, folder)
+        names = [node.name for node in _graph(fp32).input]
+        _quantize_static(fp32, target, calibration_feeds(cross_encoder.tokenizer, names, activation_calibration_set()))
     return target
 
 
@@ -195,9 +271,8 @@ class OnnxSequenceClassifier(torch.nn.Module):
 
     With ``per_pair`` each pair runs alone, cut to its own length. Dynamic int8 quantizes activations with one scale
     per tensor, computed at run time: in a batch, the largest activation of any pair (padding included) sets the
-    scale of all, so a pair's score moved by up to 0.14 with its neighbours. Alone, a pair's score is its own, and
-    can be cached. It also bounds memory: ONNX Runtime's peak follows the padded batch (3.6 GB RSS for 32 pairs of
-    512 tokens, fp32); one pair at a time peaked at 0.8 GB. Its speed is in README "Performance".
+    scale of all, so a pair's score moved with its neighbours. Alone, a pair's score is its own, and can be cached;
+    it also bounds memory, since ONNX Runtime's peak follows the padded batch (README "Performance" has both).
     """
 
     def __init__(self, path: Path, config: Any, device: str | None, *, per_pair: bool = False) -> None:
@@ -235,5 +310,5 @@ def use_onnx(
     """Swap the torch classifier inside ``cross_encoder`` for the ONNX export of ``backend`` (torch weights freed)."""
     path = exported_model(cross_encoder, model, backend, cache_dir)
     transformer = cross_encoder[0]
-    per_pair = backend == "onnx-int8"  # dynamic activation scales: see OnnxSequenceClassifier
+    per_pair = backend == "onnx-int8"  # dynamic activation scales (static int8's are fixed): see OnnxSequenceClassifier
     transformer.model = OnnxSequenceClassifier(path, transformer.model.config, device, per_pair=per_pair)

@@ -1,4 +1,5 @@
-"""ONNX backends on the real reranker: scores match torch (fp32 exactly in rank, int8 in order), exports are reused."""
+"""ONNX backends on the real reranker: scores match torch (fp32 exactly in rank, int8 in order), exports and
+quantizations are reused, static int8 keeps its measured-sensitive MatMuls in fp32."""
 
 from __future__ import annotations
 
@@ -75,21 +76,40 @@ def test_int8_keeps_the_width_reducing_matmuls_in_fp32(scores, rerank_model_dir,
     assert {node.name for node in int8_graph.node if node.op_type == "MatMul"} >= set(kept)
 
 
+def test_static_int8_keeps_the_sensitive_matmuls_in_fp32_and_quantizes_the_rest(
+    scores, rerank_model_dir, cache_dir, pairs
+):
+    scores("onnx-int8-static", *pairs)  # quantized by now, whatever the test order
+    folder = backends.export_dir(cache_dir, rerank_model_dir)
+    fp32 = folder / "model.onnx"
+    kept = backends.narrowing_matmuls(fp32) + backends.attention_context_matmuls(fp32)
+    assert len(kept) == 12 and sum("MatMul_1" in name for name in kept) == 6  # per layer: FFN down, attention context
+    graph = onnx.load(str(folder / "model_int8_static_r1.onnx")).graph
+    produced_by = {output: node for node in graph.node for output in node.output}
+    matmuls = {node.name: node for node in graph.node if node.op_type == "MatMul"}
+    quantized = {name for name, node in matmuls.items() if produced_by[node.input[0]].op_type == "DequantizeLinear"}
+    assert len(quantized) == 6 * 6 and not quantized & set(kept)  # Q, K, V, scores, attention out, FFN up
+    scales = {weight.name: weight for weight in graph.initializer if weight.name.endswith("_scale")}
+    assert any(len(scale.dims) == 1 and scale.dims[0] > 1 for scale in scales.values())  # per-channel weights
+
+
 def test_a_second_load_reuses_the_export(scores, rerank_model_dir, cache_dir, pairs):
-    scores("onnx-int8", *pairs)  # exported by now, whatever the test order
+    for backend in ("onnx-int8", "onnx-int8-static"):
+        scores(backend, *pairs)  # exported by now, whatever the test order
     folder = backends.export_dir(cache_dir, rerank_model_dir)
     before = {path.name: path.stat().st_mtime_ns for path in folder.glob("*.onnx")}
-    assert set(before) == {"model.onnx", "model_int8_r2.onnx"}
-    for backend in ("onnx", "onnx-int8"):  # a fresh load, not through the pool
+    assert set(before) == {"model.onnx", "model_int8_r2.onnx", "model_int8_static_r1.onnx"}
+    for backend in ("onnx", "onnx-int8", "onnx-int8-static"):  # a fresh load, not through the pool
         model = load_cross_encoder(rerank_model_dir, None, 128, False, backend, cache_dir)
         assert model[0].model.path.parent == folder
     assert {path.name: path.stat().st_mtime_ns for path in folder.glob("*.onnx")} == before  # not written again
 
 
 # A score must not depend on its batch neighbours (issue 13): the same pairs at batch sizes 1, 7 and 20.
-BATCH_TOLERANCE = {"torch": 1e-5, "onnx": 1e-5, "onnx-int8": 1e-5, "torch-bf16": 2e-2}
-"""Stated per backend: fp32 and per-pair int8 agree to float rounding; bf16 rounds differently when the padded
-batch shape changes (seen: up to 1e-2 on the sigmoid scale), so it is batch-independent only to 2e-2."""
+BATCH_TOLERANCE = {"torch": 1e-5, "onnx": 1e-5, "onnx-int8": 1e-5, "onnx-int8-static": 1e-5, "torch-bf16": 2e-2}
+"""Stated per backend: fp32, per-pair int8 and static int8 (fixed scales, batched) agree to float rounding; bf16
+rounds differently when the padded batch shape changes (seen: up to 1e-2 on the sigmoid scale), so it is
+batch-independent only to 2e-2."""
 
 
 @pytest.mark.parametrize("backend", list(BATCH_TOLERANCE))
@@ -112,7 +132,8 @@ def test_auto_picks_a_backend_for_this_machine_and_says_why(rerank_model_dir, ca
     from llama_index_twostage.stage2 import auto
 
     scorer = CrossEncoderScorer.load(rerank_model_dir, backend="auto", max_length=MAX_LENGTH, cache_dir=cache_dir)
-    candidates, hardware = auto.candidate_backends(auto.resolved_device(None))
+    chooser = auto.AutoBackend.detect()
+    candidates, hardware = chooser.candidates, chooser.hardware.native_half_precision()[1]
     assert hardware in scorer.backend_reason
     if not candidates:
         assert scorer.backend == "torch" and "no native half precision" in scorer.backend_reason

@@ -1,16 +1,17 @@
 """``rerank_backend="auto"`` as logic: what counts as ranking like fp32, which hardware gets which candidate, and
-that a decision is made once per model and machine. The real calibration runs in tests/integration."""
+that a decision is made once per model and machine. Hardware, candidates, calibration pairs and the clock are given
+as arguments; the real calibration runs in tests/integration."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from llama_index_twostage.stage2 import auto
-from llama_index_twostage.stage2.auto import agreement, calibrate, choose_backend
+from llama_index_twostage.stage2.auto import AutoBackend, Hardware, agreement, calibrate, candidate_backends
 
 SCORES = [float(value) for value in range(16)]
+PAIRS = [("q", ["p"] * 16)] * 3
+BF16_CPU = Hardware("cpu", "Test CPU", frozenset({"avx512_bf16"}))
+PLAIN_CPU = Hardware("cpu", "Plain CPU", frozenset({"avx2"}))
 
 
 def test_agreement_counts_top10_overlap_and_same_top1():
@@ -34,72 +35,93 @@ def test_agreement_counts_top10_overlap_and_same_top1():
         ({"amx_bf16"}, "torch-bf16"),
     ],
 )
-def test_only_native_bf16_cpus_get_a_half_precision_candidate(monkeypatch, flags, expected):
-    monkeypatch.setattr(auto, "cpu", lambda: ("Test CPU", frozenset(flags)))
-    backend, hardware = auto.native_half_precision("cpu")
+def test_only_native_bf16_cpus_get_a_half_precision_candidate(flags, expected):
+    backend, found = Hardware("cpu", "Test CPU", frozenset(flags)).native_half_precision()
     assert backend == expected
-    assert hardware.startswith("Test CPU")
-    assert auto.native_half_precision("mps")[0] is None
+    assert found.startswith("Test CPU")
+    assert Hardware("mps", "Test CPU", frozenset(flags)).native_half_precision()[0] is None
+    assert Hardware("cuda:0", "Test GPU").native_half_precision() == ("torch-fp16", "CUDA (Test GPU)")
 
 
-def fake_scorer(scores: list[float], delay_s: float = 0.0):
-    def score(query: str, texts: list[str]) -> list[float]:
-        time.sleep(delay_s)
-        return scores[: len(texts)]
+class FakeClock:
+    """Time that passes only when a fake scorer says so: timings without sleeping."""
 
-    return score
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def scorer(self, scores: list[float], seconds: float = 0.0):
+        def score(query: str, texts: list[str]) -> list[float]:
+            self.now += seconds
+            return scores[: len(texts)]
+
+        return score
 
 
-def test_calibration_keeps_the_fastest_candidate_that_ranks_alike_and_is_faster(monkeypatch):
-    monkeypatch.setattr(auto, "calibration_set", lambda: [("q", ["p"] * 16)] * 3)
-    slow, fast, faster = fake_scorer(SCORES, 0.02), fake_scorer(SCORES, 0.01), fake_scorer(SCORES, 0.0)
-    assert calibrate(slow, {"torch-bf16": fast}, "cpu X").backend == "torch-bf16"
-    assert calibrate(slow, {"torch-bf16": fast, "onnx-int8": faster}, "cpu X").backend == "onnx-int8"
-    reordered = fake_scorer(list(reversed(SCORES)))
-    choice = calibrate(slow, {"torch-bf16": fast, "onnx-int8": reordered}, "cpu X")
-    assert choice.backend == "torch-bf16" and "onnx-int8: top-10 overlap" in choice.reason
-    choice = calibrate(slow, {"onnx-int8": reordered}, "cpu X")
+def test_calibration_keeps_the_fastest_candidate_that_ranks_alike_and_is_faster():
+    clock = FakeClock()
+    slow, fast, faster = clock.scorer(SCORES, 0.02), clock.scorer(SCORES, 0.01), clock.scorer(SCORES)
+    assert calibrate(slow, {"torch-bf16": fast}, "cpu X", PAIRS, clock).backend == "torch-bf16"
+    choice = calibrate(slow, {"torch-bf16": fast, "onnx-int8-static": faster}, "cpu X", PAIRS, clock)
+    assert choice.backend == "onnx-int8-static" and "torch-bf16: top-10 overlap 1.000, same top-1 3/3, 0.50x" in (
+        choice.reason
+    )
+    reordered = clock.scorer(list(reversed(SCORES)))
+    choice = calibrate(slow, {"torch-bf16": fast, "onnx-int8-static": reordered}, "cpu X", PAIRS, clock)
+    assert choice.backend == "torch-bf16" and "onnx-int8-static: top-10 overlap" in choice.reason
+    choice = calibrate(slow, {"onnx-int8-static": reordered}, "cpu X", PAIRS, clock)
     assert choice.backend == "torch" and "same top-1 0/3" in choice.reason
-    assert calibrate(faster, {"torch-bf16": slow}, "cpu X").reason.startswith("fp32: nothing faster ranks like it")
+    barely_faster = clock.scorer(SCORES, 0.019)  # 0.95x fp32's time: not worth the risk to the ranking
+    assert calibrate(slow, {"torch-bf16": barely_faster}, "cpu X", PAIRS, clock).reason.startswith(
+        "fp32: nothing faster ranks like it"
+    )
 
 
-def test_a_decision_is_stored_per_model_and_machine_and_reused(monkeypatch, tmp_path):
-    monkeypatch.setattr(auto, "cpu", lambda: ("Test CPU", frozenset({"avx512_bf16"})))
-    monkeypatch.setattr(auto, "onnx_installed", lambda: False)
-    monkeypatch.setattr(auto, "calibration_set", lambda: [("q", ["p"] * 16)])
+def test_a_decision_is_stored_per_model_and_machine_and_reused(tmp_path):
+    clock = FakeClock()
+    chooser = AutoBackend(BF16_CPU, ("torch-bf16",), PAIRS[:1], clock)
     loaded: list[str] = []
 
     def scorer_of(backend: str):
         loaded.append(backend)
-        return fake_scorer(SCORES, 0.02 if backend == "torch" else 0.0)
+        return clock.scorer(SCORES, 0.02 if backend == "torch" else 0.0)
 
-    first = choose_backend("org/model", "cpu", tmp_path, scorer_of)
+    first = chooser.choose("org/model", tmp_path, scorer_of)
     assert first.backend == "torch-bf16" and loaded == ["torch", "torch-bf16"]
-    assert choose_backend("org/model", "cpu", tmp_path, scorer_of) == first
+    assert AutoBackend(BF16_CPU, ("torch-bf16",), PAIRS[:1], clock).choose("org/model", tmp_path, scorer_of) == first
     assert loaded == ["torch", "torch-bf16"]  # the second process reads the decision, scores nothing
-    choose_backend("org/other-model", "cpu", tmp_path, scorer_of)
+    chooser.choose("org/other-model", tmp_path, scorer_of)
     assert len(loaded) == 4  # another model: its own calibration
+    AutoBackend(BF16_CPU, ("torch-bf16", "onnx-int8-static"), PAIRS[:1], clock).choose("org/model", tmp_path, scorer_of)
+    assert loaded[4:] == ["torch", "torch-bf16", "onnx-int8-static"]  # other candidates: calibrated again
+    AutoBackend(BF16_CPU, ("torch-bf16",), PAIRS[:2], clock).choose("org/model", tmp_path, scorer_of)
+    assert len(loaded) == 9  # another calibration set: calibrated again
 
 
-def test_no_candidate_means_fp32_without_loading_anything(monkeypatch, tmp_path):
-    monkeypatch.setattr(auto, "cpu", lambda: ("Plain CPU", frozenset({"avx2"})))
-    monkeypatch.setattr(auto, "onnx_installed", lambda: False)
-
+def test_no_candidate_means_fp32_without_loading_anything(tmp_path):
     def never(backend: str):
         raise AssertionError("nothing to calibrate")
 
-    choice = choose_backend("org/model", "cpu", tmp_path, never)
+    choice = AutoBackend(PLAIN_CPU, (), PAIRS).choose("org/model", tmp_path, never)
     assert choice.backend == "torch"
     assert (
         choice.reason
         == "fp32: no native half precision on Plain CPU (no AVX512-BF16 or AMX), no int8 runtime installed"
     )
+    assert not (tmp_path / "auto-backend.json").exists()
 
 
-def test_int8_is_a_cpu_candidate_only_with_the_onnx_extra(monkeypatch):
-    monkeypatch.setattr(auto, "cpu", lambda: ("Plain CPU", frozenset({"avx2"})))
-    monkeypatch.setattr(auto, "onnx_installed", lambda: True)
-    assert auto.candidate_backends("cpu")[0] == ["onnx-int8"]
-    monkeypatch.setattr(auto, "cpu", lambda: ("BF16 CPU", frozenset({"avx512_bf16"})))
-    assert auto.candidate_backends("cpu")[0] == ["torch-bf16", "onnx-int8"]
-    assert auto.candidate_backends("mps")[0] == []
+def test_static_int8_is_a_cpu_candidate_only_with_the_onnx_extra():
+    assert candidate_backends(PLAIN_CPU, onnx=True)[0] == ["onnx-int8-static"]
+    assert candidate_backends(PLAIN_CPU, onnx=False)[0] == []
+    assert candidate_backends(BF16_CPU, onnx=True)[0] == ["torch-bf16", "onnx-int8-static"]
+    assert candidate_backends(Hardware("mps", "Apple M2"), onnx=True)[0] == []
+    assert candidate_backends(Hardware("cuda", "Test GPU"), onnx=True)[0] == ["torch-fp16"]
+
+
+def test_detected_hardware_names_this_cpu():
+    hardware = Hardware.detect("cpu")
+    assert hardware.device == "cpu" and hardware.name
+    assert AutoBackend.detect("cpu").hardware == hardware

@@ -13,7 +13,7 @@ from support import RecordingScorer
 from llama_index_twostage.errors import ConfigurationError, ModelLoadError
 from llama_index_twostage.nodes import stage_info
 from llama_index_twostage.settings import RetrieverSettings
-from llama_index_twostage.stage2 import backends
+from llama_index_twostage.stage2 import backends, calibration
 from llama_index_twostage.stage2.rerank import CrossEncoderRerank, shortlist
 from llama_index_twostage.stage2.scorers import load_cross_encoder
 
@@ -48,6 +48,7 @@ def test_missing_onnx_extra_fails_the_load_before_any_model_is_read(without_onnx
         ("torch", {}),
         ("onnx", {}),
         ("onnx-int8", {}),
+        ("onnx-int8-static", {}),
         ("torch-bf16", {"dtype": "bfloat16"}),
         ("torch-fp16", {"dtype": "float16"}),
     ],
@@ -57,6 +58,21 @@ def test_torch_model_kwargs_per_backend(backend, kwargs):
         key: str(value).removeprefix("torch.") for key, value in backends.torch_model_kwargs(backend).items()
     } == kwargs
     assert backends.is_onnx(backend) == backend.startswith("onnx")
+
+
+def test_static_int8_is_a_backend_setting():
+    assert RetrieverSettings(rerank_backend="onnx-int8-static").rerank_backend == "onnx-int8-static"
+
+
+def test_int8_ranges_are_calibrated_on_short_and_abstract_length_passages():
+    short = calibration.calibration_set()
+    pairs = calibration.activation_calibration_set()
+    assert pairs[: len(short)] == short and [query for query, _ in pairs[len(short) :]] == [query for query, _ in short]
+    words = [[len(passage.split()) for passage in passages] for _, passages in short]
+    lengthened = [[len(passage.split()) for passage in passages] for _, passages in pairs[len(short) :]]
+    assert all(len(a) == len(b) == 16 for a, b in zip(words, lengthened))
+    assert max(map(max, words)) < 40 and min(map(min, lengthened)) > 150  # a sentence; about an abstract
+    assert calibration.lengthened(["a", "b", "c"], joined=2) == ["a b", "b c", "c a"]
 
 
 def test_unknown_backend_is_rejected_by_settings():
