@@ -148,6 +148,8 @@ class TwoStagePipeline(Closing):
                 device=settings.device,
                 batch_size=settings.embed_batch_size,
                 trust_remote_code=settings.trust_remote_code,
+                backend=settings.embed_backend,
+                cache_dir=settings.model_cache_dir,
             )
         return self._embed_model
 

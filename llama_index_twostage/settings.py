@@ -217,6 +217,14 @@ class RetrieverSettings(BaseSettings):
 
     # Models.
     embed_model: str = Field("sentence-transformers/all-MiniLM-L6-v2", description="Bi-encoder for stage 1.")
+    embed_backend: Literal["auto", "torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8"] = Field(
+        "auto",
+        description="Bi-encoder runtime, for ingestion and queries alike: 'auto' (the fastest that searches like fp32 "
+        "here: native half precision, and on a CPU onnx / onnx-int8 where the onnx extra is installed; each kept "
+        "only if a calibration agrees and it is faster; else fp32), 'torch' (fp32), 'torch-bf16' / 'torch-fp16', "
+        "'onnx' or 'onnx-int8'. Recorded in the collection; another precision may read or write it only within "
+        "the calibration's tolerance.",
+    )
     rerank_model: str = Field("cross-encoder/ms-marco-MiniLM-L6-v2", description="Cross-encoder for stage 2.")
     device: str | None = Field(None, description="'cpu', 'cuda', 'cuda:N', 'mps'; unset picks automatically.")
     trust_remote_code: bool = Field(False, description="Run model code from the hub. Off unless you trust it.")
