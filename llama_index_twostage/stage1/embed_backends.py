@@ -85,8 +85,10 @@ class Calibration:
         return cls(queries, corpus)
 
     def fingerprint(self) -> str:
-        """Part of every stored measurement's key: another calibration set (or threshold) measures again."""
-        return hashlib.sha256(json.dumps(asdict(self)).encode()).hexdigest()[:12]
+        """Part of every stored measurement's key: another calibration set measures again (a threshold is applied
+        to stored measurements when read)."""
+        texts = json.dumps([self.queries, self.corpus, self.top_n])
+        return hashlib.sha256(texts.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -294,7 +296,7 @@ class EmbedBackends:
         if not candidates:
             return self.load("torch", f"fp32: no native half precision on {hardware}, no onnx extra installed")
         decisions = _Decisions(self.cache_dir / DECISIONS_FILE)
-        key = f"{machine}|auto:{','.join(candidates)}"
+        key = f"{machine}|auto:{','.join(candidates)}|{self.calibration.min_top_overlap}"
         stored = decisions.get(key)
         if stored is not None:
             return self.load(stored["backend"], stored["reason"])
@@ -349,7 +351,8 @@ class EmbedBackends:
             for backend in {"torch", reader, writer} - self._embedded.keys():
                 self._embed(loaded if backend == reader else self.load(backend))  # type: ignore[arg-type]
             self._store_pairs(decisions, machine)
-        both = [SearchAgreement(**decisions.get(key)) for key in keys]  # type: ignore[arg-type]
+        threshold = {"min_top_overlap": self.calibration.min_top_overlap}
+        both = [SearchAgreement(**{**decisions.get(key), **threshold}) for key in keys]  # type: ignore[dict-item]
         words = f"{reader} queries on {writer} vectors: {both[0]}; {writer} queries on {reader} vectors: {both[1]}"
         return all(agreement.passes for agreement in both), words
 
