@@ -120,12 +120,7 @@ def load_or_explain(field: str, name: str, load: Callable[[], T]) -> T:
 
 
 def load_embedding(
-    model: str,
-    device: str | None,
-    batch_size: int,
-    trust_remote_code: bool,
-    backend: str = "torch",
-    cache_dir: Path = DEFAULT_CACHE_DIR,
+    model: str, device: str | None, batch_size: int, trust_remote_code: bool, backend: str, cache_dir: Path
 ) -> BaseEmbedding:
     """The stage-1 bi-encoder as a LlamaIndex ``HuggingFaceEmbedding`` (normalised vectors) on ``backend``;
     ``auto`` measures which (:mod:`llama_index_twostage.stage1.embed_backends`)."""
