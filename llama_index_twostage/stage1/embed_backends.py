@@ -301,16 +301,14 @@ class EmbedBackends:
         if stored is not None:
             return self.load(stored["backend"], stored["reason"])
         logger.info("embed_backend auto: calibrating %s on %s (once per model and machine)", candidates, hardware)
-        fp32 = self.load("torch")
-        fp32_s = self._embed(fp32).seconds
-        timings = {backend: self._embed(self.load(backend)).seconds for backend in candidates}
+        loaded = {backend: self.load(backend) for backend in ["torch", *candidates]}
+        seconds = self._embed_in_turns(loaded)
         self._store_pairs(decisions, machine)
-        choice = self._choose(timings, fp32_s, hardware)
+        choice = self._choose({backend: seconds[backend] for backend in candidates}, seconds["torch"], hardware)
         decisions.put({key: asdict(choice)})
-        if choice.backend != "torch":
-            return self.load(choice.backend, choice.reason)
-        fp32.backend_reason = choice.reason
-        return fp32
+        chosen = loaded[choice.backend]  # the others are dropped here
+        chosen.backend_reason = choice.reason
+        return chosen
 
     def _choose(self, timings: dict[EmbedBackend, float], fp32_s: float, hardware: str) -> EmbedChoice:
         trials = {backend: (self._agreement(backend, backend), spent / fp32_s) for backend, spent in timings.items()}
@@ -321,15 +319,30 @@ class EmbedBackends:
         best = min(earning, key=lambda backend: trials[backend][1])
         return EmbedChoice(best, f"{best}: fastest that searches like fp32 on {hardware} ({measured})")
 
-    def _embed(self, embedding: BackendEmbedding) -> Embedded:
-        """Embed the calibration set (corpus in batches, queries alone) after one warm-up; kept for the pairs."""
-        embedding.get_query_embedding(self.calibration.queries[0])
-        start = time.perf_counter()
-        corpus = embedding.get_text_embedding_batch(self.calibration.corpus)
-        queries = [embedding.get_query_embedding(query) for query in self.calibration.queries]
-        embedded = Embedded(np.asarray(queries), np.asarray(corpus), time.perf_counter() - start)
-        self._embedded[embedding.embed_backend] = embedded
-        return embedded
+    def _embed_in_turns(self, embeddings: dict[str, BackendEmbedding]) -> dict[str, float]:
+        """Embed the calibration set with each runtime (after a warm-up each), taking turns slice by slice so that a
+        change in background load hits all alike: the corpus in batches, as ingestion embeds, each query alone, as
+        a query is. Keeps the vectors for the pairs; returns each runtime's seconds."""
+        corpus, queries, step = self.calibration.corpus, self.calibration.queries, 4 * self.batch_size
+        turns = [(True, corpus[start : start + step]) for start in range(0, len(corpus), step)]
+        turns += [(False, [query]) for query in queries]
+        seconds = dict.fromkeys(embeddings, 0.0)
+        vectors: dict[str, tuple[list, list]] = {backend: ([], []) for backend in embeddings}
+        for embedding in embeddings.values():
+            embedding.get_query_embedding(queries[0])
+        for is_corpus, texts in turns:  # the corpus's vectors go to vectors[backend][1], queries' to [0]
+            for backend, embedding in embeddings.items():
+                start = time.perf_counter()
+                got = (
+                    embedding.get_text_embedding_batch(texts)
+                    if is_corpus
+                    else [embedding.get_query_embedding(texts[0])]
+                )
+                seconds[backend] += time.perf_counter() - start
+                vectors[backend][is_corpus].extend(got)
+        for backend, (query_vectors, corpus_vectors) in vectors.items():
+            self._embedded[backend] = Embedded(np.asarray(query_vectors), np.asarray(corpus_vectors), seconds[backend])
+        return seconds
 
     def _agreement(self, reader: str, writer: str) -> SearchAgreement:
         queries, corpus = self._embedded[reader].queries, self._embedded[writer].corpus
@@ -348,8 +361,8 @@ class EmbedBackends:
         keys = [f"{machine}|{reader}>{writer}", f"{machine}|{writer}>{reader}"]
         if any(decisions.get(key) is None for key in keys):
             logger.info("measuring embed_backend %s against a collection written with %s (once)", reader, writer)
-            for backend in {"torch", reader, writer} - self._embedded.keys():
-                self._embed(loaded if backend == reader else self.load(backend))  # type: ignore[arg-type]
+            missing = {"torch", reader, writer} - self._embedded.keys()
+            self._embed_in_turns({b: loaded if b == reader else self.load(b) for b in missing})  # type: ignore[arg-type]
             self._store_pairs(decisions, machine)
         threshold = {"min_top_overlap": self.calibration.min_top_overlap}
         both = [SearchAgreement(**{**decisions.get(key), **threshold}) for key in keys]  # type: ignore[dict-item]

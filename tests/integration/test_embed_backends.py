@@ -85,7 +85,7 @@ def test_auto_keeps_only_what_searches_like_fp32_and_decides_once(embed_model_di
     def no_calibration(*_):
         raise AssertionError("a stored decision must not be measured again")
 
-    monkeypatch.setattr(EmbedBackends, "_embed", no_calibration)
+    monkeypatch.setattr(EmbedBackends, "_embed_in_turns", no_calibration)
     again = backends_for(embed_model_dir, cache_dir).auto()
     assert (again.embed_backend, again.backend_reason) == (chosen.embed_backend, chosen.backend_reason)
 
