@@ -55,7 +55,7 @@ from llama_index_twostage.evaluation.runner import WHOLE_DOCUMENT_CHUNK
 from llama_index_twostage.ingest import Chunking, ingest_into
 from llama_index_twostage.models import embedding_contract
 from llama_index_twostage.stage1.embed_backends import Calibration, EmbedBackends, Embedded, search_agreement
-from llama_index_twostage.store import CollectionContract, LexicalFollower, find_drift
+from llama_index_twostage.store import ChromaStore, CollectionContract, LexicalFollower, find_drift
 from llama_index_twostage.store.contract import HASH_KEY, SOURCE_KEY, STAMP_KEY
 from llama_index_twostage.store.feed import stamp_now
 from llama_index_twostage.timing import Stopwatch
@@ -318,13 +318,14 @@ def contract_of(pipeline: TwoStagePipeline) -> CollectionContract:
 
 def stock_ingestion(documents: list, settings: RetrieverSettings, embed_model: HuggingFaceEmbedding) -> None:
     """LlamaIndex's own ingestion into a fresh collection of the same embedded store."""
-    collection = chromadb.PersistentClient(path=str(settings.persist_dir)).create_collection(settings.collection)
-    VectorStoreIndex.from_documents(
-        documents,
-        storage_context=StorageContext.from_defaults(vector_store=ChromaVectorStore(chroma_collection=collection)),
-        embed_model=embed_model,
-        transformations=[SentenceSplitter(chunk_size=WHOLE_DOCUMENT_CHUNK, chunk_overlap=0)],
-    )
+    with ChromaStore.from_settings(settings) as store:
+        collection = store.client.create_collection(settings.collection)
+        VectorStoreIndex.from_documents(
+            documents,
+            storage_context=StorageContext.from_defaults(vector_store=ChromaVectorStore(chroma_collection=collection)),
+            embed_model=embed_model,
+            transformations=[SentenceSplitter(chunk_size=WHOLE_DOCUMENT_CHUNK, chunk_overlap=0)],
+        )
 
 
 def stored_vectors(pipeline: TwoStagePipeline, ids: list[str]) -> np.ndarray:
