@@ -1,7 +1,7 @@
 """Bi-encoder runtimes, and ``embed_backend="auto"``: the fastest that still searches like fp32 on this machine.
 
 Stage 1 is a nearest-neighbour search, so a backend is judged by what it retrieves, not by how close its vectors
-are to fp32's. ``auto`` embeds a calibration corpus (168 texts of one to six passages, 30 to 200 words, built from
+are to fp32's. ``auto`` embeds a calibration corpus (216 texts of one to ten passages, 7 to 183 words, built from
 the passages of ``stage2/calibration.json``: no dataset text) and 30 queries with fp32 and with each candidate the
 machine offers (its native half precision, see :func:`~llama_index_twostage.stage2.auto.native_half_precision`; on
 a CPU ``onnx`` and ``onnx-int8`` where the ``onnx`` extra is installed), searches exactly, and keeps the fastest
