@@ -264,6 +264,7 @@ def info(settings: RetrieverSettings) -> None:
         typer.echo(f"collection:      {target.name} in {pipeline.store.describe()}")
         typer.echo(f"nodes:           {target.count()}")
         typer.echo(f"embedding model: {contract.embed_model if contract else 'not recorded'}")
+        typer.echo(f"embed backend:   {contract.embed_backend if contract else 'not recorded'}")
         typer.echo(f"dimension:       {contract.dimension if contract else 'not recorded'}")
         typer.echo(f"distance space:  {distance_space(target)}")
         typer.echo(f"lexical index:   {pipeline.lexical.count()} records in {pipeline.lexical.describe()}")
