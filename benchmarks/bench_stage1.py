@@ -10,6 +10,11 @@
    process does not see a changed ``ef_search``). The vectors are SciFact's real document embeddings plus
    noise-perturbed, unit-normalised copies of them (synthetic: they say how HNSW behaves at that size, not what
    SciFact would retrieve).
+5. Bi-encoder runtimes (``embed-backends``): ingestion docs/s of ours on each ``embed_backend`` (Chroma + BM25, the
+   default) against LlamaIndex's own ingestion (``VectorStoreIndex.from_documents`` into ``ChromaVectorStore`` with a
+   stock fp32 ``HuggingFaceEmbedding``, the same batch size and one chunk per document), taking turns; which one
+   ``auto`` chose and why; and each runtime's search on SciFact against fp32's (exact top-N over the ingested
+   documents, SciFact test queries, N = min(100, documents / 3)): does the calibration's tolerance hold there?
 4. Lexical scale (``--lexical-scale``): a Chroma collection of that many chunks (SciFact's documents and embeddings,
    copied with a copy-number word added: synthetic) and its BM25 index built from Chroma as ``twostage reindex``
    does. Prints the rebuild time, index size on disk, process memory, the full reconcile (ids and doc hashes of
@@ -20,6 +25,7 @@
     python benchmarks/bench_stage1.py --corpus-size 1000 --scales 10000,100000,1000000 --ef-search 100,500,1000
     python benchmarks/bench_stage1.py --sections latency      # only the stage-1 latency comparison
     python benchmarks/bench_stage1.py --sections lexical --lexical-scale 100000
+    python benchmarks/bench_stage1.py --sections embed-backends --corpus-size 300 --limit 100
 """
 
 from __future__ import annotations
@@ -34,20 +40,22 @@ from pathlib import Path
 import chromadb
 import numpy as np
 from bench_anchor_quality import corpus_subset
-from bench_rerank import data_parser, percentile
+from bench_rerank import cpu_header, data_parser, percentile
 from chromadb.api.client import SharedSystemClient
 from chromadb.api.models.Collection import Collection
-from llama_index.core import VectorStoreIndex
+from llama_index.core import StorageContext, VectorStoreIndex
+from llama_index.core.node_parser import SentenceSplitter
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 from llama_index.vector_stores.chroma import ChromaVectorStore
 from sentence_transformers import SentenceTransformer
 
 from llama_index_twostage import ModelPool, RetrieverSettings, TwoStagePipeline
+from llama_index_twostage.embed_backends import Calibration, EmbedBackends, Embedded, search_agreement
 from llama_index_twostage.evaluation import load_beir
 from llama_index_twostage.evaluation.runner import WHOLE_DOCUMENT_CHUNK
 from llama_index_twostage.ingest import Chunking, ingest_into
-from llama_index_twostage.models import embedding_dimension, embedding_model_name
-from llama_index_twostage.store import CollectionContract, LexicalFollower, find_drift
+from llama_index_twostage.models import embedding_contract
+from llama_index_twostage.store import ChromaStore, CollectionContract, LexicalFollower, find_drift
 from llama_index_twostage.store.contract import HASH_KEY, SOURCE_KEY, STAMP_KEY
 from llama_index_twostage.store.feed import stamp_now
 from llama_index_twostage.timing import Stopwatch
@@ -65,6 +73,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--sections", default="ingestion,latency,scale,lexical", help="which parts to run (comma-separated)"
     )
+    parser.add_argument("--embed-backends", default="torch,torch-bf16,onnx,onnx-int8", help="rows of embed-backends")
+    parser.add_argument("--model-cache-dir", type=Path, default=Path(".twostage/models"))
     return parser.parse_args()
 
 
@@ -303,8 +313,72 @@ def feed_rows(pipeline: TwoStagePipeline, documents: list, reconcile_ms: float) 
 
 
 def contract_of(pipeline: TwoStagePipeline) -> CollectionContract:
-    model = pipeline.embed_model
-    return CollectionContract(embedding_model_name(model), embedding_dimension(model), "cosine")
+    return embedding_contract(pipeline.embed_model)
+
+
+def stock_ingestion(documents: list, settings: RetrieverSettings, embed_model: HuggingFaceEmbedding) -> None:
+    """LlamaIndex's own ingestion into a fresh collection of the same embedded store."""
+    with ChromaStore.from_settings(settings) as store:
+        collection = store.client.create_collection(settings.collection)
+        VectorStoreIndex.from_documents(
+            documents,
+            storage_context=StorageContext.from_defaults(vector_store=ChromaVectorStore(chroma_collection=collection)),
+            embed_model=embed_model,
+            transformations=[SentenceSplitter(chunk_size=WHOLE_DOCUMENT_CHUNK, chunk_overlap=0)],
+        )
+
+
+def stored_vectors(pipeline: TwoStagePipeline, ids: list[str]) -> np.ndarray:
+    """The collection's vectors of ``ids`` (one chunk per document), in that order."""
+    found = pipeline.store.open_collection().get(where={SOURCE_KEY: {"$in": ids}}, include=["metadatas", "embeddings"])
+    by_source = {meta[SOURCE_KEY]: vector for meta, vector in zip(found["metadatas"], found["embeddings"], strict=True)}
+    return np.asarray([by_source[doc_id] for doc_id in ids])
+
+
+def embed_backend_rows(documents: list, settings: RetrieverSettings, queries: list[str], backends: list[str]) -> None:
+    """Ingestion docs/s per runtime against LlamaIndex's own (2 rounds, taking turns), then search agreement."""
+    factory = EmbedBackends(
+        settings.embed_model, device=settings.device, batch_size=settings.embed_batch_size, trust_remote_code=False,
+        cache_dir=settings.model_cache_dir,
+    )  # fmt: skip
+    chosen = factory.auto()
+    print(f"embed_backend auto chose {chosen.embed_backend}: {chosen.backend_reason}")
+    embeddings = {backend: factory.load(backend) for backend in backends}
+    stock_embed = HuggingFaceEmbedding(model_name=settings.embed_model, embed_batch_size=settings.embed_batch_size)
+    stock_embed.get_text_embedding("warm-up")
+    spent = dict.fromkeys(["LlamaIndex fp32", *backends], 0.0)
+    for round_ in range(2):
+        for name in spent:
+            target = settings.model_copy(update={"collection": f"embed-{name.replace(' ', '-')}-{round_}"})
+            with Stopwatch() as watch:
+                if name == "LlamaIndex fp32":
+                    stock_ingestion(documents, target, stock_embed)
+                else:
+                    with TwoStagePipeline(target, embed_model=embeddings[name]) as pipeline:
+                        pipeline.ingest(documents)
+            spent[name] += watch.ms
+    ids = [document.doc_id for document in documents]
+    calibration = Calibration(queries, [document.text for document in documents], top_n=min(100, len(ids) // 3))
+
+    def embedded(backend: str) -> Embedded:
+        vectors = [embeddings[backend].get_query_embedding(query) for query in queries]
+        with TwoStagePipeline(settings.model_copy(update={"collection": f"embed-{backend}-1"})) as pipeline:
+            return Embedded(np.asarray(vectors), stored_vectors(pipeline, ids), 0.0)
+
+    fp32 = embedded("torch")
+    print(f"{len(documents)} documents, 2 rounds; search vs fp32 on {len(queries)} SciFact test queries")
+    print(f"| runtime | docs/s | x LlamaIndex's docs/s | top-{calibration.top_n} overlap | same nearest |")
+    print("|---|---|---|---|---|")
+    for name, ms in spent.items():
+        rate, speedup = 2 * len(documents) / ms * 1000, spent["LlamaIndex fp32"] / ms
+        if name == "LlamaIndex fp32":
+            print(f"| {name} (anchor) | {rate:.1f} | 1.00 | - | - |")
+            continue
+        ours = embedded(name)
+        agreement = search_agreement(fp32, ours.queries, ours.corpus, calibration)
+        label = f"ours {name}" + (" (auto's choice)" if name == chosen.embed_backend else "")
+        print(f"| {label} | {rate:.1f} | {speedup:.2f} | {agreement.top_overlap:.3f} | {agreement.same_nearest}/"
+              f"{agreement.queries} |")  # fmt: skip
 
 
 def main() -> None:
@@ -321,7 +395,14 @@ def main() -> None:
         chunk_size=WHOLE_DOCUMENT_CHUNK,
         chunk_overlap=0,
         show_progress=False,
+        embed_backend="torch",  # sections 1-4 measure our overhead on fp32; section 5 compares runtimes
+        model_cache_dir=args.model_cache_dir,
     )
+    if "embed-backends" in sections:
+        print(cpu_header())
+        embed_backend_rows(documents, settings, queries, args.embed_backends.split(","))
+        if sections == {"embed-backends"}:
+            return
     encoder = SentenceTransformer(args.embed_model)
     print(f"{len(documents)} SciFact documents, {len(queries)} test queries, recall_k={settings.recall_k}")
     models = ModelPool()

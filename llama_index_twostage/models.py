@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from llama_index_twostage.errors import ModelLoadError
+from llama_index_twostage.store.contract import CollectionContract, DistanceSpace
 
 if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -27,6 +29,8 @@ def looks_like_local_path(model: str) -> bool:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+DEFAULT_CACHE_DIR = Path("./.twostage/models")  # where exports and runtime decisions are kept, unless set
+_BACKEND_OF_DTYPE = {"torch.float32": "torch", "torch.bfloat16": "torch-bf16", "torch.float16": "torch-fp16"}
 
 # Messages of errors raised when the hub cannot be reached, across huggingface_hub, httpx and requests versions.
 _OFFLINE_MARKERS = (
@@ -67,11 +71,6 @@ class ModelPool:
                 self._models[key] = load()
             return self._models[key]  # type: ignore[no-any-return]
 
-    def embedding(self, model: str, *, device: str | None, batch_size: int, trust_remote_code: bool) -> BaseEmbedding:
-        """The stage-1 bi-encoder (see :func:`load_embedding`), loaded once per pool."""
-        key = ("embedding", model, device, batch_size, trust_remote_code)
-        return self.get(key, lambda: load_embedding(model, device, batch_size, trust_remote_code))
-
     def __len__(self) -> int:
         return len(self._models)
 
@@ -111,32 +110,39 @@ def load_or_explain(field: str, name: str, load: Callable[[], T]) -> T:
         raise ModelLoadError(f"could not load {field} {name!r}: {type(error).__name__}: {error}.{hint}") from error
 
 
-def load_embedding(model: str, device: str | None, batch_size: int, trust_remote_code: bool) -> BaseEmbedding:
-    """The stage-1 bi-encoder as a LlamaIndex ``HuggingFaceEmbedding`` (normalised vectors)."""
-
-    def load() -> BaseEmbedding:
-        from llama_index.embeddings.huggingface import HuggingFaceEmbedding
-
-        logger.info("loading embedding model %s", model)
-        return HuggingFaceEmbedding(
-            model_name=model,
-            device=device,
-            embed_batch_size=batch_size,
-            trust_remote_code=trust_remote_code,
-            normalize=True,
-        )
-
-    return load_or_explain("embed_model", model, load)
-
-
 def sentence_transformer_of(embed_model: BaseEmbedding) -> Any | None:
-    """The SentenceTransformer behind a ``HuggingFaceEmbedding`` (for its tokenizer and window), else None."""
-    return getattr(embed_model, "_model", None) if type(embed_model).__name__ == "HuggingFaceEmbedding" else None
+    """The SentenceTransformer behind a ``HuggingFaceEmbedding`` or a subclass (for its tokenizer, window and
+    runtime), else None. Read from its private attribute: LlamaIndex offers no public route."""
+    is_hugging_face = any(cls.__name__ == "HuggingFaceEmbedding" for cls in type(embed_model).__mro__)
+    return getattr(embed_model, "_model", None) if is_hugging_face else None
 
 
 def embedding_model_name(embed_model: BaseEmbedding) -> str:
     """The name a collection's contract records for this embedding."""
     return str(getattr(embed_model, "model_name", None) or type(embed_model).__name__)
+
+
+def embedding_backend(embed_model: BaseEmbedding) -> str | None:
+    """The runtime of a bi-encoder, which a collection records: the library's own embedding says it; any other
+    ``HuggingFaceEmbedding`` runs torch at its weights' dtype; other embeddings (hosted APIs) are not known (None)."""
+    recorded = getattr(embed_model, "embed_backend", None)
+    if recorded is not None:
+        return str(recorded)
+    encoder = sentence_transformer_of(embed_model)
+    parameter = next(encoder.parameters(), None) if encoder is not None else None
+    return _BACKEND_OF_DTYPE.get(str(parameter.dtype)) if parameter is not None else None
+
+
+def embedding_contract(embed_model: BaseEmbedding, space: DistanceSpace = "cosine") -> CollectionContract:
+    """What a collection written by this bi-encoder records (model, dimension, space, runtime), with the
+    bi-encoder's judge of another runtime's vectors (:meth:`BackendEmbedding.tolerance`) where it has one."""
+    return CollectionContract(
+        embedding_model_name(embed_model),
+        embedding_dimension(embed_model),
+        space,
+        embedding_backend(embed_model),
+        getattr(embed_model, "tolerance", None),
+    )
 
 
 def embedding_dimension(embed_model: BaseEmbedding) -> int:

@@ -33,6 +33,7 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import BaseNode, Document, NodeWithScore, QueryBundle, TransformComponent
 
 from llama_index_twostage.closing import ClosesOwner, Closing
+from llama_index_twostage.embed_backends import pooled_embedding
 from llama_index_twostage.ingest import Chunking, DeleteReport, IngestReport, delete_documents, ingest_into
 from llama_index_twostage.ingest.transform import GivenNodes, Splitting, Transformations, preset
 from llama_index_twostage.models import ModelPool
@@ -126,11 +127,14 @@ class TwoStagePipeline(Closing):
         """The bi-encoder, loaded on first use."""
         if self._embed_model is None:
             settings = self.settings
-            self._embed_model = self.models.embedding(
+            self._embed_model = pooled_embedding(
+                self.models,
                 settings.embed_model,
                 device=settings.device,
                 batch_size=settings.embed_batch_size,
                 trust_remote_code=settings.trust_remote_code,
+                backend=settings.embed_backend,
+                cache_dir=settings.model_cache_dir,
             )
         return self._embed_model
 
@@ -337,6 +341,7 @@ class TwoStagePipeline(Closing):
             "collection": f"{collection.name} in {self.store.describe()}",
             "nodes": str(self.store.with_retries(collection.count)),
             "embedding model": contract.embed_model if contract else "not recorded",
+            "embed backend": (contract.embed_backend if contract else None) or "not recorded",
             "dimension": str(contract.dimension) if contract else "not recorded",
             "distance space": distance_space(collection),
             "lexical index": f"{self.lexical.count()} records in {self.lexical.describe()}",

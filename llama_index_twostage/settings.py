@@ -26,9 +26,10 @@ import tomllib
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from llama_index_twostage.embed_backends import EmbedBackendSetting
 from llama_index_twostage.errors import ConfigurationError
 from llama_index_twostage.ingest.transform import Chunking, check_splitter
-from llama_index_twostage.models import looks_like_local_path
+from llama_index_twostage.models import DEFAULT_CACHE_DIR, looks_like_local_path
 from llama_index_twostage.stage1.fusion import FusionConfig, Stage1Mode
 from llama_index_twostage.stage2.backends import BackendSetting
 from llama_index_twostage.stage2.http import RerankServerConfig
@@ -214,6 +215,14 @@ class RetrieverSettings(BaseSettings):
 
     # Models.
     embed_model: ModelName = Field("sentence-transformers/all-MiniLM-L6-v2", description="Bi-encoder for stage 1.")
+    embed_backend: EmbedBackendSetting = Field(
+        "auto",
+        description="Bi-encoder runtime, for ingestion and queries alike: 'auto' (the fastest that searches like fp32 "
+        "here: native half precision, and on a CPU onnx / onnx-int8 where the onnx extra is installed; each kept "
+        "only if a calibration agrees and it is faster; else fp32), 'torch' (fp32), 'torch-bf16' / 'torch-fp16', "
+        "'onnx' or 'onnx-int8'. Recorded in the collection; another precision may read or write it only within "
+        "the calibration's tolerance.",
+    )
     rerank_model: ModelName = Field("cross-encoder/ms-marco-MiniLM-L6-v2", description="Cross-encoder for stage 2.")
     device: str | None = Field(None, description="'cpu', 'cuda', 'cuda:N', 'mps'; unset picks automatically.")
     trust_remote_code: bool = Field(False, description="Run model code from the hub. Off unless you trust it.")
@@ -254,7 +263,8 @@ class RetrieverSettings(BaseSettings):
         "model name sent to it).",
     )
     model_cache_dir: Path = Field(
-        Path("./.twostage/models"), description="Where ONNX exports of the cross-encoder are written once and reused."
+        DEFAULT_CACHE_DIR,
+        description="Where ONNX exports of both encoders, and auto's runtime decisions, are written once and reused.",
     )
     score_cache_size: int = Field(
         50_000, ge=0, description="Cross-encoder scores kept per process, so no pair is scored twice; 0 disables."

@@ -67,6 +67,7 @@ def settings_for(
             "rerank_model": rerank_model_dir,
             # Parity with fp32 CrossEncoder.predict is asserted throughout; 'auto' has tests of its own.
             "rerank_backend": "torch",
+            "embed_backend": "torch",  # the fp32 vectors the reference scores were measured on; 'auto': own tests
             "recall_k": 20,
             "top_k": 5,
             "show_progress": False,
@@ -199,6 +200,9 @@ def _no_ambient_twostage_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("TWOSTAGE_"):
             monkeypatch.delenv(name)
+    # The bi-encoder runs fp32 in every test, CLI and subprocess ones included (the reference scores were measured
+    # on fp32 vectors, and 'auto' would calibrate in each fresh model cache); embed_backend has tests of its own.
+    monkeypatch.setenv("TWOSTAGE_EMBED_BACKEND", "torch")
 
 
 @pytest.fixture

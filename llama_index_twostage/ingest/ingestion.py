@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from llama_index_twostage.errors import ConfigurationError, DocumentError, LexicalIndexBusy
 from llama_index_twostage.ingest.documents import Source, collect_sources
 from llama_index_twostage.ingest.transform import Chunking, NodeSplitter, Splitting, rekeyed
-from llama_index_twostage.models import embedding_dimension, embedding_model_name
+from llama_index_twostage.models import embedding_contract
 from llama_index_twostage.nodes import model_text
 from llama_index_twostage.store.chroma import ChromaStore
 from llama_index_twostage.store.contract import (
@@ -49,7 +49,6 @@ from llama_index_twostage.store.contract import (
     SOURCE_KEY,
     STAMP_KEY,
     TEXT_HASH_KEY,
-    CollectionContract,
 )
 from llama_index_twostage.store.feed import LexicalFollower, leave_tombstones, stamp_now
 from llama_index_twostage.store.lexical import LexicalIndex, LexicalRecord
@@ -400,9 +399,7 @@ def _embed_and_write(writer: Writer, nodes: list[BaseNode], embed_model: BaseEmb
 
 def _open_for_writing(store: ChromaStore, embed_model: BaseEmbedding, batch_size: int) -> tuple[Collection, int]:
     """The collection (created with the model's contract, or checked against it) and the upsert batch size."""
-    contract = CollectionContract(
-        embedding_model_name(embed_model), embedding_dimension(embed_model), store.config.distance_space
-    )
+    contract = embedding_contract(embed_model, store.config.distance_space)
     collection = store.with_retries(partial(store.create_or_open_collection, contract))
     return collection, min(batch_size, store.max_batch_size())
 

@@ -21,7 +21,7 @@ from llama_index.core.vector_stores.types import MetadataFilters
 from llama_index_twostage.closing import ClosesOwner
 from llama_index_twostage.errors import CollectionNotFoundError, ConfigurationError
 from llama_index_twostage.events import RecallSideEvent, Stage1Event
-from llama_index_twostage.models import embedding_dimension, embedding_model_name, sentence_transformer_of
+from llama_index_twostage.models import embedding_contract, embedding_dimension, sentence_transformer_of
 from llama_index_twostage.nodes import node_from_record, query_text
 from llama_index_twostage.stage1.filters import to_chroma_where
 from llama_index_twostage.store.chroma import ChromaStore
@@ -122,7 +122,8 @@ class ChromaRecallRetriever(ClosesOwner, BaseRetriever):
         """Open and verify the collection once, on the first query (it may not exist when the retriever is built)."""
         if self._collection is None:
             collection = self.store.open_collection()
-            verify_collection(collection, embedding_model_name(self.embed_model), dimension)
+            expected = embedding_contract(self.embed_model)
+            verify_collection(collection, expected.embed_model, dimension, expected.embed_backend, expected.tolerance)
             self._space = distance_space(collection)
             self._collection = collection
         return self._collection

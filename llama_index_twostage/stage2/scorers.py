@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from llama_index_twostage.errors import ModelOutputError
-from llama_index_twostage.models import ModelPool, load_or_explain
+from llama_index_twostage.models import DEFAULT_CACHE_DIR, ModelPool, load_or_explain
 from llama_index_twostage.stage2 import backends
 from llama_index_twostage.stage2.auto import BackendChoice, choose_backend
 from llama_index_twostage.stage2.backends import BackendSetting, RerankBackend
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_CACHE = Path("./.twostage/models")
 TOKEN_COUNT_CACHE_SIZE = 200_000  # about 100 bytes an entry: 20 MB at most
 
 
@@ -223,7 +222,7 @@ class CrossEncoderScorer:
         batch_size: int = 32,
         relevant_class: int | None = None,
         trust_remote_code: bool = False,
-        cache_dir: Path = DEFAULT_MODEL_CACHE,
+        cache_dir: Path = DEFAULT_CACHE_DIR,
         pool: ModelPool | None = None,
     ) -> CrossEncoderScorer:
         """Load ``model`` (hub id or local directory) on ``backend``; through ``pool`` it is loaded once per pool.

@@ -513,7 +513,9 @@ class ChromaStore(Closing):
                 )
             except InternalError:  # created concurrently by another writer: open it below
                 collection = self.open_collection()
-        verify_collection(collection, contract.embed_model, contract.dimension)
+        verify_collection(
+            collection, contract.embed_model, contract.dimension, contract.embed_backend, contract.tolerance
+        )
         self._update_hnsw(collection)
         return collection
 

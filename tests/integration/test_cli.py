@@ -77,6 +77,7 @@ def test_ingest_query_info(runner, cli_env, text_folder):
     assert "collection:      cli-docs" in info.output
     assert "nodes:           3" in info.output
     assert "embedding model: " in info.output and "all-MiniLM-L6-v2" in info.output
+    assert "embed backend:   torch\n" in info.output  # the runtime that wrote it (TWOSTAGE_EMBED_BACKEND, conftest)
     assert "dimension:       384" in info.output
     assert "distance space:  cosine" in info.output
     assert "reranker reads:  the text the bi-encoder embedded" in info.output

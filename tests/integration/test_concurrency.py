@@ -73,7 +73,7 @@ async def test_concurrent_aretrieve_and_aquery_keep_the_loop_free(small_on_serve
 def test_embedding_model_loads_once_under_concurrent_first_use(settings_for, caplog):
     shared = ModelPool()  # a new pool: nothing loaded yet; every pipeline below shares it
     pipelines = [TwoStagePipeline(settings_for("memory"), models=shared) for _ in range(CONCURRENCY)]
-    with caplog.at_level("INFO", logger="llama_index_twostage.models"), ThreadPoolExecutor(CONCURRENCY) as pool:
+    with caplog.at_level("INFO", logger="llama_index_twostage.embed_backends"), ThreadPoolExecutor(CONCURRENCY) as pool:
         models = list(pool.map(lambda pipeline: pipeline.embed_model, pipelines))
     for pipeline in pipelines:
         pipeline.close()

@@ -116,12 +116,8 @@ def test_pipeline_shares_its_objects_and_close_releases_the_store(ingested, mode
         retriever, reranker = pipeline.retriever(), pipeline.reranker()
         assert retriever.store is pipeline.store and retriever.embed_model is pipeline.embed_model
         assert reranker.score_cache is pipeline.score_cache is pipeline.reranker().score_cache
-        assert pipeline.embed_model is models.embedding(
-            ingested.settings.embed_model,
-            device=None,
-            batch_size=ingested.settings.embed_batch_size,
-            trust_remote_code=False,
-        )  # the caller's pool: loaded once for both
+        other = TwoStagePipeline(ingested.settings, models=models, store=pipeline.store, lexical=pipeline.lexical)
+        assert pipeline.embed_model is other.embed_model  # the caller's pool: loaded once for both
         first = pipeline.two_stage_retriever().retrieve(some_queries[0])
     assert not pipeline.store.is_open  # released
     assert len(models) > 0  # a pool the pipeline did not create is not closed by it

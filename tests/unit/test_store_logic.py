@@ -99,9 +99,48 @@ def test_contract_names_both_dimensions():
 
 
 def test_contract_round_trips_through_collection_metadata(client):
-    contract = CollectionContract("org/model", 16, "ip")
+    contract = CollectionContract("org/model", 16, "ip", "onnx-int8")
     collection = new_collection(client, space="ip", metadata=contract.to_metadata())
     assert CollectionContract.of(collection) == contract
+
+
+def test_a_collection_that_recorded_no_runtime_was_written_in_fp32(client):
+    # Before the runtime was recorded the bi-encoder always ran fp32; a hosted embedding records none either.
+    collection = new_collection(client, metadata=CollectionContract("org/model", 16).to_metadata())
+    assert CollectionContract.of(collection).embed_backend == "torch"
+
+
+class Judge:
+    """A tolerance stand-in (the contract's logic only; the measured one has tests in test_embed_backends.py)."""
+
+    def __init__(self, accepted: bool) -> None:
+        self.accepted, self.asked = accepted, []
+
+    def __call__(self, writer: str) -> tuple[bool, str]:
+        self.asked.append(writer)
+        return self.accepted, "top-100 overlap 0.950, same nearest 29/30"
+
+
+def test_another_runtime_is_judged_by_its_tolerance(client):
+    collection = new_collection(client, metadata=CollectionContract("org/m", 16, embed_backend="torch").to_metadata())
+    accepting, refusing = Judge(True), Judge(False)
+    verify_collection(collection, "org/m", 16, "torch-bf16", accepting)
+    assert accepting.asked == ["torch"]
+    with pytest.raises(CollectionMismatchError) as excinfo:
+        verify_collection(collection, "org/m", 16, "onnx-int8", refusing)
+    text = str(excinfo.value)
+    assert "embed_backend 'torch'" in text and "'onnx-int8'" in text and "overlap 0.950" in text
+    assert "set embed_backend to 'torch'" in text
+    same, unknown = Judge(False), Judge(False)
+    verify_collection(collection, "org/m", 16, "torch", same)  # the writer's own runtime: nothing to judge
+    verify_collection(collection, "org/m", 16, None, unknown)  # a hosted embedding: its precision is its own
+    assert same.asked == unknown.asked == []
+
+
+def test_another_runtime_without_a_judge_is_refused(client):
+    collection = new_collection(client, metadata=CollectionContract("org/m", 16, embed_backend="onnx").to_metadata())
+    with pytest.raises(CollectionMismatchError, match="not measured"):
+        verify_collection(collection, "org/m", 16, "torch")
 
 
 def test_foreign_collection_has_no_contract(client, unit_vectors):
