@@ -111,10 +111,12 @@ def load_or_explain(field: str, name: str, load: Callable[[], T]) -> T:
 
 
 def sentence_transformer_of(embed_model: BaseEmbedding) -> Any | None:
-    """The SentenceTransformer behind a ``HuggingFaceEmbedding`` or a subclass (for its tokenizer, window and
-    runtime), else None. Read from its private attribute: LlamaIndex offers no public route."""
+    """The SentenceTransformer behind a ``HuggingFaceEmbedding`` or a subclass (for its tokenizer and runtime), else
+    None (hosted embeddings). LlamaIndex offers no public route to it, so this is the one place that reads its
+    ``_model``, without a default: should LlamaIndex rename it, this fails loudly instead of silently dropping the
+    truncation warnings (``test_models`` checks it)."""
     is_hugging_face = any(cls.__name__ == "HuggingFaceEmbedding" for cls in type(embed_model).__mro__)
-    return getattr(embed_model, "_model", None) if is_hugging_face else None
+    return embed_model._model if is_hugging_face else None  # type: ignore[attr-defined]
 
 
 def embedding_model_name(embed_model: BaseEmbedding) -> str:

@@ -147,13 +147,14 @@ class ChromaRecallRetriever(ClosesOwner, BaseRetriever):
         model = sentence_transformer_of(self.embed_model)
         if model is None:
             return False
+        window = self.embed_model.max_length  # type: ignore[attr-defined]  # HuggingFaceEmbedding's, public
         tokens = len(model.tokenizer(text, verbose=False)["input_ids"])
-        if tokens <= model.max_seq_length:
+        if tokens <= window:
             return False
         logger.warning(
             "query is %d tokens; the embedding model reads only the first %d: shorten it for full recall",
             tokens,
-            model.max_seq_length,
+            window,
         )
         return True
 

@@ -133,3 +133,17 @@ def test_closed_pool_drops_its_models():
     pool.get("key", lambda: "first")
     pool.close()
     assert len(pool) == 0 and pool.get("key", lambda: "reloaded") == "reloaded"
+
+
+def test_the_one_private_read_finds_the_bi_encoders_sentence_transformer():
+    """LlamaIndex has no public route to a HuggingFaceEmbedding's SentenceTransformer: the read fails loudly if it
+    moves, and the window it guards is the embedding's public max_length."""
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+    from sentence_transformers import SentenceTransformer
+    from support import EMBED_DIR
+
+    from llama_index_twostage.models import sentence_transformer_of
+
+    embedding = HuggingFaceEmbedding(model_name=str(EMBED_DIR), device="cpu")
+    encoder = sentence_transformer_of(embedding)
+    assert isinstance(encoder, SentenceTransformer) and encoder.max_seq_length == embedding.max_length == 256
