@@ -39,6 +39,7 @@ from llama_index_twostage.stage2.auto import MAX_TIME_RATIO, Hardware, resolved_
 from llama_index_twostage.stage2.backends import (
     ONNX_EXTRA,
     ONNX_OPSET,
+    built_once,
     export_dir,
     is_onnx,
     onnx_installed,
@@ -229,14 +230,16 @@ def _quantize(source: Path, target: Path) -> None:
 def exported_encoder(encoder: SentenceTransformer, model: str, backend: EmbedBackend, cache_dir: Path) -> Path:
     """The ONNX file of ``backend``, exported (and quantized) on first use and reused from the cache afterwards."""
     folder = export_dir(cache_dir, model)
-    fp32 = folder / _ONNX_FILES["onnx"]
-    if not fp32.is_file():
-        logger.info("exporting bi-encoder %s to ONNX in %s (once; later loads reuse it)", model, folder)
-        _export(encoder, fp32)
-    target = folder / _ONNX_FILES[backend]
-    if not target.is_file():
-        _quantize(fp32, target)
-    return target
+    fp32 = built_once(
+        folder / _ONNX_FILES["onnx"],
+        lambda path: _export(encoder, path),
+        "exporting bi-encoder %s to ONNX in %s (once; later loads reuse it)",
+        model,
+        folder,
+    )
+    if backend == "onnx":
+        return fp32
+    return built_once(folder / _ONNX_FILES[backend], lambda path: _quantize(fp32, path), "quantizing %s to int8", model)
 
 
 class EmbedBackends:

@@ -248,22 +248,38 @@ def _quantize_static(source: Path, target: Path, feeds: list[dict[str, np.ndarra
     )
 
 
+def built_once(target: Path, build: Callable[[Path], None], message: str, *args: object) -> Path:
+    """``target``, built by ``build`` (and logged) the first time, reused from the cache afterwards."""
+    if not target.is_file():
+        logger.info(message, *args)
+        build(target)
+    return target
+
+
 def exported_model(cross_encoder: CrossEncoder, model: str, backend: RerankBackend, cache_dir: Path) -> Path:
     """The ONNX file for ``backend``, exported (and quantized) on first use, reused from the cache afterwards."""
     folder = export_dir(cache_dir, model)
-    fp32 = folder / _ONNX_FILES["onnx"]
-    if not fp32.is_file():
-        logger.info("exporting %s to ONNX in %s (once; later loads reuse it)", model, folder)
-        _export_fp32(cross_encoder, fp32)
-    target = folder / _ONNX_FILES[backend]
-    if backend == "onnx-int8" and not target.is_file():
-        logger.info("quantizing %s to dynamic int8 in %s (once)", model, folder)
-        _quantize_int8(fp32, target)
-    if backend == "onnx-int8-static" and not target.is_file():
-        logger.info("quantizing %s to static int8 in %s (once; calibrating its activation ranges)", model, folder)
+    fp32 = built_once(
+        folder / _ONNX_FILES["onnx"],
+        lambda path: _export_fp32(cross_encoder, path),
+        "exporting %s to ONNX in %s (once; later loads reuse it)",
+        model,
+        folder,
+    )
+
+    def static(path: Path) -> None:
         names = [node.name for node in _graph(fp32).input]
-        _quantize_static(fp32, target, calibration_feeds(cross_encoder.tokenizer, names, activation_calibration_set()))
-    return target
+        _quantize_static(fp32, path, calibration_feeds(cross_encoder.tokenizer, names, activation_calibration_set()))
+
+    quantize: dict[str, Callable[[Path], None]] = {
+        "onnx-int8": lambda path: _quantize_int8(fp32, path),
+        "onnx-int8-static": static,  # its activation ranges calibrated
+    }
+    if backend not in quantize:
+        return fp32
+    return built_once(
+        folder / _ONNX_FILES[backend], quantize[backend], "quantizing %s to %s in %s (once)", model, backend, folder
+    )
 
 
 class OnnxSequenceClassifier(torch.nn.Module):
