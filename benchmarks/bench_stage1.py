@@ -318,7 +318,7 @@ def contract_of(pipeline: TwoStagePipeline) -> CollectionContract:
 
 def stock_ingestion(documents: list, settings: RetrieverSettings, embed_model: HuggingFaceEmbedding) -> None:
     """LlamaIndex's own ingestion into a fresh collection of the same embedded store."""
-    with ChromaStore.from_settings(settings) as store:
+    with ChromaStore(settings.collection, settings.chroma) as store:
         collection = store.client.create_collection(settings.collection)
         VectorStoreIndex.from_documents(
             documents,
