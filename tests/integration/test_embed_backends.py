@@ -93,7 +93,8 @@ def test_auto_keeps_only_what_searches_like_fp32_and_decides_once(embed_model_di
 def test_another_precision_reads_and_extends_a_collection_only_within_tolerance(
     embed_model_dir, cache_dir, cheap_settings
 ):
-    store = ChromaStore.from_settings(cheap_settings("memory"))
+    settings = cheap_settings("memory")
+    store = ChromaStore(settings.collection, settings.chroma)
     try:
         ingest_into(store, backends_for(embed_model_dir, cache_dir).load("torch"), DOCUMENTS, show_progress=False)
         assert CollectionContract.of(store.open_collection()).embed_backend == "torch"
