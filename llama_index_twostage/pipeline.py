@@ -175,6 +175,7 @@ class TwoStagePipeline(Closing):
             device=settings.device,
             normalize=settings.normalize_scores,
             batch_size=settings.rerank_batch_size,
+            batch_tokens=settings.rerank_batch_tokens,
             relevant_class=settings.rerank_relevant_class,
             trust_remote_code=settings.trust_remote_code,
             cache_dir=settings.model_cache_dir,

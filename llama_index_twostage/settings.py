@@ -255,11 +255,11 @@ class RetrieverSettings(BaseSettings):
     rerank_backend: BackendSetting = Field(
         "auto",
         description="Cross-encoder runtime: 'auto' (the fastest that ranks like fp32 here: fp16 on CUDA; on a CPU "
-        "bf16 where computed natively and onnx-int8-static where the onnx extra is installed; each kept only if a "
-        "calibration agrees and it is faster; else fp32), 'torch' (fp32), 'torch-bf16' / 'torch-fp16' (half "
-        "precision), 'onnx' (ONNX Runtime fp32), 'onnx-int8' (int8, dynamic, pair by pair) or 'onnx-int8-static' "
-        "(int8 with calibrated activation ranges, batched; sensitive layers fp32); the onnx ones need the 'onnx' "
-        "extra. 'http': a rerank server at rerank_url scores the pairs (rerank_model is the "
+        "bf16 where computed natively, and onnx and onnx-int8 where the onnx extra is installed; each kept only "
+        "if a calibration agrees and it is faster; else fp32), 'torch' (fp32), 'torch-bf16' / 'torch-fp16' (half "
+        "precision), 'onnx' (ONNX Runtime fp32, fused graph, pair by pair), 'onnx-int8' (int8, dynamic, pair by "
+        "pair) or 'onnx-int8-static' (int8 with calibrated activation ranges; sensitive layers fp32); the onnx ones "
+        "need the 'onnx' extra. 'http': a rerank server at rerank_url scores the pairs (rerank_model is the "
         "model name sent to it).",
     )
     model_cache_dir: Path = Field(
@@ -288,6 +288,12 @@ class RetrieverSettings(BaseSettings):
     # Throughput.
     embed_batch_size: int = Field(32, gt=0, description="Texts per bi-encoder batch.")
     rerank_batch_size: int = Field(32, gt=0, description="Pairs per cross-encoder batch.")
+    rerank_batch_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Tokens per cross-encoder batch, padding included; unset: 1024 on a CPU (padding costs in full "
+        "there), no limit on a GPU.",
+    )
     upsert_batch_size: int = Field(1000, gt=0, description="Records per Chroma upsert (capped by the client).")
 
     # Ingestion.

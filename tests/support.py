@@ -104,12 +104,30 @@ class HashEmbedding(BaseEmbedding):
         return self._vector(query)
 
 
-def fake_cross_encoder(window: int = 512, outputs: int = 1) -> SimpleNamespace:
-    """What CrossEncoderScorer reads of a model to name it: window, activation and head (no weights needed)."""
+def fake_cross_encoder(
+    window: int = 512, outputs: int = 1, tokenizer: Any = None, device: str = "cpu"
+) -> SimpleNamespace:
+    """What CrossEncoderScorer reads of a model to name it and batch for it: window, activation, head, tokenizer
+    and device (no weights needed)."""
     labels = SimpleNamespace(id2label={index: f"LABEL_{index}" for index in range(outputs)})
     return SimpleNamespace(
-        tokenizer=None, max_seq_length=window, activation_fn=torch.nn.Identity(), num_labels=outputs, config=labels
+        tokenizer=tokenizer,
+        max_seq_length=window,
+        activation_fn=torch.nn.Identity(),
+        num_labels=outputs,
+        config=labels,
+        device=torch.device(device),
     )
+
+
+class WordTokenizer:
+    """A tokenizer double for token counting: one token per word, 3 special tokens around a pair (as BERT's)."""
+
+    def __call__(self, texts: list[str], **_: Any) -> dict[str, list[list[int]]]:
+        return {"input_ids": [[0] * len(text.split()) for text in texts]}
+
+    def num_special_tokens_to_add(self, pair: bool = False) -> int:
+        return 3 if pair else 2
 
 
 class RecordingPairs:

@@ -3,10 +3,11 @@
 Reduced precision is a large speed-up where the hardware computes it natively (fp16 on CUDA; bf16 on CPUs with
 AVX512-BF16 or AMX; int8 on any x86 CPU, fastest with VNNI), none or a loss elsewhere, and it can reorder candidates
 whose scores nearly tie. So ``auto`` tries the candidates the device offers (its native half precision; on a CPU
-also static int8 when the ``onnx`` extra is installed) on a small calibration set shipped with the package (see
-:mod:`~llama_index_twostage.stage2.calibration`: 6 queries x 16 passages), scored with each and with fp32,
-and keeps the fastest that ranks like fp32 (every query the same top-1, a mean top-10 set overlap of at least 0.98)
-and takes at most 0.9x fp32's time. Otherwise fp32. README "Performance" has what it chose on measured machines.
+also the fused ONNX graph at fp32 and at dynamic int8 when the ``onnx`` extra is installed) on a small calibration
+set shipped with the package (see :mod:`~llama_index_twostage.stage2.calibration`: 6 queries x 16 passages), scored
+with each and with fp32, and keeps the fastest that ranks like fp32 (every query the same top-1, a mean top-10 set
+overlap of at least 0.98) and takes at most 0.9x fp32's time. Otherwise fp32. README "Performance" has what it chose
+on measured machines.
 
 The decision costs one calibration per backend (plus the one-time ONNX export and quantization when int8 is tried)
 the first time a model is loaded on a machine; it is stored in ``model_cache_dir`` by model weights, device,
@@ -38,8 +39,10 @@ MIN_TOP_OVERLAP = 0.98
 MAX_TIME_RATIO = 0.9
 """A candidate (half precision or int8) must take at most this share of fp32's time on the calibration pairs to be
 worth its risk to the ranking."""
-INT8_CANDIDATE: RerankBackend = "onnx-int8-static"
-"""The int8 backend ``auto`` tries on a CPU: static scales batch, and it ranks closer to fp32 than dynamic int8."""
+ONNX_CANDIDATES: tuple[RerankBackend, ...] = ("onnx", "onnx-int8")
+"""What ``auto`` tries on a CPU where the ``onnx`` extra is installed: the fused fp32 graph (fp32's ranking, faster
+than torch fp32) and dynamic int8 pair by pair (the fastest; static int8 was both slower and further from fp32's
+ranking, README "Performance")."""
 
 Score = Callable[[str, list[str]], list[float]]
 
@@ -129,12 +132,13 @@ class Hardware:
 
 
 def candidate_backends(hardware: Hardware, onnx: bool) -> tuple[list[RerankBackend], str]:
-    """What ``auto`` may try on ``hardware`` besides fp32: its native half precision, and on a CPU static int8 where
-    the ``onnx`` extra is installed (``onnx``). Also returns what was found, for the reason."""
+    """What ``auto`` may try on ``hardware`` besides fp32: its native half precision, and on a CPU the ONNX
+    backends of :data:`ONNX_CANDIDATES` where the ``onnx`` extra is installed (``onnx``). Also returns what was
+    found, for the reason."""
     half, found = hardware.native_half_precision()
     candidates: list[RerankBackend] = [half] if half else []
     if hardware.device == "cpu" and onnx:
-        candidates.append(INT8_CANDIDATE)
+        candidates.extend(ONNX_CANDIDATES)
     return candidates, found
 
 

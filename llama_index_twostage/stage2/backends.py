@@ -6,6 +6,12 @@ an export takes seconds) and reuses that file in every later process. It drives 
 needs ``optimum-onnx``, which pins ``transformers<4.58`` and so cannot live beside the transformers 5 this package
 runs on. The exported model replaces the torch module inside the ``CrossEncoder``, so tokenisation, length-sorted
 batching and the activation stay exactly sentence-transformers' own.
+
+The export uses eager attention, whose graph ONNX Runtime's transformer optimizer fuses into its own ``Attention``,
+``SkipLayerNormalization`` and ``BiasGelu`` kernels: unfused, each layer's attention runs as a dozen small ops over
+a padded score tensor, and ONNX Runtime fp32 was slower than torch (1.18x); fused and run pair by pair it is 0.63x
+(README "Performance"). A fusion whose scores differ from the plain export's is dropped, so an architecture the
+optimizer misreads costs speed, never scores.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 import torch
 
 from llama_index_twostage.models import looks_like_local_path
-from llama_index_twostage.stage2.calibration import Pairs, activation_calibration_set
+from llama_index_twostage.stage2.calibration import Pairs, activation_calibration_set, calibration_set
 
 if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
@@ -39,10 +45,12 @@ _TORCH_DTYPES: dict[str, torch.dtype] = {"torch-bf16": torch.bfloat16, "torch-fp
 # An int8 file name carries its recipe's revision (for static int8, its calibration set's too), so a changed recipe
 # never reuses an older cached export.
 _ONNX_FILES = {
-    "onnx": "model.onnx",
-    "onnx-int8": "model_int8_r2.onnx",
-    "onnx-int8-static": "model_int8_static_r1.onnx",
+    "onnx": "model_fused_r1.onnx",
+    "onnx-int8": "model_int8_r3.onnx",
+    "onnx-int8-static": "model_int8_static_r2.onnx",
 }
+FUSION_TOLERANCE = 1e-3
+"""Largest logit difference between the fused and the plain export for the fusion to be kept."""
 
 
 def is_onnx(backend: RerankBackend) -> bool:
@@ -121,10 +129,13 @@ class _LogitsOf(torch.nn.Module):
 
 
 def _export_fp32(cross_encoder: CrossEncoder, target: Path) -> None:
+    """The classifier in ONNX, with eager attention, fused by ONNX Runtime where the fusion keeps its scores."""
     sample = cross_encoder.tokenizer(["query"], ["a candidate passage"], return_tensors="pt")
     names = list(sample.keys())
     dynamic = {name: {0: "batch", 1: "tokens"} for name in names} | {"logits": {0: "batch"}}
-    module = _LogitsOf(cross_encoder[0].model.float().cpu().eval(), names)
+    model = cross_encoder[0].model.float().cpu().eval()
+    model.set_attn_implementation("eager")  # sdpa exports behind a NaN guard the optimizer does not recognise
+    module = _LogitsOf(model, names)
 
     def write(path: Path) -> None:
         with warnings.catch_warnings(), torch.no_grad():
@@ -139,8 +150,42 @@ def _export_fp32(cross_encoder: CrossEncoder, target: Path) -> None:
                 opset_version=ONNX_OPSET,
                 dynamo=False,
             )
+        check = calibration_feeds(cross_encoder.tokenizer, names, calibration_set()[:1])
+        _fuse_in_place(path, model.config, check)
 
     write_atomically(target, write)
+
+
+def _session(model: Path | bytes) -> Any:
+    import onnxruntime
+
+    source = str(model) if isinstance(model, Path) else model
+    return onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+
+
+def _fuse_in_place(path: Path, config: Any, check: list[dict[str, np.ndarray]]) -> None:
+    """Replace the export at ``path`` by ONNX Runtime's fused BERT graph when its logits on ``check`` stay within
+    :data:`FUSION_TOLERANCE` of the plain export's; otherwise keep it as it is (and say so)."""
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    from onnxruntime.transformers import optimizer
+
+    heads, hidden = getattr(config, "num_attention_heads", 0), getattr(config, "hidden_size", 0)
+    if not heads or not hidden:
+        logger.info("no attention heads or hidden size in the model config: the ONNX export stays unfused")
+        return
+    fused = optimizer.optimize_model(str(path), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
+    plain, candidate = _session(path), _session(fused.model.SerializeToString())
+    difference = max(
+        float(np.abs(plain.run(["logits"], feed)[0] - candidate.run(["logits"], feed)[0]).max()) for feed in check
+    )
+    if difference > FUSION_TOLERANCE:
+        logger.warning("ONNX Runtime's fused graph changes the logits by %.2g: the export stays unfused", difference)
+        return
+    fused.save_model_to_file(str(path))  # which also declares the com.microsoft domain of the fused ops
+    # Typed for the quantizers: ONNX's own shape inference stops at the fused ops, and a quantizer silently leaves an
+    # untyped activation in float.
+    onnx.save(SymbolicShapeInference.infer_shapes(onnx.load(str(path)), auto_merge=True), str(path))
 
 
 def _graph(model_path: Path) -> Any:
@@ -184,8 +229,12 @@ def attention_context_matmuls(model_path: Path) -> list[str]:
     return [node.name for node in graph.node if node.op_type == "MatMul" and reads_softmax(node.input[0])]
 
 
+_FUSED_OPS_ARE_FLOAT = {"DefaultTensorType": 1}  # onnx.TensorProto.FLOAT: shape inference cannot type fused ops
+
+
 def _quantize_int8(source: Path, target: Path) -> None:
-    """Dynamic int8 (weights per channel, activations at run time), MatMuls only: no calibration data needed.
+    """Dynamic int8 (weights per channel, activations at run time) of the MatMuls and the fused attention's
+    projections: no calibration data needed.
 
     Embedding lookups and the width-reducing MatMuls (:func:`narrowing_matmuls`) stay fp32.
     """
@@ -198,8 +247,9 @@ def _quantize_int8(source: Path, target: Path) -> None:
             path,
             weight_type=QuantType.QInt8,
             per_channel=True,
-            op_types_to_quantize=["MatMul"],
+            op_types_to_quantize=["MatMul", "Attention"],  # a fused Attention becomes QAttention
             nodes_to_exclude=narrowing_matmuls(source),
+            extra_options=_FUSED_OPS_ARE_FLOAT,
         ),
     )
 
@@ -219,9 +269,10 @@ def calibration_feeds(tokenizer: Any, input_names: list[str], pairs: Pairs) -> l
 def _quantize_static(source: Path, target: Path, feeds: list[dict[str, np.ndarray]]) -> None:
     """Static int8 in QDQ form: per-channel int8 weights, uint8 activations whose scales are fixed by ``feeds``.
 
-    Fixed scales make a pair's score independent of its batch, so this runs batched. The MatMuls that static int8
-    disturbs most, measured group by group on the calibration set (README "Performance"), stay fp32: each layer's
-    FFN down-projection (:func:`narrowing_matmuls`) and attention context (:func:`attention_context_matmuls`).
+    Fixed scales make a pair's score independent of its batch. What static int8 disturbs most, measured group by
+    group (README "Performance"), stays fp32: each layer's FFN down-projection (:func:`narrowing_matmuls`) and its
+    attention, fused (the attention context of an unfused graph, :func:`attention_context_matmuls`). That leaves the
+    attention output and the FFN up-projection in int8.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -244,6 +295,7 @@ def _quantize_static(source: Path, target: Path, feeds: list[dict[str, np.ndarra
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul"],
             nodes_to_exclude=[*narrowing_matmuls(source), *attention_context_matmuls(source)],
+            extra_options=_FUSED_OPS_ARE_FLOAT,
         ),
     )
 
@@ -285,10 +337,11 @@ def exported_model(cross_encoder: CrossEncoder, model: str, backend: RerankBacke
 class OnnxSequenceClassifier(torch.nn.Module):
     """Stands in for the transformers classifier inside a ``CrossEncoder``: same inputs, ``logits`` out.
 
-    With ``per_pair`` each pair runs alone, cut to its own length. Dynamic int8 quantizes activations with one scale
-    per tensor, computed at run time: in a batch, the largest activation of any pair (padding included) sets the
-    scale of all, so a pair's score moved with its neighbours. Alone, a pair's score is its own, and can be cached;
-    it also bounds memory, since ONNX Runtime's peak follows the padded batch (README "Performance" has both).
+    With ``per_pair`` each pair runs alone, cut to its own length, with no padding. On a CPU that is the fastest way
+    to run the fused graph (its padded batches were 0.91x stock, pair by pair 0.63x; README "Performance"), and it
+    bounds memory, since ONNX Runtime's peak follows the padded batch. Dynamic int8 needs it on any device: it
+    quantizes activations with one scale per tensor, computed at run time, so in a batch the largest activation of
+    any pair (padding included) would set the scale of all, and a pair's score would move with its neighbours.
     """
 
     def __init__(self, path: Path, config: Any, device: str | None, *, per_pair: bool = False) -> None:
@@ -326,5 +379,6 @@ def use_onnx(
     """Swap the torch classifier inside ``cross_encoder`` for the ONNX export of ``backend`` (torch weights freed)."""
     path = exported_model(cross_encoder, model, backend, cache_dir)
     transformer = cross_encoder[0]
-    per_pair = backend == "onnx-int8"  # dynamic activation scales (static int8's are fixed): see OnnxSequenceClassifier
+    on_gpu = bool(device and device.startswith("cuda"))
+    per_pair = backend == "onnx-int8" or not on_gpu  # see OnnxSequenceClassifier
     transformer.model = OnnxSequenceClassifier(path, transformer.model.config, device, per_pair=per_pair)

@@ -114,9 +114,9 @@ def test_no_candidate_means_fp32_without_loading_anything(tmp_path):
 
 
 def test_static_int8_is_a_cpu_candidate_only_with_the_onnx_extra():
-    assert candidate_backends(PLAIN_CPU, onnx=True)[0] == ["onnx-int8-static"]
+    assert candidate_backends(PLAIN_CPU, onnx=True)[0] == ["onnx", "onnx-int8"]
     assert candidate_backends(PLAIN_CPU, onnx=False)[0] == []
-    assert candidate_backends(BF16_CPU, onnx=True)[0] == ["torch-bf16", "onnx-int8-static"]
+    assert candidate_backends(BF16_CPU, onnx=True)[0] == ["torch-bf16", "onnx", "onnx-int8"]
     assert candidate_backends(Hardware("mps", "Apple M2"), onnx=True)[0] == []
     assert candidate_backends(Hardware("cuda", "Test GPU"), onnx=True)[0] == ["torch-fp16"]
 
