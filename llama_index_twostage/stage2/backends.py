@@ -4,8 +4,8 @@ The ONNX path exports (and quantizes) the model once into ``model_cache_dir`` (m
 an export takes seconds) and reuses that file in every later process. It drives ONNX Runtime through ``torch.onnx`` and
 ``onnxruntime.quantization`` directly rather than through sentence-transformers' ``backend="onnx"``: that route
 needs ``optimum-onnx``, which pins ``transformers<4.58`` and so cannot live beside the transformers 5 this package
-runs on. The exported model replaces the torch module inside the ``CrossEncoder``, so tokenisation, length-sorted
-batching and the activation stay exactly sentence-transformers' own.
+runs on. The exported model replaces the torch module inside the ``CrossEncoder``, so tokenisation and the
+activation stay exactly sentence-transformers' own.
 
 The export uses eager attention, whose graph ONNX Runtime's transformer optimizer fuses into its own ``Attention``,
 ``SkipLayerNormalization`` and ``BiasGelu`` kernels: unfused, each layer's attention runs as a dozen small ops over

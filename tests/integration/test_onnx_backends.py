@@ -77,6 +77,15 @@ def test_the_export_is_fused_by_onnx_runtime(scores, rerank_model_dir, cache_dir
     assert fused["Attention"] == 6 and fused["SkipLayerNormalization"] == 12 and fused["Softmax"] == 0
 
 
+def test_a_fusion_that_changes_the_logits_is_dropped(rerank_model_dir, cache_dir, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(backends, "FUSION_TOLERANCE", -1.0)  # any difference, even none, counts as a change
+    cross_encoder = load_cross_encoder(rerank_model_dir, None, 128, False, "torch", cache_dir)
+    backends._export_fp32(cross_encoder, tmp_path / "model.onnx")
+    plain = ops(tmp_path / "model.onnx")
+    assert plain["Attention"] == 0 and plain["Softmax"] == 6  # the plain export, each layer's attention unfused
+    assert "the export stays unfused" in caplog.text
+
+
 def test_int8_keeps_the_width_reducing_matmuls_in_fp32(scores, rerank_model_dir, cache_dir, pairs):
     scores("onnx-int8", *pairs)  # exported by now, whatever the test order
     folder = backends.export_dir(cache_dir, rerank_model_dir)
