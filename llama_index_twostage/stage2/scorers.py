@@ -296,11 +296,11 @@ class CrossEncoderScorer:
     def score(self, query: str, texts: list[str]) -> list[float]:
         if not texts:
             return []
-        outputs: list[np.ndarray | None] = [None] * len(texts)
-        for batch in self.batches(query, texts):
-            for index, output in zip(batch, self._predict([(query, texts[index]) for index in batch])):
-                outputs[index] = output
-        scores = self.head.scores(np.stack(outputs), len(texts))
+        batches = self.batches(query, texts)
+        by_length = np.concatenate([self._predict([(query, texts[index]) for index in batch]) for batch in batches])
+        outputs = np.empty_like(by_length)
+        outputs[[index for batch in batches for index in batch]] = by_length  # back to the order of texts
+        scores = self.head.scores(outputs, len(texts))
         gives_logits = self.head.relevant_class is not None or isinstance(
             self.cross_encoder.activation_fn, torch.nn.Identity
         )
