@@ -8,6 +8,7 @@ is explicit: pass the same pool to share, a new one not to.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections.abc import Callable, Hashable
@@ -117,6 +118,16 @@ def sentence_transformer_of(embed_model: BaseEmbedding) -> Any | None:
     truncation warnings (``test_models`` checks it)."""
     is_hugging_face = any(cls.__name__ == "HuggingFaceEmbedding" for cls in type(embed_model).__mro__)
     return embed_model._model if is_hugging_face else None  # type: ignore[attr-defined]
+
+
+def counting_tokenizer(tokenizer: T) -> T:
+    """A copy of a model's tokenizer, for counting tokens beside the model.
+
+    A fast tokenizer keeps padding and truncation as state that each call sets: counting (no padding) with the
+    model's own tokenizer in one thread drops the padding of a batch the model is tokenizing in another, which then
+    fails ("Unable to create tensor"). A copy (about 30 ms, once per owner) shares no state with the model's.
+    """
+    return copy.deepcopy(tokenizer)
 
 
 def embedding_model_name(embed_model: BaseEmbedding) -> str:

@@ -21,7 +21,12 @@ from llama_index.core.vector_stores.types import MetadataFilters
 from llama_index_twostage.closing import ClosesOwner
 from llama_index_twostage.errors import CollectionNotFoundError, ConfigurationError
 from llama_index_twostage.events import RecallSideEvent, Stage1Event
-from llama_index_twostage.models import embedding_contract, embedding_dimension, sentence_transformer_of
+from llama_index_twostage.models import (
+    counting_tokenizer,
+    embedding_contract,
+    embedding_dimension,
+    sentence_transformer_of,
+)
 from llama_index_twostage.nodes import node_from_record, query_text
 from llama_index_twostage.stage1.filters import to_chroma_where
 from llama_index_twostage.store.chroma import ChromaStore
@@ -117,6 +122,8 @@ class ChromaRecallRetriever(ClosesOwner, BaseRetriever):
         self._collection: Collection | None = None
         self._async_collection: AsyncCollection | None = None
         self._space: DistanceSpace = "cosine"
+        bi_encoder = sentence_transformer_of(embed_model)
+        self._query_tokenizer = counting_tokenizer(bi_encoder.tokenizer) if bi_encoder is not None else None
 
     def _collection_for(self, dimension: int) -> Collection:
         """Open and verify the collection once, on the first query (it may not exist when the retriever is built)."""
@@ -144,11 +151,10 @@ class ChromaRecallRetriever(ClosesOwner, BaseRetriever):
         return self._async_collection
 
     def _warn_if_truncated(self, text: str) -> bool:
-        model = sentence_transformer_of(self.embed_model)
-        if model is None:
+        if self._query_tokenizer is None:
             return False
         window = self.embed_model.max_length  # type: ignore[attr-defined]  # HuggingFaceEmbedding's, public
-        tokens = len(model.tokenizer(text, verbose=False)["input_ids"])
+        tokens = len(self._query_tokenizer(text, verbose=False)["input_ids"])
         if tokens <= window:
             return False
         logger.warning(

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from llama_index_twostage.errors import ModelOutputError
-from llama_index_twostage.models import DEFAULT_CACHE_DIR, ModelPool, load_or_explain
+from llama_index_twostage.models import DEFAULT_CACHE_DIR, ModelPool, counting_tokenizer, load_or_explain
 from llama_index_twostage.stage2 import backends
 from llama_index_twostage.stage2.auto import BackendChoice, choose_backend
 from llama_index_twostage.stage2.backends import BackendSetting, RerankBackend
@@ -41,11 +41,13 @@ class TokenWindow:
 
     A pair's length is its query's tokens, its text's and the tokenizer's special tokens. Text counts are kept in a
     bounded cache this window owns, so a candidate is tokenized for counting once, not on every query (the model's
-    own tokenization happens only for pairs the score cache does not answer).
+    own tokenization happens only for pairs the score cache does not answer). The window counts with its own copy
+    of ``tokenizer`` (see :func:`~llama_index_twostage.models.counting_tokenizer`), so counting in one thread never
+    disturbs the model tokenizing a batch in another.
     """
 
     def __init__(self, tokenizer: Any, max_tokens: int, cache_size: int = TOKEN_COUNT_CACHE_SIZE) -> None:
-        self.tokenizer = tokenizer
+        self.tokenizer = counting_tokenizer(tokenizer)
         self.max_tokens = max_tokens
         self.token_counts = LruCache[str, int](cache_size)
 

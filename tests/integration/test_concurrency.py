@@ -4,17 +4,22 @@ results of sequential runs, each model loaded once, and the event loop left free
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from llama_index.core.llms import MockLLM
+from llama_index.core.schema import QueryBundle
 
-from llama_index_twostage.models import ModelPool
+from llama_index_twostage.models import ModelPool, sentence_transformer_of
 from llama_index_twostage.pipeline import TwoStagePipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 CONCURRENCY = 32
+SIDE_BY_SIDE_S = 4.0
 
 
 def ranking(nodes) -> list[tuple[str, float]]:
@@ -81,3 +86,55 @@ def test_embedding_model_loads_once_under_concurrent_first_use(settings_for, cap
     loads = [record for record in caplog.records if record.getMessage().startswith("loading embedding model")]
     assert len(loads) == 1
     assert all(model is models[0] for model in models)
+
+
+def errors_side_by_side(count: Callable[[int], object], batch: Callable[[int], object]) -> list[str]:
+    """Run ``count`` (tokenizing without padding) in two threads and ``batch`` (a padded batch through the model) in
+    two others for :data:`SIDE_BY_SIDE_S` seconds, each call with a fresh number; what the calls raised."""
+    deadline = time.monotonic() + SIDE_BY_SIDE_S
+    fresh = itertools.count()
+
+    def repeat(call: Callable[[int], object]) -> list[str]:
+        errors = []
+        while time.monotonic() < deadline:
+            try:
+                call(next(fresh))
+            except Exception as error:  # noqa: BLE001 - every failure is the finding
+                errors.append(repr(error))
+        return errors
+
+    with ThreadPoolExecutor(4) as pool:
+        runs = [pool.submit(repeat, call) for call in (count, count, batch, batch)]
+        return [error for run in runs for error in run.result()]
+
+
+def varied_texts(scifact, seed: int, count: int = 4) -> list[str]:
+    """``count`` SciFact texts cut to different lengths, tagged with ``seed`` so no cache has seen them."""
+    texts = [document.text for document in scifact.corpus.values()]
+    return [f"{seed} {texts[(seed + i) % len(texts)][: 40 + 60 * i]}" for i in range(count)]
+
+
+def test_counting_a_reranker_window_beside_its_batches_breaks_nothing(settings_for, pipeline_for, scifact):
+    """Truncation counts (no padding) and the model's batches (padded) at once, as concurrent queries run them: a
+    tokenizer shared between them would un-pad a batch ("Unable to create tensor")."""
+    scorer = pipeline_for(settings_for("memory")).reranker().scorer
+    errors = errors_side_by_side(
+        lambda seed: scorer.window.count_truncated(f"query {seed}", varied_texts(scifact, seed)),
+        lambda seed: scorer.score(f"query {seed}", varied_texts(scifact, seed)),
+    )
+    assert errors == []
+
+
+def test_query_truncation_checks_leave_the_bi_encoder_batches_padded(settings_for, pipeline_for, scifact):
+    """The same race on the bi-encoder (a service that embeds documents while it answers queries), asserted on the
+    state it races on, since its window is too narrow to hit reliably: a fast tokenizer's padding, set by each
+    padded batch, must survive the query's truncation check (no padding)."""
+    pipeline = pipeline_for(settings_for("memory"))
+    pipeline.ingest(list(scifact.corpus.values())[:3])
+    pipeline.embed_model.get_text_embedding_batch(varied_texts(scifact, 0))
+    padding = sentence_transformer_of(pipeline.embed_model).tokenizer.backend_tokenizer.padding
+    assert padding is not None
+    query = "which trials measured the dose?"
+    embedded = QueryBundle(query, embedding=pipeline.embed_model.get_query_embedding(query))  # checked, not embedded
+    assert pipeline.retriever(recall_k=2).retrieve(embedded)
+    assert sentence_transformer_of(pipeline.embed_model).tokenizer.backend_tokenizer.padding == padding
