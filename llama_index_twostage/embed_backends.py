@@ -24,8 +24,8 @@ import json
 import logging
 import random
 import time
-import warnings
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,14 +38,15 @@ from llama_index_twostage.models import ModelPool, load_or_explain, sentence_tra
 from llama_index_twostage.stage2.auto import MAX_TIME_RATIO, Hardware, resolved_device
 from llama_index_twostage.stage2.backends import (
     ONNX_EXTRA,
-    ONNX_OPSET,
-    built_once,
+    DecisionFile,
+    cached_export,
     export_dir,
+    export_fused,
     is_onnx,
     onnx_installed,
+    quantize_int8,
     torch_model_kwargs,
     weights_fingerprint,
-    write_atomically,
 )
 from llama_index_twostage.stage2.calibration import calibration_set
 
@@ -62,7 +63,7 @@ MIN_TOP_OVERLAP = 0.99
 DECISIONS_FILE = "embed-backend.json"
 OUTPUT = "last_hidden_state"
 _JOINED = ((6, 2), (12, 1))  # texts of that many passages, one per that many passages of a topic
-_ONNX_FILES = {"onnx": "encoder.onnx", "onnx-int8": "encoder_int8.onnx"}
+_ONNX_FILES = {"onnx": "encoder_fused_r1.onnx", "onnx-int8": "encoder_int8_r2.onnx"}  # a new recipe, a new name
 
 
 @dataclass(frozen=True)
@@ -188,58 +189,25 @@ class OnnxEncoder(torch.nn.Module):
         return {OUTPUT: torch.from_numpy(hidden)}
 
 
-class _TokenEmbeddings(torch.nn.Module):
-    """The encoder as a function of positional tensors, the form ``torch.onnx.export`` traces."""
-
-    def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
-        super().__init__()
-        self.model, self.names = model, names
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.names, tensors)))[OUTPUT]
-
-
 def _export(encoder: SentenceTransformer, target: Path) -> None:
+    """The encoder in ONNX, fused where the fusion keeps its token embeddings on calibration texts."""
     sample = encoder.tokenizer(["a sample text"], return_tensors="pt")
-    names = list(sample.keys())
-    traced = _TokenEmbeddings(encoder[0].model.float().cpu().eval(), names)
-    axes = {name: {0: "batch", 1: "tokens"} for name in [*names, OUTPUT]}
-
-    def write(path: Path) -> None:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            inputs = tuple(sample[name] for name in names)
-            torch.onnx.export(traced, inputs, str(path), input_names=names, output_names=[OUTPUT],
-                              dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False)  # fmt: skip
-
-    write_atomically(target, write)
-
-
-def _quantize(source: Path, target: Path) -> None:
-    """Dynamic int8 of every MatMul, weights per channel: no calibration data, VNNI where the CPU has it."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    write_atomically(
-        target,
-        lambda path: quantize_dynamic(
-            source, path, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
-        ),
-    )
+    check = [
+        {
+            name: ids.astype(np.int64)
+            for name, ids in encoder.tokenizer(text, truncation=True, return_tensors="np").items()
+        }
+        for text in Calibration.default().corpus[:2]
+    ]
+    export_fused(encoder[0].model, sample, (OUTPUT, {0: "batch", 1: "tokens"}), check, target)
 
 
 def exported_encoder(encoder: SentenceTransformer, model: str, backend: EmbedBackend, cache_dir: Path) -> Path:
     """The ONNX file of ``backend``, exported (and quantized) on first use and reused from the cache afterwards."""
-    folder = export_dir(cache_dir, model)
-    fp32 = built_once(
-        folder / _ONNX_FILES["onnx"],
-        lambda path: _export(encoder, path),
-        "exporting bi-encoder %s to ONNX in %s (once; later loads reuse it)",
-        model,
-        folder,
+    export = partial(_export, encoder)
+    return cached_export(
+        export_dir(cache_dir, model), _ONNX_FILES, backend, export, {"onnx-int8": quantize_int8}, model
     )
-    if backend == "onnx":
-        return fp32
-    return built_once(folder / _ONNX_FILES[backend], lambda path: _quantize(fp32, path), "quantizing %s to int8", model)
 
 
 class EmbedBackends:
@@ -302,7 +270,7 @@ class EmbedBackends:
         machine, hardware, candidates = self._machine()
         if not candidates:
             return self.load("torch", f"fp32: no native half precision on {hardware}, no onnx extra installed")
-        decisions = _Decisions(self.cache_dir / DECISIONS_FILE)
+        decisions = DecisionFile(self.cache_dir / DECISIONS_FILE, "an embed_backend measurement")
         key = f"{machine}|auto:{','.join(candidates)}|{self.calibration.min_top_overlap}"
         stored = decisions.get(key)
         if stored is not None:
@@ -355,7 +323,7 @@ class EmbedBackends:
         queries, corpus = self._embedded[reader].queries, self._embedded[writer].corpus
         return search_agreement(self._embedded["torch"], queries, corpus, self.calibration)
 
-    def _store_pairs(self, decisions: _Decisions, machine: str) -> None:
+    def _store_pairs(self, decisions: DecisionFile, machine: str) -> None:
         """Record every reader/writer pair among the runtimes embedded so far."""
         pairs = [(reader, writer) for reader in self._embedded for writer in self._embedded]
         decisions.put({f"{machine}|{r}>{w}": asdict(self._agreement(r, w)) for r, w in pairs})
@@ -364,7 +332,7 @@ class EmbedBackends:
         """Whether ``reader`` and ``writer`` search each other's vectors like fp32, both ways (stored, else measured
         with fp32 and ``writer`` loaded for the purpose), and the measurement in words."""
         machine, _, _ = self._machine()
-        decisions = _Decisions(self.cache_dir / DECISIONS_FILE)
+        decisions = DecisionFile(self.cache_dir / DECISIONS_FILE, "an embed_backend measurement")
         keys = [f"{machine}|{reader}>{writer}", f"{machine}|{writer}>{reader}"]
         if any(decisions.get(key) is None for key in keys):
             logger.info("measuring embed_backend %s against a collection written with %s (once)", reader, writer)
@@ -375,30 +343,6 @@ class EmbedBackends:
         both = [SearchAgreement(**{**decisions.get(key), **threshold}) for key in keys]  # type: ignore[dict-item]
         words = f"{reader} queries on {writer} vectors: {both[0]}; {writer} queries on {reader} vectors: {both[1]}"
         return all(agreement.passes for agreement in both), words
-
-
-class _Decisions:
-    """A JSON file of measurements by key, shared by processes: each write is atomic; unreadable means empty."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def _read(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.path.read_text(encoding="utf-8")))
-        except (OSError, ValueError):  # none yet, or unreadable: measure again
-            return {}
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self._read().get(key)
-
-    def put(self, entries: dict[str, dict[str, Any]]) -> None:
-        """Add entries; a read-only cache only costs a measurement in the next process."""
-        merged = {**self._read(), **entries}
-        try:
-            write_atomically(self.path, lambda file: file.write_text(json.dumps(merged, indent=1), encoding="utf-8"))
-        except OSError as error:
-            logger.warning("could not store an embed_backend measurement in %s (%s)", self.path, error)
 
 
 def pooled_embedding(

@@ -108,7 +108,7 @@ def fake_cross_encoder(
     window: int = 512, outputs: int = 1, tokenizer: Any = None, device: str = "cpu"
 ) -> SimpleNamespace:
     """What CrossEncoderScorer reads of a model to name it and batch for it: window, activation, head, tokenizer
-    and device (no weights needed)."""
+    and device (no weights: ``model`` is None)."""
     labels = SimpleNamespace(id2label={index: f"LABEL_{index}" for index in range(outputs)})
     return SimpleNamespace(
         tokenizer=tokenizer,
@@ -117,6 +117,7 @@ def fake_cross_encoder(
         num_labels=outputs,
         config=labels,
         device=torch.device(device),
+        model=None,
     )
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from llama_index_twostage.stage2.backends import RerankBackend, onnx_installed, weights_fingerprint, write_atomically
+from llama_index_twostage.stage2.backends import DecisionFile, RerankBackend, onnx_installed, weights_fingerprint
 from llama_index_twostage.stage2.calibration import Pairs, calibration_set
 
 logger = logging.getLogger(__name__)
@@ -214,15 +214,15 @@ class AutoBackend:
         device = self.hardware.device
         pairs = hashlib.sha256(json.dumps(self.pairs).encode()).hexdigest()[:8]  # a changed set decides anew
         key = "|".join([weights_fingerprint(model), device, found, ",".join(self.candidates), pairs, torch.__version__])
-        decisions = Path(cache_dir).expanduser() / DECISIONS_FILE
-        stored = _read_decisions(decisions).get(key)
+        decisions = DecisionFile(Path(cache_dir).expanduser() / DECISIONS_FILE, "the rerank_backend auto decision")
+        stored = decisions.get(key)
         if stored is not None:
             return BackendChoice(**stored)
         logger.info("rerank_backend auto: calibrating %s on %s (once per model and machine)", self.candidates, found)
         fp32 = scorer_of("torch")
         scorers = {backend: scorer_of(backend) for backend in self.candidates}
         choice = calibrate(fp32, scorers, found, self.pairs, self.clock)
-        _store_decision(decisions, key, choice)
+        decisions.put({key: asdict(choice)})
         return choice
 
 
@@ -231,19 +231,3 @@ def choose_backend(
 ) -> BackendChoice:
     """``auto``'s backend for ``model`` on ``device`` of this machine (see :class:`AutoBackend`)."""
     return AutoBackend.detect(device).choose(model, cache_dir, scorer_of)
-
-
-def _read_decisions(path: Path) -> dict[str, dict[str, str]]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # none yet, or unreadable: calibrate again
-        return {}
-
-
-def _store_decision(path: Path, key: str, choice: BackendChoice) -> None:
-    """Add one decision, written atomically; a read-only cache only costs a calibration in the next process."""
-    decisions = {**_read_decisions(path), key: asdict(choice)}
-    try:
-        write_atomically(path, lambda file: file.write_text(json.dumps(decisions, indent=1), encoding="utf-8"))
-    except OSError as error:
-        logger.warning("could not store the rerank_backend auto decision in %s (%s)", path, error)

@@ -17,12 +17,13 @@ optimizer misreads costs speed, never scores.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -50,7 +51,8 @@ _ONNX_FILES = {
     "onnx-int8-static": "model_int8_static_r2.onnx",
 }
 FUSION_TOLERANCE = 1e-3
-"""Largest logit difference between the fused and the plain export for the fusion to be kept."""
+"""Largest difference of an output (logits, token embeddings) between the fused and the plain export for the fusion
+to be kept."""
 
 
 def is_onnx(backend: RerankBackend) -> bool:
@@ -116,44 +118,84 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
         Path(temporary).unlink(missing_ok=True)
 
 
-class _LogitsOf(torch.nn.Module):
-    """The classifier as a function of positional tensors, the form ``torch.onnx.export`` traces."""
+class DecisionFile:
+    """A JSON file of measurements and decisions by key, shared by processes: each write is atomic, and a file
+    that is missing or unreadable reads as empty (what it held is measured again)."""
 
-    def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
+    def __init__(self, path: Path, holds: str) -> None:
+        self.path = path
+        self.holds = holds  # what it holds, in words, for the warning when it cannot be written
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            return {}
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._read().get(key)
+
+    def put(self, entries: dict[str, dict[str, Any]]) -> None:
+        """Add entries; a read-only cache only costs a measurement in the next process."""
+        merged = {**self._read(), **entries}
+        try:
+            write_atomically(self.path, lambda file: file.write_text(json.dumps(merged, indent=1), encoding="utf-8"))
+        except OSError as error:
+            logger.warning("could not store %s in %s (%s)", self.holds, self.path, error)
+
+
+class _PositionalInputs(torch.nn.Module):
+    """A transformers model as a function of positional tensors (the form ``torch.onnx.export`` traces), returning
+    its ``output``."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str], output: str) -> None:
         super().__init__()
-        self.model = model
-        self.names = names
+        self.model, self.names, self.output = model, names, output
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.names, tensors))).logits
+        return self.model(**dict(zip(self.names, tensors)))[self.output]
 
 
-def _export_fp32(cross_encoder: CrossEncoder, target: Path) -> None:
-    """The classifier in ONNX, with eager attention, fused by ONNX Runtime where the fusion keeps its scores."""
-    sample = cross_encoder.tokenizer(["query"], ["a candidate passage"], return_tensors="pt")
-    names = list(sample.keys())
-    dynamic = {name: {0: "batch", 1: "tokens"} for name in names} | {"logits": {0: "batch"}}
-    model = cross_encoder[0].model.float().cpu().eval()
+def export_fused(
+    model: torch.nn.Module,
+    sample: Mapping[str, torch.Tensor],
+    output: tuple[str, dict[int, str]],
+    check: list[dict[str, np.ndarray]],
+    target: Path,
+) -> None:
+    """Export a transformers encoder to ``target`` with eager attention, fused by ONNX Runtime where the fusion
+    keeps the named ``output`` (name, dynamic axes) on the ``check`` inputs; written atomically.
+
+    ``sample`` is a tokenizer's output, whose keys become the graph's inputs, with dynamic batch and token axes.
+    """
+    model = model.float().cpu().eval()
     model.set_attn_implementation("eager")  # sdpa exports behind a NaN guard the optimizer does not recognise
-    module = _LogitsOf(model, names)
+    names, (output_name, output_axes) = list(sample.keys()), output
+    dynamic = {name: {0: "batch", 1: "tokens"} for name in names} | {output_name: output_axes}
 
     def write(path: Path) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module,
+                _PositionalInputs(model, names, output_name),
                 tuple(sample[name] for name in names),
                 str(path),
                 input_names=names,
-                output_names=["logits"],
+                output_names=[output_name],
                 dynamic_axes=dynamic,
                 opset_version=ONNX_OPSET,
                 dynamo=False,
             )
-        check = calibration_feeds(cross_encoder.tokenizer, names, calibration_set()[:1])
-        _fuse_in_place(path, model.config, check)
+        _fuse_in_place(path, model.config, output_name, check)
 
     write_atomically(target, write)
+
+
+def _export_fp32(cross_encoder: CrossEncoder, target: Path) -> None:
+    """The classifier in ONNX, fused where the fusion keeps its scores (:func:`export_fused`)."""
+    sample = cross_encoder.tokenizer(["query"], ["a candidate passage"], return_tensors="pt")
+    check = calibration_feeds(cross_encoder.tokenizer, list(sample.keys()), calibration_set()[:1])
+    export_fused(cross_encoder[0].model, sample, ("logits", {0: "batch"}), check, target)
 
 
 def _session(model: Path | bytes) -> Any:
@@ -163,9 +205,9 @@ def _session(model: Path | bytes) -> Any:
     return onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
 
 
-def _fuse_in_place(path: Path, config: Any, check: list[dict[str, np.ndarray]]) -> None:
-    """Replace the export at ``path`` by ONNX Runtime's fused BERT graph when its logits on ``check`` stay within
-    :data:`FUSION_TOLERANCE` of the plain export's; otherwise keep it as it is (and say so)."""
+def _fuse_in_place(path: Path, config: Any, output: str, check: list[dict[str, np.ndarray]]) -> None:
+    """Replace the export at ``path`` by ONNX Runtime's fused BERT graph when its ``output`` on ``check`` stays
+    within :data:`FUSION_TOLERANCE` of the plain export's; otherwise keep it as it is (and say so)."""
     import onnx
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     from onnxruntime.transformers import optimizer
@@ -177,10 +219,12 @@ def _fuse_in_place(path: Path, config: Any, check: list[dict[str, np.ndarray]]) 
     fused = optimizer.optimize_model(str(path), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
     plain, candidate = _session(path), _session(fused.model.SerializeToString())
     difference = max(
-        float(np.abs(plain.run(["logits"], feed)[0] - candidate.run(["logits"], feed)[0]).max()) for feed in check
+        float(np.abs(plain.run([output], feed)[0] - candidate.run([output], feed)[0]).max()) for feed in check
     )
     if difference > FUSION_TOLERANCE:
-        logger.warning("ONNX Runtime's fused graph changes the logits by %.2g: the export stays unfused", difference)
+        logger.warning(
+            "ONNX Runtime's fused graph changes the %s by %.2g: the export stays unfused", output, difference
+        )
         return
     fused.save_model_to_file(str(path))  # which also declares the com.microsoft domain of the fused ops
     # Typed for the quantizers: ONNX's own shape inference stops at the fused ops, and a quantizer silently leaves an
@@ -232,26 +276,39 @@ def attention_context_matmuls(model_path: Path) -> list[str]:
 _FUSED_OPS_ARE_FLOAT = {"DefaultTensorType": 1}  # onnx.TensorProto.FLOAT: shape inference cannot type fused ops
 
 
-def _quantize_int8(source: Path, target: Path) -> None:
+def quantize_int8(source: Path, target: Path, keep_float: Sequence[str] = ()) -> None:
     """Dynamic int8 (weights per channel, activations at run time) of the MatMuls and the fused attention's
-    projections: no calibration data needed.
-
-    Embedding lookups and the width-reducing MatMuls (:func:`narrowing_matmuls`) stay fp32.
-    """
+    projections, but the nodes named in ``keep_float``: no calibration data needed, VNNI where the CPU has it."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     write_atomically(
         target,
         lambda path: quantize_dynamic(
-            source,
+            quantizer_input(source),
             path,
             weight_type=QuantType.QInt8,
             per_channel=True,
             op_types_to_quantize=["MatMul", "Attention"],  # a fused Attention becomes QAttention
-            nodes_to_exclude=narrowing_matmuls(source),
+            nodes_to_exclude=list(keep_float),
             extra_options=_FUSED_OPS_ARE_FLOAT,
         ),
     )
+
+
+def _quantize_int8(source: Path, target: Path) -> None:
+    """The cross-encoder's dynamic int8 (:func:`quantize_int8`): its width-reducing MatMuls
+    (:func:`narrowing_matmuls`) stay fp32."""
+    quantize_int8(source, target, keep_float=narrowing_matmuls(source))
+
+
+def quantizer_input(source: Path) -> Any:
+    """The ONNX model at ``source``, loaded, for ONNX Runtime's quantizers. Given a path, they write
+    ``<name>-inferred.onnx`` beside the model and delete it after, so two processes quantizing one shared export
+    collide (a FileNotFoundError, seen in the two-process test); given the model, each works in a temporary folder
+    of its own."""
+    import onnx
+
+    return onnx.load(str(source))
 
 
 def calibration_feeds(tokenizer: Any, input_names: list[str], pairs: Pairs) -> list[dict[str, np.ndarray]]:
@@ -286,7 +343,7 @@ def _quantize_static(source: Path, target: Path, feeds: list[dict[str, np.ndarra
     write_atomically(
         target,
         lambda path: quantize_static(
-            source,
+            quantizer_input(source),
             path,
             Feeds(),
             quant_format=QuantFormat.QDQ,
@@ -300,37 +357,49 @@ def _quantize_static(source: Path, target: Path, feeds: list[dict[str, np.ndarra
     )
 
 
-def built_once(target: Path, build: Callable[[Path], None], message: str, *args: object) -> Path:
-    """``target``, built by ``build`` (and logged) the first time, reused from the cache afterwards."""
-    if not target.is_file():
-        logger.info(message, *args)
-        build(target)
-    return target
+def cached_export(
+    folder: Path,
+    files: Mapping[str, str],
+    backend: str,
+    export: Callable[[Path], None],
+    quantizers: Mapping[str, Callable[[Path, Path], None]],
+    label: str,
+) -> Path:
+    """The ONNX file of ``backend`` in ``folder`` (named by ``files``): the fp32 graph written by ``export``, or
+    ``quantizers[backend](fp32, target)`` of it; each built (and logged) the first time, reused afterwards."""
+
+    def built_once(target: Path, build: Callable[[Path], None], message: str, *args: object) -> Path:
+        if not target.is_file():
+            logger.info(message, *args)
+            build(target)
+        return target
+
+    fp32 = built_once(
+        folder / files["onnx"], export, "exporting %s to ONNX in %s (once; later loads reuse it)", label, folder
+    )
+    if backend == "onnx":
+        return fp32
+    quantize = quantizers[backend]
+    return built_once(
+        folder / files[backend], lambda path: quantize(fp32, path), "quantizing %s to %s (once)", label, backend
+    )
 
 
 def exported_model(cross_encoder: CrossEncoder, model: str, backend: RerankBackend, cache_dir: Path) -> Path:
     """The ONNX file for ``backend``, exported (and quantized) on first use, reused from the cache afterwards."""
-    folder = export_dir(cache_dir, model)
-    fp32 = built_once(
-        folder / _ONNX_FILES["onnx"],
+
+    def static(source: Path, target: Path) -> None:
+        names = [node.name for node in _graph(source).input]
+        feeds = calibration_feeds(cross_encoder.tokenizer, names, activation_calibration_set())
+        _quantize_static(source, target, feeds)  # its activation ranges calibrated
+
+    return cached_export(
+        export_dir(cache_dir, model),
+        _ONNX_FILES,
+        backend,
         lambda path: _export_fp32(cross_encoder, path),
-        "exporting %s to ONNX in %s (once; later loads reuse it)",
+        {"onnx-int8": _quantize_int8, "onnx-int8-static": static},
         model,
-        folder,
-    )
-
-    def static(path: Path) -> None:
-        names = [node.name for node in _graph(fp32).input]
-        _quantize_static(fp32, path, calibration_feeds(cross_encoder.tokenizer, names, activation_calibration_set()))
-
-    quantize: dict[str, Callable[[Path], None]] = {
-        "onnx-int8": lambda path: _quantize_int8(fp32, path),
-        "onnx-int8-static": static,  # its activation ranges calibrated
-    }
-    if backend not in quantize:
-        return fp32
-    return built_once(
-        folder / _ONNX_FILES[backend], quantize[backend], "quantizing %s to %s in %s (once)", model, backend, folder
     )
 
 
@@ -382,3 +451,12 @@ def use_onnx(
     on_gpu = bool(device and device.startswith("cuda"))
     per_pair = backend == "onnx-int8" or not on_gpu  # see OnnxSequenceClassifier
     transformer.model = OnnxSequenceClassifier(path, transformer.model.config, device, per_pair=per_pair)
+
+
+def runs_on_cpu(cross_encoder: CrossEncoder) -> bool:
+    """Whether ``cross_encoder``'s forward passes run on a CPU. An ONNX backend's ``CrossEncoder`` stays on the CPU
+    (it only tokenizes there) while its session may run on CUDA, so the session's first provider says."""
+    classifier = cross_encoder.model
+    if isinstance(classifier, OnnxSequenceClassifier):
+        return classifier.session.get_providers()[0] == "CPUExecutionProvider"
+    return str(cross_encoder.device).startswith("cpu")

@@ -220,7 +220,7 @@ class CrossEncoderScorer:
         self.backend = backend
         self.normalize = normalize
         self.batch_size = batch_size
-        on_cpu = str(cross_encoder.device).startswith("cpu")
+        on_cpu = backends.runs_on_cpu(cross_encoder)
         self.batch_tokens = batch_tokens if batch_tokens is not None else (CPU_BATCH_TOKENS if on_cpu else None)
         self.backend_reason = backend_reason
         self._window = TokenWindow(cross_encoder.tokenizer, cross_encoder.max_seq_length)

@@ -3,9 +3,11 @@ judged against another's. Calibrations here use a few dozen texts (the shipped s
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
+import onnx
 import pytest
 from llama_index.core import Document
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
@@ -56,8 +58,10 @@ def test_each_runtime_embeds_like_fp32_and_says_which_it_is(embed_model_dir, cac
         assert np.min(np.sum(vectors * fp32, axis=1)) > 0.98, backend  # unit vectors: the cosine with fp32
         assert embedding_backend(embedding) == backend == embedding.embed_backend
         assert isinstance(embedding, HuggingFaceEmbedding)  # still LlamaIndex's embedding, for any LlamaIndex use
-    exports = sorted(path.name for path in cache_dir.rglob("*.onnx"))
-    assert exports == ["encoder.onnx", "encoder_int8.onnx"]
+    exports = sorted(cache_dir.rglob("*.onnx"), key=lambda path: path.name)
+    assert [path.name for path in exports] == ["encoder_fused_r1.onnx", "encoder_int8_r2.onnx"]
+    fused, int8 = (Counter(node.op_type for node in onnx.load(str(path)).graph.node) for path in exports)
+    assert fused["Attention"] == int8["QAttention"] == 6  # one per layer: fused, then quantized
     written = {path: path.stat().st_mtime_ns for path in cache_dir.rglob("*.onnx")}
     backends.load("onnx-int8")
     assert {path: path.stat().st_mtime_ns for path in cache_dir.rglob("*.onnx")} == written  # reused, not redone

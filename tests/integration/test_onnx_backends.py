@@ -3,6 +3,9 @@ quantizations are reused, the export is fused, static int8 keeps its measured-se
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections import Counter
 
 import onnx
@@ -10,7 +13,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from llama_index_twostage.stage2 import CrossEncoderScorer, backends
-from llama_index_twostage.stage2.scorers import load_cross_encoder
+from llama_index_twostage.stage2.scorers import CPU_BATCH_TOKENS, load_cross_encoder
 
 pytestmark = pytest.mark.integration
 
@@ -139,6 +142,7 @@ def test_scores_do_not_depend_on_batch_neighbours(rerank_model_dir, cache_dir, m
         rerank_model_dir, backend=backend, max_length=MAX_LENGTH, cache_dir=cache_dir, pool=models
     )
     query, texts = pairs
+    assert scorer.batch_tokens == CPU_BATCH_TOKENS  # an ONNX session on the CPU batches as torch there does
     scorer.batch_tokens = None  # batches by pair count alone, so each size really changes the neighbours
     by_batch = {}
     for batch_size in (1, 7, len(texts)):
@@ -173,3 +177,44 @@ def test_each_result_names_the_backend_that_scored_it(ingested, some_queries):
 
     nodes = ingested.pipeline.two_stage_retriever().retrieve(QueryBundle(some_queries[0]))
     assert {node.node.metadata["twostage"]["rerank_backend"] for node in nodes} == {"torch"}
+
+
+SCORE_IN_A_FRESH_PROCESS = """
+import json, logging, sys
+from llama_index_twostage.stage2 import CrossEncoderScorer
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+model, cache_dir, max_length, pairs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+query, texts = json.load(open(pairs))
+scorer = CrossEncoderScorer.load(model, backend="onnx-int8", max_length=max_length, cache_dir=cache_dir)
+print(json.dumps(scorer.score(query, texts)))
+"""
+
+
+def test_two_processes_exporting_into_one_cache_both_score_and_leave_whole_files(
+    rerank_model_dir, tmp_path, pairs, models
+):
+    """Two hosts (processes, working directories) sharing a model cache load ``onnx-int8`` at once: both export
+    and quantize (each writes through a temporary file and renames), both score, and the cache holds whole files
+    that a third load reuses with the same scores."""
+    cache_dir = tmp_path / "shared-cache"
+    hosts = [tmp_path / "host-a", tmp_path / "host-b"]
+    (tmp_path / "pairs.json").write_text(json.dumps(pairs), encoding="utf-8")
+    arguments = [rerank_model_dir, str(cache_dir), str(MAX_LENGTH), str(tmp_path / "pairs.json")]
+    processes = []
+    for host in hosts:
+        host.mkdir()
+        command = [sys.executable, "-c", SCORE_IN_A_FRESH_PROCESS, *arguments]
+        processes.append(subprocess.Popen(command, cwd=host, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outputs = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr
+        assert "exporting" in stderr  # both found no export: they really wrote at the same time
+        outputs.append(json.loads(stdout))
+    folder = backends.export_dir(cache_dir, rerank_model_dir)
+    assert sorted(path.name for path in folder.iterdir()) == ["model_fused_r1.onnx", "model_int8_r3.onnx"]
+    third = CrossEncoderScorer.load(
+        rerank_model_dir, backend="onnx-int8", max_length=MAX_LENGTH, cache_dir=cache_dir, pool=models
+    )
+    reused = third.score(*pairs)
+    assert max(abs(a - b) for other in (outputs[1], reused) for a, b in zip(outputs[0], other)) <= 1e-6

@@ -158,3 +158,23 @@ def test_reranker_checks_the_cascade_rules_itself(scorers):
 
 def test_reranker_without_cascade_has_no_cascade_scorer(scorers):
     assert CrossEncoderRerank(scorers[1]).cascade_scorer is None
+
+
+def test_a_decision_file_merges_entries_and_reads_missing_or_damaged_as_empty(tmp_path):
+    decisions = backends.DecisionFile(tmp_path / "cache" / "decisions.json", "a test decision")
+    assert decisions.get("a") is None  # no file yet
+    decisions.put({"a": {"backend": "torch"}})
+    decisions.put({"b": {"backend": "onnx"}})  # a second writer adds, keeps the first
+    assert (decisions.get("a"), decisions.get("b")) == ({"backend": "torch"}, {"backend": "onnx"})
+    decisions.path.write_text("{half a", encoding="utf-8")
+    assert decisions.get("a") is None  # damaged: measured again, never an error
+
+
+def test_a_decision_that_cannot_be_stored_is_a_warning(tmp_path, caplog):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("", encoding="utf-8")
+    decisions = backends.DecisionFile(blocked / "decisions.json", "a test decision")  # its folder is a file
+    with caplog.at_level("WARNING", logger="llama_index_twostage"):
+        decisions.put({"a": {"backend": "torch"}})
+    assert [record.getMessage().split(" in ")[0] for record in caplog.records] == ["could not store a test decision"]
+    assert decisions.get("a") is None

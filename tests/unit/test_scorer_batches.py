@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from support import WordTokenizer, fake_cross_encoder
 
+from llama_index_twostage.stage2.backends import OnnxSequenceClassifier
 from llama_index_twostage.stage2.scorers import CPU_BATCH_TOKENS, CrossEncoderScorer
 
 
@@ -46,6 +49,18 @@ def test_without_a_token_budget_only_the_pair_count_bounds_a_batch():
 def test_the_token_budget_defaults_by_device(device, expected):
     assert scorer(batch_tokens=None, device=device).batch_tokens == expected
     assert scorer(batch_tokens=256, device=device).batch_tokens == 256  # given: used as given
+
+
+@pytest.mark.parametrize(
+    ("providers", "expected"),
+    [(["CUDAExecutionProvider", "CPUExecutionProvider"], None), (["CPUExecutionProvider"], CPU_BATCH_TOKENS)],
+)
+def test_an_onnx_model_batches_for_where_its_session_runs(providers, expected):
+    """An ONNX backend's CrossEncoder stays on the CPU while its session may run on CUDA: the session decides."""
+    model = fake_cross_encoder(tokenizer=WordTokenizer(), device="cpu")
+    model.model = OnnxSequenceClassifier.__new__(OnnxSequenceClassifier)  # no export: only its session is read
+    model.model.session = SimpleNamespace(get_providers=lambda: providers)
+    assert CrossEncoderScorer(model, name="m").batch_tokens == expected
 
 
 def test_a_non_positive_token_budget_is_refused():
