@@ -180,11 +180,16 @@ def test_each_result_names_the_backend_that_scored_it(ingested, some_queries):
 
 
 SCORE_IN_A_FRESH_PROCESS = """
-import json, logging, sys
+import json, logging, os, sys, time
+from pathlib import Path
 from llama_index_twostage.stage2 import CrossEncoderScorer
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 model, cache_dir, max_length, pairs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 query, texts = json.load(open(pairs))
+Path(pairs).with_name(f"ready-{os.getpid()}").touch()  # imports done: start loading together
+deadline = time.monotonic() + 120
+while len(list(Path(pairs).parent.glob("ready-*"))) < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
 scorer = CrossEncoderScorer.load(model, backend="onnx-int8", max_length=max_length, cache_dir=cache_dir)
 print(json.dumps(scorer.score(query, texts)))
 """
@@ -209,7 +214,7 @@ def test_two_processes_exporting_into_one_cache_both_score_and_leave_whole_files
     for process in processes:
         stdout, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr
-        assert "exporting" in stderr  # both found no export: they really wrote at the same time
+        assert "exporting" in stderr  # both found no export (they start loading together): both wrote at once
         outputs.append(json.loads(stdout))
     folder = backends.export_dir(cache_dir, rerank_model_dir)
     assert sorted(path.name for path in folder.iterdir()) == ["model_fused_r1.onnx", "model_int8_r3.onnx"]
