@@ -40,6 +40,7 @@ from llama_index_twostage.stage2.backends import (
     ONNX_EXTRA,
     DecisionFile,
     cached_export,
+    cpu_session,
     export_dir,
     export_fused,
     is_onnx,
@@ -178,9 +179,7 @@ class OnnxEncoder(torch.nn.Module):
 
     def __init__(self, path: Path, config: Any) -> None:
         super().__init__()
-        import onnxruntime
-
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path)
         self.input_names = [node.name for node in self.session.get_inputs()]
         self.config = config
 

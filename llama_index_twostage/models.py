@@ -130,6 +130,13 @@ def counting_tokenizer(tokenizer: T) -> T:
     return copy.deepcopy(tokenizer)
 
 
+def query_tokenizer_of(embed_model: BaseEmbedding) -> Any | None:
+    """A :func:`counting_tokenizer` of the bi-encoder behind ``embed_model``, for the query length check; None for
+    an embedding whose tokenizer is not known here (a hosted API)."""
+    bi_encoder = sentence_transformer_of(embed_model)
+    return counting_tokenizer(bi_encoder.tokenizer) if bi_encoder is not None else None
+
+
 def embedding_model_name(embed_model: BaseEmbedding) -> str:
     """The name a collection's contract records for this embedding."""
     return str(getattr(embed_model, "model_name", None) or type(embed_model).__name__)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from llama_index.core.base.base_retriever import BaseRetriever
@@ -36,7 +37,7 @@ from llama_index_twostage.closing import ClosesOwner, Closing
 from llama_index_twostage.embed_backends import pooled_embedding
 from llama_index_twostage.ingest import Chunking, DeleteReport, IngestReport, delete_documents, ingest_into
 from llama_index_twostage.ingest.transform import GivenNodes, Splitting, Transformations, preset
-from llama_index_twostage.models import ModelPool
+from llama_index_twostage.models import ModelPool, query_tokenizer_of
 from llama_index_twostage.settings import RetrieverSettings
 from llama_index_twostage.stage1 import ChromaRecallRetriever, HybridRecallRetriever, Stage1Mode
 from llama_index_twostage.stage2 import CrossEncoderRerank, CrossEncoderScorer, HttpRerankScorer, PairScorer, ScoreCache
@@ -138,6 +139,12 @@ class TwoStagePipeline(Closing):
             )
         return self._embed_model
 
+    @cached_property
+    def query_tokenizer(self) -> Any:
+        """The bi-encoder's tokenizer, copied once for every retriever this pipeline builds to count queries with
+        (see :func:`~llama_index_twostage.models.query_tokenizer_of`)."""
+        return query_tokenizer_of(self.embed_model)
+
     def retriever(
         self,
         *,
@@ -153,6 +160,7 @@ class TwoStagePipeline(Closing):
             recall_k=recall_k or settings.recall_k,
             filters=filters,
             recall_guard_gap=settings.recall_guard_gap if settings.recall_guard else None,
+            query_tokenizer=self.query_tokenizer,
         )
         mode = stage1_mode or settings.stage1_mode
         if mode == "dense":

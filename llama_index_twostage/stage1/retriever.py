@@ -22,9 +22,9 @@ from llama_index_twostage.closing import ClosesOwner
 from llama_index_twostage.errors import CollectionNotFoundError, ConfigurationError
 from llama_index_twostage.events import RecallSideEvent, Stage1Event
 from llama_index_twostage.models import (
-    counting_tokenizer,
     embedding_contract,
     embedding_dimension,
+    query_tokenizer_of,
     sentence_transformer_of,
 )
 from llama_index_twostage.nodes import node_from_record, query_text
@@ -96,6 +96,9 @@ class ChromaRecallRetriever(ClosesOwner, BaseRetriever):
         filters: LlamaIndex metadata filters applied inside Chroma.
         recall_guard_gap: when set, warn if the cosine at rank ``recall_k`` is within this of the top one (see
             :func:`recall_starved`); None turns the guard off.
+        query_tokenizer: counts a query's tokens for the truncation warning, apart from the model's own tokenizer
+            (:func:`~llama_index_twostage.models.query_tokenizer_of`, which is the default: a copy costs about 30
+            ms, so a factory that builds retrievers per request passes the one it keeps).
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class ChromaRecallRetriever(ClosesOwner, BaseRetriever):
         recall_k: int = 100,
         filters: MetadataFilters | None = None,
         recall_guard_gap: float | None = None,
+        query_tokenizer: Any = None,
         callback_manager: CallbackManager | None = None,
     ) -> None:
         if recall_k <= 0:
@@ -122,8 +126,7 @@ class ChromaRecallRetriever(ClosesOwner, BaseRetriever):
         self._collection: Collection | None = None
         self._async_collection: AsyncCollection | None = None
         self._space: DistanceSpace = "cosine"
-        bi_encoder = sentence_transformer_of(embed_model)
-        self._query_tokenizer = counting_tokenizer(bi_encoder.tokenizer) if bi_encoder is not None else None
+        self.query_tokenizer = query_tokenizer if query_tokenizer is not None else query_tokenizer_of(embed_model)
 
     def _collection_for(self, dimension: int) -> Collection:
         """Open and verify the collection once, on the first query (it may not exist when the retriever is built)."""
@@ -151,10 +154,10 @@ class ChromaRecallRetriever(ClosesOwner, BaseRetriever):
         return self._async_collection
 
     def _warn_if_truncated(self, text: str) -> bool:
-        if self._query_tokenizer is None:
+        if self.query_tokenizer is None:
             return False
         window = self.embed_model.max_length  # type: ignore[attr-defined]  # HuggingFaceEmbedding's, public
-        tokens = len(self._query_tokenizer(text, verbose=False)["input_ids"])
+        tokens = len(self.query_tokenizer(text, verbose=False)["input_ids"])
         if tokens <= window:
             return False
         logger.warning(

@@ -198,7 +198,8 @@ def _export_fp32(cross_encoder: CrossEncoder, target: Path) -> None:
     export_fused(cross_encoder[0].model, sample, ("logits", {0: "batch"}), check, target)
 
 
-def _session(model: Path | bytes) -> Any:
+def cpu_session(model: Path | bytes) -> Any:
+    """An ONNX Runtime session on the CPU of the model at a path, or of its bytes."""
     import onnxruntime
 
     source = str(model) if isinstance(model, Path) else model
@@ -217,7 +218,7 @@ def _fuse_in_place(path: Path, config: Any, output: str, check: list[dict[str, n
         logger.info("no attention heads or hidden size in the model config: the ONNX export stays unfused")
         return
     fused = optimizer.optimize_model(str(path), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
-    plain, candidate = _session(path), _session(fused.model.SerializeToString())
+    plain, candidate = cpu_session(path), cpu_session(fused.model.SerializeToString())
     difference = max(
         float(np.abs(plain.run([output], feed)[0] - candidate.run([output], feed)[0]).max()) for feed in check
     )

@@ -197,6 +197,8 @@ class CrossEncoderScorer:
         backend: the runtime it was loaded on; part of the cache key (precision changes scores).
         relevant_class: for heads with several outputs, the index of the relevant class (default 1 of 2).
         backend_reason: why this backend, when ``auto`` chose it.
+        window: the token window to count with; default: one of its own. Scorers of one model may share one (its
+            tokenizer copy and its count cache): :meth:`load` does, through the pool.
     """
 
     def __init__(
@@ -210,6 +212,7 @@ class CrossEncoderScorer:
         batch_tokens: int | None = None,
         relevant_class: int | None = None,
         backend_reason: str | None = None,
+        window: TokenWindow | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -223,7 +226,9 @@ class CrossEncoderScorer:
         on_cpu = backends.runs_on_cpu(cross_encoder)
         self.batch_tokens = batch_tokens if batch_tokens is not None else (CPU_BATCH_TOKENS if on_cpu else None)
         self.backend_reason = backend_reason
-        self._window = TokenWindow(cross_encoder.tokenizer, cross_encoder.max_seq_length)
+        self._window = (
+            window if window is not None else TokenWindow(cross_encoder.tokenizer, cross_encoder.max_seq_length)
+        )
         config = cross_encoder.config
         labels = {int(index): str(label) for index, label in (getattr(config, "id2label", None) or {}).items()}
         self.head = OutputHead(name, cross_encoder.num_labels, relevant_class, labels if len(labels) > 1 else {})
@@ -257,6 +262,10 @@ class CrossEncoderScorer:
                 return load_cross_encoder(model, device, max_length, trust_remote_code, chosen, Path(cache_dir))
 
             cross_encoder = shared.get(key, load) if shared is not None else load()
+
+            def window() -> TokenWindow:
+                return TokenWindow(cross_encoder.tokenizer, cross_encoder.max_seq_length)
+
             return cls(
                 cross_encoder,
                 name=model,
@@ -266,6 +275,7 @@ class CrossEncoderScorer:
                 batch_tokens=batch_tokens,
                 relevant_class=relevant_class,
                 backend_reason=reason,
+                window=shared.get(("token-window", *key), window) if shared is not None else None,
             )
 
         if backend != "auto":

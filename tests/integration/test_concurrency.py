@@ -138,3 +138,15 @@ def test_query_truncation_checks_leave_the_bi_encoder_batches_padded(settings_fo
     embedded = QueryBundle(query, embedding=pipeline.embed_model.get_query_embedding(query))  # checked, not embedded
     assert pipeline.retriever(recall_k=2).retrieve(embedded)
     assert sentence_transformer_of(pipeline.embed_model).tokenizer.backend_tokenizer.padding == padding
+
+
+def test_components_built_per_request_count_with_one_copy_of_each_tokenizer(settings_for, pipeline_for):
+    """A service that builds its query engine per request copies each model's tokenizer once (a copy costs about
+    30 ms), and counts with that copy, never with the model's own."""
+    pipeline = pipeline_for(settings_for("memory"))
+    scorers = [pipeline.reranker().scorer for _ in range(2)]
+    assert scorers[0].window is scorers[1].window
+    assert scorers[0].window.tokenizer is not scorers[0].cross_encoder.tokenizer
+    retrievers = [pipeline.retriever(stage1_mode="dense") for _ in range(2)]
+    assert retrievers[0].query_tokenizer is retrievers[1].query_tokenizer is not None
+    assert retrievers[0].query_tokenizer is not sentence_transformer_of(pipeline.embed_model).tokenizer
