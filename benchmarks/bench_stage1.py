@@ -73,7 +73,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--sections", default="ingestion,latency,scale,lexical", help="which parts to run (comma-separated)"
     )
-    parser.add_argument("--embed-backends", default="torch,torch-bf16,onnx,onnx-int8", help="rows of embed-backends")
+    parser.add_argument(
+        "--embed-backends",
+        default="torch,torch-bf16,onnx,onnx-int8,openvino,openvino-bf16",
+        help="rows of embed-backends",
+    )
     parser.add_argument("--model-cache-dir", type=Path, default=Path(".twostage/models"))
     return parser.parse_args()
 

@@ -5,7 +5,8 @@ are to fp32's. ``auto`` embeds a calibration corpus (240 texts of one, six or tw
 on average, built from the passages of ``stage2/calibration.json``: no dataset text) and 30 queries with fp32 and
 with each candidate the machine offers (its native half precision, see
 :func:`~llama_index_twostage.stage2.auto.native_half_precision`; on a CPU ``onnx`` and ``onnx-int8`` where the
-``onnx`` extra is installed), searches exactly, and keeps the fastest that holds fp32's search (a mean top-100
+``onnx`` extra is installed, and OpenVINO at bf16 where native, else fp32, where the ``openvino`` extra is), searches
+exactly, and keeps the fastest that holds fp32's search (a mean top-100
 overlap of at least 0.99, and every query the same nearest text: the top-1 guard of the cross-encoder's
 calibration) and takes at most 0.9x fp32's time. The corpus is embedded in ``embed_batch_size`` batches, as
 ingestion embeds, and each query alone, as a query is: a runtime whose vectors
@@ -35,17 +36,21 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
 from llama_index_twostage.models import ModelPool, load_or_explain, sentence_transformer_of
-from llama_index_twostage.stage2.auto import MAX_TIME_RATIO, Hardware, resolved_device
+from llama_index_twostage.stage2.auto import MAX_TIME_RATIO, OPENVINO_CANDIDATE, Hardware, resolved_device
 from llama_index_twostage.stage2.backends import (
-    ONNX_EXTRA,
+    OPENVINO_PRECISIONS,
     DecisionFile,
+    OpenVinoGraph,
     cached_export,
     cpu_session,
     export_dir,
     export_fused,
-    is_onnx,
-    onnx_installed,
+    installed,
+    is_openvino,
     quantize_int8,
+    require_cpu,
+    require_runtime,
+    runs_an_export,
     torch_model_kwargs,
     weights_fingerprint,
 )
@@ -57,8 +62,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-EmbedBackend = Literal["torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8"]  # fp32, half, ONNX fp32 and int8
-EmbedBackendSetting = Literal["auto", "torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8"]
+# fp32, half, ONNX Runtime fp32 and int8, OpenVINO fp32 and bf16
+EmbedBackend = Literal["torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8", "openvino", "openvino-bf16"]
+EmbedBackendSetting = Literal[
+    "auto", "torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8", "openvino", "openvino-bf16"
+]
 TOP_N = 100
 MIN_TOP_OVERLAP = 0.99
 DECISIONS_FILE = "embed-backend.json"
@@ -232,13 +240,15 @@ class EmbedBackends:
         self._embedded: dict[str, Embedded] = {}
 
     def load(self, backend: EmbedBackend, reason: str = "as set") -> BackendEmbedding:
-        """The bi-encoder on ``backend``; ONNX ones export on first use (CPU only)."""
-        if is_onnx(backend) and not onnx_installed():
-            raise ImportError(f"embed_backend {backend!r} needs onnxruntime and onnx; install them with: {ONNX_EXTRA}")
+        """The bi-encoder on ``backend``; ONNX Runtime and OpenVINO ones export on first use (CPU only)."""
+        exported = runs_an_export(backend)
+        if exported:
+            require_runtime(backend, "embed_backend")
+            require_cpu(backend, self.device, "embed_backend")
         logger.info("loading embedding model %s (%s)", self.model, backend)
         embedding = BackendEmbedding(
             model_name=self.model,
-            device="cpu" if is_onnx(backend) else self.device,
+            device="cpu" if exported else self.device,
             embed_batch_size=self.batch_size,
             trust_remote_code=self.trust_remote_code,
             normalize=True,
@@ -246,10 +256,14 @@ class EmbedBackends:
             embed_backend=backend,
             backend_reason=reason,
         )
-        if is_onnx(backend):
+        if exported:
             encoder = sentence_transformer_of(embedding)
-            path = exported_encoder(encoder, self.model, backend, self.cache_dir)
-            encoder[0].model = OnnxEncoder(path, encoder[0].model.config)
+            config = encoder[0].model.config
+            if is_openvino(backend):
+                path = exported_encoder(encoder, self.model, "onnx", self.cache_dir)
+                encoder[0].model = OpenVinoGraph(path, config, OUTPUT, OPENVINO_PRECISIONS[backend])
+            else:
+                encoder[0].model = OnnxEncoder(exported_encoder(encoder, self.model, backend, self.cache_dir), config)
         embedding._backends = self
         return embedding
 
@@ -258,8 +272,10 @@ class EmbedBackends:
         device = resolved_device(self.device)
         half, hardware = Hardware.detect(device).native_half_precision()
         candidates: list[EmbedBackend] = [half] if half else []
-        if device == "cpu" and onnx_installed():
+        if device == "cpu" and installed("onnx"):
             candidates += ["onnx", "onnx-int8"]
+        if device == "cpu" and installed("openvino"):
+            candidates.append(OPENVINO_CANDIDATE[half is not None])
         calibration = self.calibration.fingerprint()
         key = "|".join([weights_fingerprint(self.model), device, hardware, torch.__version__, calibration])
         return key, hardware, candidates

@@ -218,10 +218,11 @@ class RetrieverSettings(BaseSettings):
     embed_backend: EmbedBackendSetting = Field(
         "auto",
         description="Bi-encoder runtime, for ingestion and queries alike: 'auto' (the fastest that searches like fp32 "
-        "here: native half precision, and on a CPU onnx / onnx-int8 where the onnx extra is installed; each kept "
-        "only if a calibration agrees and it is faster; else fp32), 'torch' (fp32), 'torch-bf16' / 'torch-fp16', "
-        "'onnx' or 'onnx-int8'. Recorded in the collection; another precision may read or write it only within "
-        "the calibration's tolerance.",
+        "here: native half precision, and on a CPU onnx / onnx-int8 where the onnx extra is installed and "
+        "openvino-bf16 (where bf16 is native, else openvino) where the openvino extra is; each kept only if a "
+        "calibration agrees and it is faster; else fp32), 'torch' (fp32), 'torch-bf16' / 'torch-fp16', 'onnx', "
+        "'onnx-int8', 'openvino' (OpenVINO fp32) or 'openvino-bf16'. Recorded in the collection; another precision "
+        "may read or write it only within the calibration's tolerance.",
     )
     rerank_model: ModelName = Field("cross-encoder/ms-marco-MiniLM-L6-v2", description="Cross-encoder for stage 2.")
     device: str | None = Field(None, description="'cpu', 'cuda', 'cuda:N', 'mps'; unset picks automatically.")
@@ -255,12 +256,14 @@ class RetrieverSettings(BaseSettings):
     rerank_backend: BackendSetting = Field(
         "auto",
         description="Cross-encoder runtime: 'auto' (the fastest that ranks like fp32 here: fp16 on CUDA; on a CPU "
-        "bf16 where computed natively, and onnx and onnx-int8 where the onnx extra is installed; each kept only "
-        "if a calibration agrees and it is faster; else fp32), 'torch' (fp32), 'torch-bf16' / 'torch-fp16' (half "
-        "precision), 'onnx' (ONNX Runtime fp32, fused graph, pair by pair), 'onnx-int8' (int8, dynamic, pair by "
-        "pair) or 'onnx-int8-static' (int8 with calibrated activation ranges; sensitive layers fp32); the onnx ones "
-        "need the 'onnx' extra. 'http': a rerank server at rerank_url scores the pairs (rerank_model is the "
-        "model name sent to it).",
+        "bf16 where computed natively, onnx and onnx-int8 where the onnx extra is installed, and openvino-bf16 "
+        "(where bf16 is native, else openvino) where the openvino extra is; each kept only if a calibration agrees "
+        "and it is faster; else fp32), 'torch' (fp32), 'torch-bf16' / 'torch-fp16' (half precision), 'onnx' (ONNX "
+        "Runtime fp32, fused graph, pair by pair), 'onnx-int8' (int8, dynamic, pair by pair), 'onnx-int8-static' "
+        "(int8 with calibrated activation ranges; sensitive layers fp32), 'openvino' / 'openvino-bf16' (OpenVINO "
+        "on the CPU at fp32 / bf16, the same fused graph); the onnx ones need the 'onnx' extra, the openvino ones "
+        "the 'openvino' extra. 'http': a rerank server at rerank_url scores the pairs (rerank_model is the model "
+        "name sent to it).",
     )
     model_cache_dir: Path = Field(
         DEFAULT_CACHE_DIR,

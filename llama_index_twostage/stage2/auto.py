@@ -3,7 +3,8 @@
 Reduced precision is a large speed-up where the hardware computes it natively (fp16 on CUDA; bf16 on CPUs with
 AVX512-BF16 or AMX; int8 on any x86 CPU, fastest with VNNI), none or a loss elsewhere, and it can reorder candidates
 whose scores nearly tie. So ``auto`` tries the candidates the device offers (its native half precision; on a CPU
-also the fused ONNX graph at fp32 and at dynamic int8 when the ``onnx`` extra is installed) on a small calibration
+also the fused ONNX graph at fp32 and at dynamic int8 when the ``onnx`` extra is installed, and that graph on
+OpenVINO, at bf16 where native, else fp32, when the ``openvino`` extra is) on a small calibration
 set shipped with the package (see :mod:`~llama_index_twostage.stage2.calibration`: 6 queries x 16 passages), scored
 with each and with fp32, and keeps the fastest that ranks like fp32 (every query the same top-1, a mean top-10 set
 overlap of at least 0.98) and takes at most 0.9x fp32's time. Otherwise fp32. README "Performance" has what it chose
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from llama_index_twostage.stage2.backends import DecisionFile, RerankBackend, onnx_installed, weights_fingerprint
+from llama_index_twostage.stage2.backends import DecisionFile, RerankBackend, installed, weights_fingerprint
 from llama_index_twostage.stage2.calibration import Pairs, calibration_set
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ ONNX_CANDIDATES: tuple[RerankBackend, ...] = ("onnx", "onnx-int8")
 """What ``auto`` tries on a CPU where the ``onnx`` extra is installed: the fused fp32 graph (fp32's ranking, faster
 than torch fp32) and dynamic int8 pair by pair (the fastest; static int8 was both slower and further from fp32's
 ranking, README "Performance")."""
+OPENVINO_CANDIDATE: dict[bool, RerankBackend] = {True: "openvino-bf16", False: "openvino"}
+"""What ``auto`` tries on a CPU where the ``openvino`` extra is installed, by whether the CPU computes bf16 natively:
+OpenVINO at fp32 is slower than at bf16 wherever bf16 is native (0.61x against 0.35x stock, README "Performance")."""
 
 Score = Callable[[str, list[str]], list[float]]
 
@@ -131,14 +135,17 @@ class Hardware:
         return ("torch-bf16" if native else None), f"{self.name} ({', '.join(native) or 'no AVX512-BF16 or AMX'})"
 
 
-def candidate_backends(hardware: Hardware, onnx: bool) -> tuple[list[RerankBackend], str]:
+def candidate_backends(hardware: Hardware, onnx: bool, openvino: bool = False) -> tuple[list[RerankBackend], str]:
     """What ``auto`` may try on ``hardware`` besides fp32: its native half precision, and on a CPU the ONNX
-    backends of :data:`ONNX_CANDIDATES` where the ``onnx`` extra is installed (``onnx``). Also returns what was
-    found, for the reason."""
+    backends of :data:`ONNX_CANDIDATES` where the ``onnx`` extra is installed (``onnx``) and the one of
+    :data:`OPENVINO_CANDIDATE` where the ``openvino`` extra is (``openvino``). Also returns what was found, for the
+    reason."""
     half, found = hardware.native_half_precision()
     candidates: list[RerankBackend] = [half] if half else []
     if hardware.device == "cpu" and onnx:
         candidates.extend(ONNX_CANDIDATES)
+    if hardware.device == "cpu" and openvino:
+        candidates.append(OPENVINO_CANDIDATE[half is not None])
     return candidates, found
 
 
@@ -200,7 +207,7 @@ class AutoBackend:
     @classmethod
     def detect(cls, device: str | None = None) -> AutoBackend:
         hardware = Hardware.detect(device)
-        candidates, _ = candidate_backends(hardware, onnx_installed())
+        candidates, _ = candidate_backends(hardware, installed("onnx"), installed("openvino"))
         return cls(hardware, tuple(candidates), calibration_set())
 
     def choose(self, model: str, cache_dir: Path, scorer_of: Callable[[RerankBackend], Score]) -> BackendChoice:
@@ -210,7 +217,8 @@ class AutoBackend:
         """
         _, found = self.hardware.native_half_precision()
         if not self.candidates:
-            return BackendChoice("torch", f"fp32: no native half precision on {found}, no int8 runtime installed")
+            reason = f"fp32: no native half precision on {found}, neither the onnx nor the openvino extra installed"
+            return BackendChoice("torch", reason)
         device = self.hardware.device
         pairs = hashlib.sha256(json.dumps(self.pairs).encode()).hexdigest()[:8]  # a changed set decides anew
         key = "|".join([weights_fingerprint(model), device, found, ",".join(self.candidates), pairs, torch.__version__])

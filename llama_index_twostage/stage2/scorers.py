@@ -361,25 +361,27 @@ def load_cross_encoder(
 ) -> CrossEncoder:
     """A sentence-transformers ``CrossEncoder`` on ``backend``; a failure is a ``ModelLoadError`` that says why.
 
-    ONNX backends export to ``cache_dir`` once (see :mod:`~llama_index_twostage.stage2.backends`); a missing
-    optional package fails here, before any loading, with the extra that installs it.
+    ONNX Runtime and OpenVINO backends export to ``cache_dir`` once (see :mod:`~llama_index_twostage.stage2.backends`);
+    a missing optional package fails here, before any loading, with the extra that installs it.
     """
 
     def load() -> CrossEncoder:
         from sentence_transformers import CrossEncoder
 
-        if backends.is_onnx(backend):
-            backends.require_onnx(backend)
+        exported = backends.runs_an_export(backend)
+        if exported:
+            backends.require_runtime(backend)
+            backends.require_cpu(backend, device)
         logger.info("loading cross-encoder %s (%s backend)", model, backend)
         cross_encoder = CrossEncoder(
             model,
-            device="cpu" if backends.is_onnx(backend) else device,
+            device="cpu" if exported else device,
             max_length=max_length,
             trust_remote_code=trust_remote_code,
             model_kwargs=backends.torch_model_kwargs(backend),
         )
-        if backends.is_onnx(backend):
-            backends.use_onnx(cross_encoder, model, backend, cache_dir, device)
+        if exported:
+            backends.use_export(cross_encoder, model, backend, cache_dir, device)
         return cross_encoder
 
     return load_or_explain("rerank_model", model, load)

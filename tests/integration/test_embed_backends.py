@@ -26,7 +26,7 @@ from llama_index_twostage.models import embedding_backend
 from llama_index_twostage.stage1 import ChromaRecallRetriever
 from llama_index_twostage.store import ChromaStore, CollectionContract
 
-BACKENDS = ["torch", "torch-bf16", "onnx", "onnx-int8"]
+BACKENDS = ["torch", "torch-bf16", "onnx", "onnx-int8", "openvino", "openvino-bf16"]
 SMALL = Calibration(Calibration.default().queries[::4], Calibration.default().corpus[::5], top_n=10)
 IMPOSSIBLE = replace(SMALL, min_top_overlap=1.01)  # no other runtime passes: the refusal, measured for real
 DOCUMENTS = [
@@ -59,7 +59,7 @@ def test_each_runtime_embeds_like_fp32_and_says_which_it_is(embed_model_dir, cac
         assert embedding_backend(embedding) == backend == embedding.embed_backend
         assert isinstance(embedding, HuggingFaceEmbedding)  # still LlamaIndex's embedding, for any LlamaIndex use
     exports = sorted(cache_dir.rglob("*.onnx"), key=lambda path: path.name)
-    assert [path.name for path in exports] == ["encoder_fused_r1.onnx", "encoder_int8_r2.onnx"]
+    assert [path.name for path in exports] == ["encoder_fused_r1.onnx", "encoder_int8_r2.onnx"]  # OpenVINO: none
     fused, int8 = (Counter(node.op_type for node in onnx.load(str(path)).graph.node) for path in exports)
     assert fused["Attention"] == int8["QAttention"] == 6  # one per layer: fused, then quantized
     written = {path: path.stat().st_mtime_ns for path in cache_dir.rglob("*.onnx")}

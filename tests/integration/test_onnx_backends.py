@@ -1,5 +1,6 @@
-"""ONNX backends on the real reranker: scores match torch (fp32 exactly in rank, int8 in order), exports and
-quantizations are reused, the export is fused, static int8 keeps its measured-sensitive layers in fp32."""
+"""ONNX Runtime and OpenVINO backends on the real reranker: scores match torch (fp32 exactly in rank, int8 and bf16
+in order), exports and quantizations are reused (OpenVINO compiles the fused export, writing nothing of its own), the
+export is fused, static int8 keeps its measured-sensitive layers in fp32."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import onnx
 import pytest
@@ -70,6 +72,35 @@ def test_onnx_int8_keeps_the_order(scores, pairs, torch_scores):
     assert ranking(int8)[0] == ranking(torch_scores)[0]
 
 
+def test_openvino_matches_torch_at_fp32_and_keeps_the_order_at_bf16(scores, pairs, torch_scores):
+    fp32 = scores("openvino", *pairs)
+    assert ranking(fp32) == ranking(torch_scores)
+    assert max(abs(a - b) for a, b in zip(fp32, torch_scores)) < 1e-3
+    bf16 = scores("openvino-bf16", *pairs)
+    assert spearmanr(bf16, torch_scores).statistic > 0.98
+    assert ranking(bf16)[0] == ranking(torch_scores)[0]
+
+
+def test_openvino_compiles_the_fused_export_and_writes_nothing_else(rerank_model_dir, tmp_path, pairs):
+    scorer = CrossEncoderScorer.load(
+        rerank_model_dir, backend="openvino-bf16", max_length=MAX_LENGTH, cache_dir=tmp_path
+    )
+    assert isinstance(scorer.cross_encoder[0].model, backends.OpenVinoGraph)
+    folder = backends.export_dir(tmp_path, rerank_model_dir)
+    assert [path.name for path in tmp_path.rglob("*") if path.is_file()] == ["model_fused_r1.onnx"]
+    assert scorer.cross_encoder[0].model.path == folder / "model_fused_r1.onnx"
+    assert scorer.batch_tokens == CPU_BATCH_TOKENS and len(scorer.score(*pairs)) == len(pairs[1])
+
+
+def test_openvino_scores_from_several_threads_as_from_one(scores, pairs):
+    query, texts = pairs
+    queries = [query, *texts[:3]]  # four different requests, each scoring the same texts
+    expected = [scores("openvino", each, texts) for each in queries]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(2):
+            assert list(pool.map(lambda each: scores("openvino", each, texts), queries)) == expected
+
+
 def ops(path) -> Counter[str]:
     return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
 
@@ -123,17 +154,25 @@ def test_a_second_load_reuses_the_export(scores, rerank_model_dir, cache_dir, pa
     folder = backends.export_dir(cache_dir, rerank_model_dir)
     before = {path.name: path.stat().st_mtime_ns for path in folder.glob("*.onnx")}
     assert set(before) == {"model_fused_r1.onnx", "model_int8_r3.onnx", "model_int8_static_r2.onnx"}
-    for backend in ("onnx", "onnx-int8", "onnx-int8-static"):  # a fresh load, not through the pool
+    for backend in ("onnx", "onnx-int8", "onnx-int8-static", "openvino"):  # a fresh load, not through the pool
         model = load_cross_encoder(rerank_model_dir, None, 128, False, backend, cache_dir)
         assert model[0].model.path.parent == folder
     assert {path.name: path.stat().st_mtime_ns for path in folder.glob("*.onnx")} == before  # not written again
 
 
 # A score must not depend on its batch neighbours (issue 13): the same pairs at batch sizes 1, 7 and 20.
-BATCH_TOLERANCE = {"torch": 1e-5, "onnx": 1e-5, "onnx-int8": 1e-5, "onnx-int8-static": 1e-5, "torch-bf16": 2e-2}
-"""Stated per backend: fp32, per-pair int8 and static int8 (fixed scales) agree to float rounding; bf16 rounds
-differently when the padded batch shape changes (seen: up to 1e-2 on the sigmoid scale), so it is batch-independent
-only to 2e-2."""
+BATCH_TOLERANCE = {
+    "torch": 1e-5,
+    "onnx": 1e-5,
+    "onnx-int8": 1e-5,
+    "onnx-int8-static": 1e-5,
+    "openvino": 1e-5,
+    "torch-bf16": 2e-2,
+    "openvino-bf16": 2e-2,
+}
+"""Stated per backend: fp32, per-pair int8 and static int8 (fixed scales) agree to float rounding; bf16 (torch's or
+OpenVINO's) rounds differently when the padded batch shape changes (seen: up to 1e-2 on the sigmoid scale), so it is
+batch-independent only to 2e-2."""
 
 
 @pytest.mark.parametrize("backend", list(BATCH_TOLERANCE))

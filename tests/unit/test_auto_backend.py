@@ -106,19 +106,22 @@ def test_no_candidate_means_fp32_without_loading_anything(tmp_path):
 
     choice = AutoBackend(PLAIN_CPU, (), PAIRS).choose("org/model", tmp_path, never)
     assert choice.backend == "torch"
-    assert (
-        choice.reason
-        == "fp32: no native half precision on Plain CPU (no AVX512-BF16 or AMX), no int8 runtime installed"
+    assert choice.reason == (
+        "fp32: no native half precision on Plain CPU (no AVX512-BF16 or AMX), neither the onnx nor the openvino extra "
+        "installed"
     )
     assert not (tmp_path / "auto-backend.json").exists()
 
 
-def test_static_int8_is_a_cpu_candidate_only_with_the_onnx_extra():
+def test_cpu_candidates_follow_the_installed_extras_and_native_bf16():
     assert candidate_backends(PLAIN_CPU, onnx=True)[0] == ["onnx", "onnx-int8"]
     assert candidate_backends(PLAIN_CPU, onnx=False)[0] == []
     assert candidate_backends(BF16_CPU, onnx=True)[0] == ["torch-bf16", "onnx", "onnx-int8"]
     assert candidate_backends(Hardware("mps", "Apple M2"), onnx=True)[0] == []
     assert candidate_backends(Hardware("cuda", "Test GPU"), onnx=True)[0] == ["torch-fp16"]
+    assert candidate_backends(PLAIN_CPU, onnx=True, openvino=True)[0] == ["onnx", "onnx-int8", "openvino"]
+    assert candidate_backends(BF16_CPU, onnx=False, openvino=True)[0] == ["torch-bf16", "openvino-bf16"]
+    assert candidate_backends(Hardware("cuda", "Test GPU"), onnx=True, openvino=True)[0] == ["torch-fp16"]
 
 
 def test_detected_hardware_names_this_cpu():

@@ -25,7 +25,26 @@ def without_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_missing_onnx_extra_names_the_extra(without_onnxruntime):
     with pytest.raises(ImportError, match=r'pip install "llama-index-twostage\[onnx\]"'):
-        backends.require_onnx("onnx-int8")
+        backends.require_runtime("onnx-int8")
+    assert not backends.installed("onnx") and not backends.installed("openvino")
+
+
+def test_missing_openvino_names_its_extra_for_either_encoder(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(ImportError, match=r'rerank_backend .openvino-bf16. needs .*\[openvino\]"'):
+        backends.require_runtime("openvino-bf16")
+    with pytest.raises(ImportError, match=r"embed_backend .openvino. needs the optional packages openvino"):
+        backends.require_runtime("openvino", "embed_backend")
+    assert backends.installed("onnx") and not backends.installed("openvino")
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "mps"])
+def test_openvino_on_a_gpu_device_is_refused_with_what_to_do(device, tmp_path):
+    with pytest.raises(ModelLoadError, match=rf"runs on the CPU, but device is '{device}': unset device"):
+        load_cross_encoder("org/not-downloaded", device, None, False, "openvino", tmp_path)
+    backends.require_cpu("onnx", device)  # ONNX Runtime has a CUDA provider
+    backends.require_cpu("openvino-bf16", "cpu")
+    backends.require_cpu("openvino-bf16", None)
 
 
 def test_missing_onnx_extra_fails_the_load_before_any_model_is_read(without_onnxruntime, tmp_path):
@@ -49,6 +68,8 @@ def test_missing_onnx_extra_fails_the_load_before_any_model_is_read(without_onnx
         ("onnx", {}),
         ("onnx-int8", {}),
         ("onnx-int8-static", {}),
+        ("openvino", {}),
+        ("openvino-bf16", {}),
         ("torch-bf16", {"dtype": "bfloat16"}),
         ("torch-fp16", {"dtype": "float16"}),
     ],
@@ -58,6 +79,8 @@ def test_torch_model_kwargs_per_backend(backend, kwargs):
         key: str(value).removeprefix("torch.") for key, value in backends.torch_model_kwargs(backend).items()
     } == kwargs
     assert backends.is_onnx(backend) == backend.startswith("onnx")
+    assert backends.is_openvino(backend) == backend.startswith("openvino")
+    assert backends.runs_an_export(backend) == (not backend.startswith("torch"))
 
 
 def test_static_int8_is_a_backend_setting():
