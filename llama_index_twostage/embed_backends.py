@@ -36,7 +36,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
 from llama_index_twostage.models import ModelPool, load_or_explain, sentence_transformer_of
-from llama_index_twostage.stage2.auto import MAX_TIME_RATIO, OPENVINO_CANDIDATE, Hardware, resolved_device
+from llama_index_twostage.stage2.auto import MAX_TIME_RATIO, Hardware, openvino_candidate, resolved_device
 from llama_index_twostage.stage2.backends import (
     OPENVINO_PRECISIONS,
     DecisionFile,
@@ -275,7 +275,7 @@ class EmbedBackends:
         if device == "cpu" and installed("onnx"):
             candidates += ["onnx", "onnx-int8"]
         if device == "cpu" and installed("openvino"):
-            candidates.append(OPENVINO_CANDIDATE[half is not None])
+            candidates.append(openvino_candidate(half is not None))
         calibration = self.calibration.fingerprint()
         key = "|".join([weights_fingerprint(self.model), device, hardware, torch.__version__, calibration])
         return key, hardware, candidates

@@ -44,9 +44,14 @@ ONNX_CANDIDATES: tuple[RerankBackend, ...] = ("onnx", "onnx-int8")
 """What ``auto`` tries on a CPU where the ``onnx`` extra is installed: the fused fp32 graph (fp32's ranking, faster
 than torch fp32) and dynamic int8 pair by pair (the fastest; static int8 was both slower and further from fp32's
 ranking, README "Performance")."""
-OPENVINO_CANDIDATE: dict[bool, RerankBackend] = {True: "openvino-bf16", False: "openvino"}
-"""What ``auto`` tries on a CPU where the ``openvino`` extra is installed, by whether the CPU computes bf16 natively:
-OpenVINO at fp32 is slower than at bf16 wherever bf16 is native (0.61x against 0.35x stock, README "Performance")."""
+
+
+def openvino_candidate(native_bf16: bool) -> RerankBackend:
+    """What ``auto`` tries on a CPU where the ``openvino`` extra is installed: bf16 where the CPU computes it natively,
+    else fp32 (at fp32 OpenVINO is slower than at bf16 wherever bf16 is native: 0.63x against 0.35x stock, README
+    "Performance")."""
+    return "openvino-bf16" if native_bf16 else "openvino"
+
 
 Score = Callable[[str, list[str]], list[float]]
 
@@ -138,14 +143,14 @@ class Hardware:
 def candidate_backends(hardware: Hardware, onnx: bool, openvino: bool = False) -> tuple[list[RerankBackend], str]:
     """What ``auto`` may try on ``hardware`` besides fp32: its native half precision, and on a CPU the ONNX
     backends of :data:`ONNX_CANDIDATES` where the ``onnx`` extra is installed (``onnx``) and the one of
-    :data:`OPENVINO_CANDIDATE` where the ``openvino`` extra is (``openvino``). Also returns what was found, for the
+    :func:`openvino_candidate` where the ``openvino`` extra is (``openvino``). Also returns what was found, for the
     reason."""
     half, found = hardware.native_half_precision()
     candidates: list[RerankBackend] = [half] if half else []
     if hardware.device == "cpu" and onnx:
         candidates.extend(ONNX_CANDIDATES)
     if hardware.device == "cpu" and openvino:
-        candidates.append(OPENVINO_CANDIDATE[half is not None])
+        candidates.append(openvino_candidate(half is not None))
     return candidates, found
 
 
