@@ -36,7 +36,13 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
 from llama_index_twostage.models import ModelPool, load_or_explain, sentence_transformer_of
-from llama_index_twostage.stage2.auto import MAX_TIME_RATIO, Hardware, openvino_candidate, resolved_device
+from llama_index_twostage.stage2.auto import (
+    MAX_TIME_RATIO,
+    Hardware,
+    openvino_candidate,
+    resolved_device,
+    untried_extras,
+)
 from llama_index_twostage.stage2.backends import (
     OPENVINO_PRECISIONS,
     DecisionFile,
@@ -283,8 +289,9 @@ class EmbedBackends:
     def auto(self) -> BackendEmbedding:
         """The bi-encoder on the fastest runtime that searches like fp32 here (a stored decision, else measured)."""
         machine, hardware, candidates = self._machine()
+        untried = untried_extras(resolved_device(self.device), candidates)
         if not candidates:
-            return self.load("torch", f"fp32: no native half precision on {hardware}, no onnx extra installed")
+            return self.load("torch", f"fp32: no native half precision on {hardware}{untried}")
         decisions = DecisionFile(self.cache_dir / DECISIONS_FILE, "an embed_backend measurement")
         key = f"{machine}|auto:{','.join(candidates)}|{self.calibration.min_top_overlap}"
         stored = decisions.get(key)
@@ -294,7 +301,8 @@ class EmbedBackends:
         loaded = {backend: self.load(backend) for backend in ["torch", *candidates]}
         seconds = self._embed_in_turns(loaded)
         self._store_pairs(decisions, machine)
-        choice = self._choose({backend: seconds[backend] for backend in candidates}, seconds["torch"], hardware)
+        measured = self._choose({backend: seconds[backend] for backend in candidates}, seconds["torch"], hardware)
+        choice = EmbedChoice(measured.backend, measured.reason + untried)
         decisions.put({key: asdict(choice)})
         chosen = loaded[choice.backend]  # the others are dropped here
         chosen.backend_reason = choice.reason

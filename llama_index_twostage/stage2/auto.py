@@ -46,6 +46,22 @@ than torch fp32) and dynamic int8 pair by pair (the fastest; static int8 was bot
 ranking, README "Performance")."""
 
 
+_EXTRAS: dict[str, tuple[str, ...]] = {"onnx": ONNX_CANDIDATES, "openvino": ("openvino", "openvino-bf16")}
+
+
+def untried_extras(device: str, candidates: Sequence[str]) -> str:
+    """The end of ``auto``'s reason on a CPU whose ``candidates`` lack an extra's backends (it is not installed): which
+    extras and the command that adds them, since a plain install never tries them. Empty where nothing is missing."""
+    missing = [extra for extra, backends in _EXTRAS.items() if not set(backends) & set(candidates)]
+    if device != "cpu" or not missing:
+        return ""
+    return f"; not tried, not installed: the {' and '.join(missing)} extra ({install_command(missing)})"
+
+
+def install_command(extras: Sequence[str]) -> str:
+    return f'pip install "llama-index-twostage[{",".join(extras)}]"'
+
+
 def openvino_candidate(native_bf16: bool) -> RerankBackend:
     """What ``auto`` tries on a CPU where the ``openvino`` extra is installed: bf16 where the CPU computes it natively,
     else fp32 (at fp32 OpenVINO is slower than at bf16 wherever bf16 is native: 0.63x against 0.35x stock, README
@@ -221,10 +237,10 @@ class AutoBackend:
         ``scorer_of(backend)`` loads the model on a backend and returns its scoring function.
         """
         _, found = self.hardware.native_half_precision()
-        if not self.candidates:
-            reason = f"fp32: no native half precision on {found}, neither the onnx nor the openvino extra installed"
-            return BackendChoice("torch", reason)
         device = self.hardware.device
+        untried = untried_extras(device, self.candidates)
+        if not self.candidates:
+            return BackendChoice("torch", f"fp32: no native half precision on {found}{untried}")
         pairs = hashlib.sha256(json.dumps(self.pairs).encode()).hexdigest()[:8]  # a changed set decides anew
         key = "|".join([weights_fingerprint(model), device, found, ",".join(self.candidates), pairs, torch.__version__])
         decisions = DecisionFile(Path(cache_dir).expanduser() / DECISIONS_FILE, "the rerank_backend auto decision")
@@ -234,7 +250,8 @@ class AutoBackend:
         logger.info("rerank_backend auto: calibrating %s on %s (once per model and machine)", self.candidates, found)
         fp32 = scorer_of("torch")
         scorers = {backend: scorer_of(backend) for backend in self.candidates}
-        choice = calibrate(fp32, scorers, found, self.pairs, self.clock)
+        calibrated = calibrate(fp32, scorers, found, self.pairs, self.clock)
+        choice = BackendChoice(calibrated.backend, calibrated.reason + untried)
         decisions.put({key: asdict(choice)})
         return choice
 

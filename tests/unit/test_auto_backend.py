@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from llama_index_twostage.stage2.auto import AutoBackend, Hardware, agreement, calibrate, candidate_backends
+from llama_index_twostage.stage2.auto import (
+    AutoBackend,
+    Hardware,
+    agreement,
+    calibrate,
+    candidate_backends,
+    untried_extras,
+)
 
 SCORES = [float(value) for value in range(16)]
 PAIRS = [("q", ["p"] * 16)] * 3
@@ -107,8 +114,8 @@ def test_no_candidate_means_fp32_without_loading_anything(tmp_path):
     choice = AutoBackend(PLAIN_CPU, (), PAIRS).choose("org/model", tmp_path, never)
     assert choice.backend == "torch"
     assert choice.reason == (
-        "fp32: no native half precision on Plain CPU (no AVX512-BF16 or AMX), neither the onnx nor the openvino extra "
-        "installed"
+        "fp32: no native half precision on Plain CPU (no AVX512-BF16 or AMX); not tried, not installed: the onnx and "
+        'openvino extra (pip install "llama-index-twostage[onnx,openvino]")'
     )
     assert not (tmp_path / "auto-backend.json").exists()
 
@@ -128,3 +135,19 @@ def test_detected_hardware_names_this_cpu():
     hardware = Hardware.detect("cpu")
     assert hardware.device == "cpu" and hardware.name
     assert AutoBackend.detect("cpu").hardware == hardware
+
+
+def test_a_reason_names_the_extras_a_cpu_could_not_try_and_how_to_add_them(tmp_path):
+    assert untried_extras("cpu", ["torch-bf16", "onnx", "onnx-int8"]) == (
+        '; not tried, not installed: the openvino extra (pip install "llama-index-twostage[openvino]")'
+    )
+    assert untried_extras("cpu", ["onnx", "onnx-int8", "openvino"]) == ""
+    assert untried_extras("cuda", ["torch-fp16"]) == ""  # the extras add CPU runtimes only
+    clock = FakeClock()
+    chooser = AutoBackend(BF16_CPU, ("torch-bf16",), PAIRS[:1], clock)
+    choice = chooser.choose("org/model", tmp_path, lambda backend: clock.scorer(SCORES, 0.02 * (backend == "torch")))
+    assert choice.backend == "torch-bf16"
+    assert choice.reason.endswith('the onnx and openvino extra (pip install "llama-index-twostage[onnx,openvino]")')
+    assert AutoBackend(Hardware("mps", "Apple M2"), (), PAIRS).choose("org/model", tmp_path, print).reason == (
+        "fp32: no native half precision on device mps"
+    )
