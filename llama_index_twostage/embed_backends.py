@@ -39,12 +39,11 @@ from llama_index_twostage.models import ModelPool, load_or_explain, sentence_tra
 from llama_index_twostage.stage2.auto import (
     MAX_TIME_RATIO,
     Hardware,
-    openvino_candidate,
+    candidate_backends,
     resolved_device,
     untried_extras,
 )
 from llama_index_twostage.stage2.backends import (
-    OPENVINO_PRECISIONS,
     DecisionFile,
     OpenVinoGraph,
     cached_export,
@@ -264,24 +263,16 @@ class EmbedBackends:
         )
         if exported:
             encoder = sentence_transformer_of(embedding)
-            config = encoder[0].model.config
-            if is_openvino(backend):
-                path = exported_encoder(encoder, self.model, "onnx", self.cache_dir)
-                encoder[0].model = OpenVinoGraph(path, config, OUTPUT, OPENVINO_PRECISIONS[backend])
-            else:
-                encoder[0].model = OnnxEncoder(exported_encoder(encoder, self.model, backend, self.cache_dir), config)
+            path, config = exported_encoder(encoder, self.model, backend, self.cache_dir), encoder[0].model.config
+            openvino = is_openvino(backend)
+            encoder[0].model = OpenVinoGraph(path, config, OUTPUT, backend) if openvino else OnnxEncoder(path, config)
         embedding._backends = self
         return embedding
 
     def _machine(self) -> tuple[str, str, list[EmbedBackend]]:
         """This machine's part of a decision's key, its hardware in words, and what ``auto`` may try here."""
         device = resolved_device(self.device)
-        half, hardware = Hardware.detect(device).native_half_precision()
-        candidates: list[EmbedBackend] = [half] if half else []
-        if device == "cpu" and installed("onnx"):
-            candidates += ["onnx", "onnx-int8"]
-        if device == "cpu" and installed("openvino"):
-            candidates.append(openvino_candidate(half is not None))
+        candidates, hardware = candidate_backends(Hardware.detect(device), installed("onnx"), installed("openvino"))
         calibration = self.calibration.fingerprint()
         key = "|".join([weights_fingerprint(self.model), device, hardware, torch.__version__, calibration])
         return key, hardware, candidates

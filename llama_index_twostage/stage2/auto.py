@@ -29,7 +29,13 @@ from pathlib import Path
 
 import torch
 
-from llama_index_twostage.stage2.backends import DecisionFile, RerankBackend, installed, weights_fingerprint
+from llama_index_twostage.stage2.backends import (
+    OPENVINO_PRECISIONS,
+    DecisionFile,
+    RerankBackend,
+    installed,
+    weights_fingerprint,
+)
 from llama_index_twostage.stage2.calibration import Pairs, calibration_set
 
 logger = logging.getLogger(__name__)
@@ -46,7 +52,7 @@ than torch fp32) and dynamic int8 pair by pair (the fastest; static int8 was bot
 ranking, README "Performance")."""
 
 
-_EXTRAS: dict[str, tuple[str, ...]] = {"onnx": ONNX_CANDIDATES, "openvino": ("openvino", "openvino-bf16")}
+_EXTRAS: dict[str, tuple[str, ...]] = {"onnx": ONNX_CANDIDATES, "openvino": tuple(OPENVINO_PRECISIONS)}
 
 
 def untried_extras(device: str, candidates: Sequence[str]) -> str:

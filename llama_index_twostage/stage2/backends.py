@@ -404,8 +404,9 @@ def cached_export(
     quantizers: Mapping[str, Callable[[Path, Path], None]],
     label: str,
 ) -> Path:
-    """The ONNX file of ``backend`` in ``folder`` (named by ``files``): the fp32 graph written by ``export``, or
-    ``quantizers[backend](fp32, target)`` of it; each built (and logged) the first time, reused afterwards."""
+    """The ONNX file of ``backend`` in ``folder`` (named by ``files``): the fp32 graph written by ``export`` (what
+    ``onnx`` and the OpenVINO backends run), or ``quantizers[backend](fp32, target)`` of it; each built (and logged)
+    the first time, reused afterwards."""
 
     def built_once(target: Path, build: Callable[[Path], None], message: str, *args: object) -> Path:
         if not target.is_file():
@@ -416,7 +417,7 @@ def cached_export(
     fp32 = built_once(
         folder / files["onnx"], export, "exporting %s to ONNX in %s (once; later loads reuse it)", label, folder
     )
-    if backend == "onnx":
+    if backend == "onnx" or is_openvino(backend):
         return fp32
     quantize = quantizers[backend]
     return built_once(
@@ -483,18 +484,19 @@ class OnnxSequenceClassifier(torch.nn.Module):
 
 class OpenVinoGraph(torch.nn.Module):
     """Stands in for a transformers module (a ``CrossEncoder``'s classifier, a ``SentenceTransformer``'s encoder):
-    the same inputs, its ``output`` out, computed from the ONNX export by OpenVINO on the CPU at ``precision``.
+    the same inputs, its ``output`` out, computed from the ONNX export by OpenVINO on the CPU at the precision of
+    ``backend`` (:data:`OPENVINO_PRECISIONS`).
 
     Batches stay the token-bounded ones of the CPU (padding costs in full here too). OpenVINO's bf16 rounds
     differently per batch shape, like torch's, so its scores are batch-independent to the same 2e-2, not exactly.
     """
 
-    def __init__(self, path: Path, config: Any, output: str, precision: str) -> None:
+    def __init__(self, path: Path, config: Any, output: str, backend: str) -> None:
         super().__init__()
         import openvino
 
         core = openvino.Core()
-        options = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        options = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[backend], "PERFORMANCE_HINT": "LATENCY"}
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", options)
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self.output = output
@@ -522,12 +524,10 @@ def use_export(
     """Swap the torch classifier inside ``cross_encoder`` for the export of ``backend`` on its runtime (ONNX Runtime
     or OpenVINO; torch weights freed)."""
     transformer = cross_encoder[0]
-    if is_openvino(backend):
-        path = exported_model(cross_encoder, model, "onnx", cache_dir)
-        config, precision = transformer.model.config, OPENVINO_PRECISIONS[backend]
-        transformer.model = OpenVinoGraph(path, config, "logits", precision)
-        return
     path = exported_model(cross_encoder, model, backend, cache_dir)
+    if is_openvino(backend):
+        transformer.model = OpenVinoGraph(path, transformer.model.config, "logits", backend)
+        return
     on_gpu = bool(device and device.startswith("cuda"))
     per_pair = backend == "onnx-int8" or not on_gpu  # see OnnxSequenceClassifier
     transformer.model = OnnxSequenceClassifier(path, transformer.model.config, device, per_pair=per_pair)
