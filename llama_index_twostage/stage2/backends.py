@@ -1,5 +1,5 @@
 """Cross-encoder runtimes: torch at full or half precision, ONNX Runtime at fp32, dynamic int8 or static int8, and
-OpenVINO at fp32 or bf16.
+OpenVINO at fp32, bf16 or static int8.
 
 The ONNX path exports (and quantizes) the model once into ``model_cache_dir`` (model folders may be read-only, and
 an export takes seconds) and reuses that file in every later process. It drives ONNX Runtime through ``torch.onnx`` and
@@ -17,15 +17,25 @@ optimizer misreads costs speed, never scores.
 OpenVINO compiles that same export for the CPU (it reads ONNX Runtime's fused ops), at fp32 or, on CPUs that compute
 bf16 natively (AVX512-BF16, AMX), with bf16 arithmetic: its fused kernels cost less per batch than torch's eager
 modules, so bf16 there ran at 0.35x stock against torch bf16's 0.49x, ranking kept (README "Performance").
+
+OpenVINO's int8 is quantized by NNCF, OpenVINO's own post-training quantizer, from OpenVINO's conversion of the torch
+model (NNCF cannot read ONNX Runtime's fused ops): the fastest backend measured (0.27-0.30x stock), batchable because
+its activation scales are fixed by calibration, but it keeps a ranking only where the model's scores are separated
+more than int8's error. This package's test reranker loses it, and ``auto``'s short calibration set cannot tell, so it
+is an explicit choice only (:mod:`~llama_index_twostage.stage2.auto`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import json
 import logging
 import os
 import re
+import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -42,10 +52,6 @@ if TYPE_CHECKING:
     from sentence_transformers import CrossEncoder
 
 RerankBackend = Literal[
-    "torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8", "onnx-int8-static", "openvino", "openvino-bf16"
-]
-BackendSetting = Literal[
-    "auto",
     "torch",
     "torch-bf16",
     "torch-fp16",
@@ -54,14 +60,20 @@ BackendSetting = Literal[
     "onnx-int8-static",
     "openvino",
     "openvino-bf16",
-    "http",
+    "openvino-int8",
 ]
+BackendSetting = Literal["auto", RerankBackend, "http"]
+"""What ``rerank_backend`` accepts: a backend, ``auto`` (see :mod:`~llama_index_twostage.stage2.auto`) or ``http``."""
 logger = logging.getLogger(__name__)
 
 ONNX_EXTRA = 'pip install "llama-index-twostage[onnx]"'
 OPENVINO_EXTRA = 'pip install "llama-index-twostage[openvino]"'
-OPENVINO_PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16"}
-"""OpenVINO's ``INFERENCE_PRECISION_HINT`` per backend (a CPU without native bf16 computes ``bf16`` in fp32)."""
+OPENVINO_PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16", "openvino-int8": "f32"}
+"""OpenVINO's ``INFERENCE_PRECISION_HINT`` per backend (a CPU without native bf16 computes ``bf16`` in fp32); for
+``openvino-int8``, the precision of what its quantization left in float."""
+OPENVINO_INT8_MODEL = "openvino_int8_r1/model.xml"
+"""``openvino-int8``'s model in the export folder: an OpenVINO IR (this file and its weights), with its recipe's
+revision in the folder's name."""
 ONNX_OPSET = 17
 _TORCH_DTYPES: dict[str, torch.dtype] = {"torch-bf16": torch.bfloat16, "torch-fp16": torch.float16}
 # An int8 file name carries its recipe's revision (for static int8, its calibration set's too), so a changed recipe
@@ -106,21 +118,26 @@ def installed(backend: str) -> bool:
     return True
 
 
+def runtime_packages(backend: str) -> list[str]:
+    """The optional packages ``backend`` imports: ONNX Runtime and onnx export and fuse the graph that ONNX Runtime
+    runs and OpenVINO compiles; OpenVINO's int8 is NNCF's quantization of OpenVINO's own conversion instead."""
+    if backend == "openvino-int8":
+        return ["openvino", "nncf"]
+    return [*(["openvino"] if is_openvino(backend) else []), "onnxruntime", "onnx"]
+
+
 def require_runtime(backend: str, setting: str = "rerank_backend") -> None:
     """Fail before any loading when the optional packages of ``backend`` are missing, naming the extra that
-    installs them. Both extras need ONNX Runtime and onnx: they export and fuse the graph that OpenVINO compiles."""
+    installs them."""
+    packages = runtime_packages(backend)
     try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-
-        if is_openvino(backend):
-            import openvino  # noqa: F401
+        for package in packages:
+            importlib.import_module(package)
     except ImportError as error:
-        packages, extra = ("onnxruntime and onnx", ONNX_EXTRA)
-        if is_openvino(backend):
-            packages, extra = "openvino, onnxruntime and onnx", OPENVINO_EXTRA
+        extra = OPENVINO_EXTRA if is_openvino(backend) else ONNX_EXTRA
+        listed = f"{', '.join(packages[:-1])} and {packages[-1]}"
         raise ImportError(
-            f"{setting} {backend!r} needs the optional packages {packages} ({error}); install them with: {extra}"
+            f"{setting} {backend!r} needs the optional packages {listed} ({error}); install them with: {extra}"
         ) from error
 
 
@@ -154,6 +171,25 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
         os.replace(temporary, target)
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+def write_folder_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """Write a folder of files through a temporary folder renamed into place, so a concurrent process sees all of it
+    or none; where another process renamed its own first, that one stays."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=target.parent, suffix=".partial"))
+    try:
+        write(temporary)
+        temporary.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
+        for file in temporary.iterdir():
+            file.chmod(0o644)
+        try:
+            temporary.rename(target)
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)  # only what this call created
 
 
 class DecisionFile:
@@ -396,6 +432,14 @@ def _quantize_static(source: Path, target: Path, feeds: list[dict[str, np.ndarra
     )
 
 
+def built_once(target: Path, build: Callable[[Path], None], message: str, *args: object) -> Path:
+    """``target``, built by ``build`` (and ``message`` logged) when it is not there yet."""
+    if not target.is_file():
+        logger.info(message, *args)
+        build(target)
+    return target
+
+
 def cached_export(
     folder: Path,
     files: Mapping[str, str],
@@ -407,13 +451,6 @@ def cached_export(
     """The ONNX file of ``backend`` in ``folder`` (named by ``files``): the fp32 graph written by ``export`` (what
     ``onnx`` and the OpenVINO backends run), or ``quantizers[backend](fp32, target)`` of it; each built (and logged)
     the first time, reused afterwards."""
-
-    def built_once(target: Path, build: Callable[[Path], None], message: str, *args: object) -> Path:
-        if not target.is_file():
-            logger.info(message, *args)
-            build(target)
-        return target
-
     fp32 = built_once(
         folder / files["onnx"], export, "exporting %s to ONNX in %s (once; later loads reuse it)", label, folder
     )
@@ -425,8 +462,42 @@ def cached_export(
     )
 
 
+def quantize_openvino_int8(cross_encoder: CrossEncoder, target: Path) -> None:
+    """Static int8 of the classifier by NNCF in its transformer mode (per-channel int8 weights; int8 activations
+    whose ranges come from the short and lengthened calibration passages, smoothed first; softmax, norms and GELU
+    left at fp32),
+    written as an OpenVINO IR at ``target``, atomically (an IR is two files: the folder is renamed into place)."""
+    import nncf
+    import openvino
+
+    model = cross_encoder[0].model.float().cpu().eval()
+    sample = dict(cross_encoder.tokenizer(["query"], ["a candidate passage"], return_tensors="pt"))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracing warnings about python control flow, as with torch.onnx
+        converted = openvino.convert_model(model, example_input=sample)
+    feeds = calibration_feeds(cross_encoder.tokenizer, list(sample), activation_calibration_set())
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars print to stdout, which may carry JSON
+        quantized = nncf.quantize(
+            converted, nncf.Dataset(feeds), subset_size=len(feeds), model_type=nncf.ModelType.TRANSFORMER
+        )
+    write_folder_atomically(
+        target.parent,
+        lambda folder: openvino.save_model(quantized, str(folder / target.name), compress_to_fp16=False),
+    )
+
+
 def exported_model(cross_encoder: CrossEncoder, model: str, backend: RerankBackend, cache_dir: Path) -> Path:
-    """The ONNX file for ``backend``, exported (and quantized) on first use, reused from the cache afterwards."""
+    """The model file for ``backend`` (ONNX, or OpenVINO's IR for ``openvino-int8``), exported (and quantized) on
+    first use, reused from the cache afterwards."""
+    folder = export_dir(cache_dir, model)
+    if backend == "openvino-int8":
+        return built_once(
+            folder / OPENVINO_INT8_MODEL,
+            lambda target: quantize_openvino_int8(cross_encoder, target),
+            "quantizing %s to openvino-int8 with NNCF in %s (once; later loads reuse it)",
+            model,
+            folder,
+        )
 
     def static(source: Path, target: Path) -> None:
         names = [node.name for node in _graph(source).input]
@@ -434,7 +505,7 @@ def exported_model(cross_encoder: CrossEncoder, model: str, backend: RerankBacke
         _quantize_static(source, target, feeds)  # its activation ranges calibrated
 
     return cached_export(
-        export_dir(cache_dir, model),
+        folder,
         _ONNX_FILES,
         backend,
         lambda path: _export_fp32(cross_encoder, path),

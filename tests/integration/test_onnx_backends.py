@@ -1,6 +1,7 @@
 """ONNX Runtime and OpenVINO backends on the real reranker: scores match torch (fp32 exactly in rank, int8 and bf16
-in order), exports and quantizations are reused (OpenVINO compiles the fused export, writing nothing of its own), the
-export is fused, static int8 keeps its measured-sensitive layers in fp32."""
+in order), exports and quantizations are reused (OpenVINO's fp32 and bf16 compile the fused export, writing nothing of
+their own; its int8 is an IR of its own), the export is fused, static int8 keeps its measured-sensitive layers in
+fp32, two processes quantizing into one cache both get whole files."""
 
 from __future__ import annotations
 
@@ -79,6 +80,12 @@ def test_openvino_matches_torch_at_fp32_and_keeps_the_order_at_bf16(scores, pair
     bf16 = scores("openvino-bf16", *pairs)
     assert spearmanr(bf16, torch_scores).statistic > 0.98
     assert ranking(bf16)[0] == ranking(torch_scores)[0]
+
+
+def test_openvino_int8_keeps_the_order(scores, pairs, torch_scores):
+    int8 = scores("openvino-int8", *pairs)
+    assert spearmanr(int8, torch_scores).statistic > 0.98
+    assert ranking(int8)[0] == ranking(torch_scores)[0]
 
 
 def test_openvino_compiles_the_fused_export_and_writes_nothing_else(rerank_model_dir, tmp_path, pairs):
@@ -160,6 +167,17 @@ def test_a_second_load_reuses_the_export(scores, rerank_model_dir, cache_dir, pa
     assert {path.name: path.stat().st_mtime_ns for path in folder.glob("*.onnx")} == before  # not written again
 
 
+def test_openvino_int8_is_quantized_once_into_an_ir_of_its_own(scores, rerank_model_dir, cache_dir, pairs):
+    scores("openvino-int8", *pairs)
+    ir = backends.export_dir(cache_dir, rerank_model_dir) / "openvino_int8_r1"
+    before = {path.name: path.stat().st_mtime_ns for path in ir.iterdir()}
+    assert set(before) == {"model.xml", "model.bin"}
+    model = load_cross_encoder(rerank_model_dir, None, 128, False, "openvino-int8", cache_dir)
+    assert model[0].model.path == ir / "model.xml"
+    assert {path.name: path.stat().st_mtime_ns for path in ir.iterdir()} == before  # not quantized again
+    assert not list(ir.parent.glob("*.partial*"))  # nothing left of the folder written before the rename
+
+
 # A score must not depend on its batch neighbours (issue 13): the same pairs at batch sizes 1, 7 and 20.
 BATCH_TOLERANCE = {
     "torch": 1e-5,
@@ -169,6 +187,7 @@ BATCH_TOLERANCE = {
     "openvino": 1e-5,
     "torch-bf16": 2e-2,
     "openvino-bf16": 2e-2,
+    "openvino-int8": 1e-5,
 }
 """Stated per backend: fp32, per-pair int8 and static int8 (fixed scales) agree to float rounding; bf16 (torch's or
 OpenVINO's) rounds differently when the padded batch shape changes (seen: up to 1e-2 on the sigmoid scale), so it is
@@ -223,27 +242,35 @@ import json, logging, os, sys, time
 from pathlib import Path
 from llama_index_twostage.stage2 import CrossEncoderScorer
 logging.basicConfig(level=logging.INFO, format="%(message)s")
-model, cache_dir, max_length, pairs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+model, cache_dir, max_length, pairs, backend = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 query, texts = json.load(open(pairs))
 Path(pairs).with_name(f"ready-{os.getpid()}").touch()  # imports done: start loading together
 deadline = time.monotonic() + 120
 while len(list(Path(pairs).parent.glob("ready-*"))) < 2 and time.monotonic() < deadline:
     time.sleep(0.05)
-scorer = CrossEncoderScorer.load(model, backend="onnx-int8", max_length=max_length, cache_dir=cache_dir)
+scorer = CrossEncoderScorer.load(model, backend=backend, max_length=max_length, cache_dir=cache_dir)
 print(json.dumps(scorer.score(query, texts)))
 """
 
 
+CACHED_FILES = {
+    "onnx-int8": ["model_fused_r1.onnx", "model_int8_r3.onnx"],
+    "openvino-int8": ["openvino_int8_r1", "openvino_int8_r1/model.bin", "openvino_int8_r1/model.xml"],
+}
+"""What a backend leaves in its model's export folder: ONNX files, or OpenVINO's IR (a folder renamed into place)."""
+
+
+@pytest.mark.parametrize("backend", list(CACHED_FILES))
 def test_two_processes_exporting_into_one_cache_both_score_and_leave_whole_files(
-    rerank_model_dir, tmp_path, pairs, models
+    rerank_model_dir, tmp_path, pairs, models, backend
 ):
-    """Two hosts (processes, working directories) sharing a model cache load ``onnx-int8`` at once: both export
-    and quantize (each writes through a temporary file and renames), both score, and the cache holds whole files
-    that a third load reuses with the same scores."""
+    """Two hosts (processes, working directories) sharing a model cache load an int8 backend at once: both export
+    and quantize (each writes through a temporary file or folder and renames), both score, and the cache holds whole
+    files that a third load reuses with the same scores."""
     cache_dir = tmp_path / "shared-cache"
     hosts = [tmp_path / "host-a", tmp_path / "host-b"]
     (tmp_path / "pairs.json").write_text(json.dumps(pairs), encoding="utf-8")
-    arguments = [rerank_model_dir, str(cache_dir), str(MAX_LENGTH), str(tmp_path / "pairs.json")]
+    arguments = [rerank_model_dir, str(cache_dir), str(MAX_LENGTH), str(tmp_path / "pairs.json"), backend]
     processes = []
     for host in hosts:
         host.mkdir()
@@ -253,12 +280,12 @@ def test_two_processes_exporting_into_one_cache_both_score_and_leave_whole_files
     for process in processes:
         stdout, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr
-        assert "exporting" in stderr  # both found no export (they start loading together): both wrote at once
+        assert "quantizing" in stderr  # both found no export (they start loading together): both wrote at once
         outputs.append(json.loads(stdout))
     folder = backends.export_dir(cache_dir, rerank_model_dir)
-    assert sorted(path.name for path in folder.iterdir()) == ["model_fused_r1.onnx", "model_int8_r3.onnx"]
+    assert sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")) == CACHED_FILES[backend]
     third = CrossEncoderScorer.load(
-        rerank_model_dir, backend="onnx-int8", max_length=MAX_LENGTH, cache_dir=cache_dir, pool=models
+        rerank_model_dir, backend=backend, max_length=MAX_LENGTH, cache_dir=cache_dir, pool=models
     )
     reused = third.score(*pairs)
     assert max(abs(a - b) for other in (outputs[1], reused) for a, b in zip(outputs[0], other)) <= 1e-6

@@ -38,6 +38,16 @@ def test_missing_openvino_names_its_extra_for_either_encoder(monkeypatch):
     assert backends.installed("onnx") and not backends.installed("openvino")
 
 
+def test_openvinos_int8_also_needs_nncf_and_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    with pytest.raises(
+        ImportError,
+        match=r'openvino-int8. needs the optional packages openvino and nncf .*\[openvino\]"',
+    ):
+        backends.require_runtime("openvino-int8")
+    assert backends.installed("openvino") and not backends.installed("openvino-int8")  # fp32 and bf16 need no NNCF
+
+
 @pytest.mark.parametrize("device", ["cuda", "cuda:1", "mps"])
 def test_openvino_on_a_gpu_device_is_refused_with_what_to_do(device, tmp_path):
     with pytest.raises(ModelLoadError, match=rf"runs on the CPU, but device is '{device}': unset device"):
@@ -70,6 +80,7 @@ def test_missing_onnx_extra_fails_the_load_before_any_model_is_read(without_onnx
         ("onnx-int8-static", {}),
         ("openvino", {}),
         ("openvino-bf16", {}),
+        ("openvino-int8", {}),
         ("torch-bf16", {"dtype": "bfloat16"}),
         ("torch-fp16", {"dtype": "float16"}),
     ],
