@@ -265,9 +265,14 @@ def export_fused(
     write_atomically(target, write)
 
 
+def _sample_pair(cross_encoder: CrossEncoder) -> dict[str, torch.Tensor]:
+    """One tokenized (query, passage) pair: what an export or conversion traces the classifier with."""
+    return dict(cross_encoder.tokenizer(["query"], ["a candidate passage"], return_tensors="pt"))
+
+
 def _export_fp32(cross_encoder: CrossEncoder, target: Path) -> None:
     """The classifier in ONNX, fused where the fusion keeps its scores (:func:`export_fused`)."""
-    sample = cross_encoder.tokenizer(["query"], ["a candidate passage"], return_tensors="pt")
+    sample = _sample_pair(cross_encoder)
     check = calibration_feeds(cross_encoder.tokenizer, list(sample.keys()), calibration_set()[:1])
     export_fused(cross_encoder[0].model, sample, ("logits", {0: "batch"}), check, target)
 
@@ -465,13 +470,13 @@ def cached_export(
 def quantize_openvino_int8(cross_encoder: CrossEncoder, target: Path) -> None:
     """Static int8 of the classifier by NNCF in its transformer mode (per-channel int8 weights; int8 activations
     whose ranges come from the short and lengthened calibration passages, smoothed first; softmax, norms and GELU
-    left at fp32),
-    written as an OpenVINO IR at ``target``, atomically (an IR is two files: the folder is renamed into place)."""
+    left at fp32), written as an OpenVINO IR at ``target``, atomically (an IR is two files: the folder is renamed
+    into place)."""
     import nncf
     import openvino
 
     model = cross_encoder[0].model.float().cpu().eval()
-    sample = dict(cross_encoder.tokenizer(["query"], ["a candidate passage"], return_tensors="pt"))
+    sample = _sample_pair(cross_encoder)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracing warnings about python control flow, as with torch.onnx
         converted = openvino.convert_model(model, example_input=sample)
@@ -555,8 +560,8 @@ class OnnxSequenceClassifier(torch.nn.Module):
 
 class OpenVinoGraph(torch.nn.Module):
     """Stands in for a transformers module (a ``CrossEncoder``'s classifier, a ``SentenceTransformer``'s encoder):
-    the same inputs, its ``output`` out, computed from the ONNX export by OpenVINO on the CPU at the precision of
-    ``backend`` (:data:`OPENVINO_PRECISIONS`).
+    the same inputs, its ``output`` out, computed from the model at ``path`` (the ONNX export, or ``openvino-int8``'s
+    IR) by OpenVINO on the CPU at the precision of ``backend`` (:data:`OPENVINO_PRECISIONS`).
 
     Batches stay the token-bounded ones of the CPU (padding costs in full here too). OpenVINO's bf16 rounds
     differently per batch shape, like torch's, so its scores are batch-independent to the same 2e-2, not exactly.
