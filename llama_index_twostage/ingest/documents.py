@@ -17,6 +17,7 @@ from typing import Any
 from llama_index.core.schema import Document
 
 from llama_index_twostage.errors import DocumentError
+from llama_index_twostage.nodes import STAGE_KEY
 from llama_index_twostage.store.contract import (
     CHUNKS_KEY,
     HASH_KEY,
@@ -28,7 +29,17 @@ from llama_index_twostage.store.contract import (
 
 _LLAMA_INDEX_ID_KEYS = ("document_id", "doc_id", SOURCE_KEY)
 _RESERVED_KEYS = frozenset(
-    {"_node_content", "_node_type", "chroma:document", HASH_KEY, CHUNKS_KEY, STAMP_KEY, TEXT_HASH_KEY, ORIGIN_KEY}
+    {
+        "_node_content",
+        "_node_type",
+        "chroma:document",
+        HASH_KEY,
+        CHUNKS_KEY,
+        STAMP_KEY,
+        TEXT_HASH_KEY,
+        ORIGIN_KEY,
+        STAGE_KEY,  # each result's stage entry: a stored value there would be merged with it, or break retrieval
+    }
 )
 _INT64 = range(-(2**63), 2**63)
 

@@ -165,3 +165,12 @@ def test_word_windows_do_not_cut_inside_a_word_when_a_boundary_is_near():
     offsets = [(0, 2), (3, 5), (6, 8), (8, 10), (11, 13)]
     windows = word_windows(text, offsets, 3, 0)
     assert windows == ["ab cd", "efgh ij"]
+
+
+def test_the_stage_entry_is_a_reserved_metadata_key_of_documents():
+    """Found by the fuzz test: a document with its own ``twostage`` value was stored, and retrieving it failed when
+    the stages merged their entry into that value."""
+    from llama_index_twostage.ingest.documents import metadata_problem
+
+    assert metadata_problem(STAGE_KEY, "0", "doc") == "is reserved for the records this package writes"
+    assert metadata_problem("stage", "0", "doc") is None
