@@ -55,7 +55,8 @@ class ModelLoadError(TwoStageError, OSError):
 
 
 class DocumentError(TwoStageError, ValueError):
-    """A document cannot be stored as given (its id, text or metadata); the message names it and the field."""
+    """A document cannot be stored as given (its id, text or metadata), or a stored record cannot be returned as a
+    node; the message names it and the field."""
 
 
 class ModelOutputError(TwoStageError, ValueError):

@@ -16,7 +16,7 @@ from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, Query
 from llama_index.core.vector_stores.utils import metadata_dict_to_node
 from pydantic_core import from_json
 
-from llama_index_twostage.errors import EmptyQueryError, InvalidQueryError
+from llama_index_twostage.errors import DocumentError, EmptyQueryError, InvalidQueryError
 
 STAGE_KEY = "twostage"
 _HIDDEN_FROM = ("excluded_llm_metadata_keys", "excluded_embed_metadata_keys")
@@ -83,11 +83,21 @@ def stage_info(scored: NodeWithScore) -> dict[str, Any]:
     return dict(scored.node.metadata.get(STAGE_KEY) or {})
 
 
-def stage_fields(fields: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, Any]:
+def stage_fields(node_id: str, fields: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, Any]:
     """From a node's ``metadata`` and exclusion lists: the metadata with ``info`` merged into its stage entry, and
-    the exclusion lists that hide that entry from the LLM and the embedding (new objects: nothing is mutated)."""
+    the exclusion lists that hide that entry from the LLM and the embedding (new objects: nothing is mutated).
+
+    A node whose own metadata holds something else under the key (written by other code: this package's ingest
+    refuses it) is refused by id rather than losing that value from the result.
+    """
     metadata = dict(fields.get("metadata") or {})
-    metadata[STAGE_KEY] = {**(metadata.get(STAGE_KEY) or {}), **info}
+    entry = metadata.get(STAGE_KEY) or {}
+    if not isinstance(entry, Mapping):
+        raise DocumentError(
+            f"node {node_id!r} holds its own metadata {STAGE_KEY!r} (a {type(entry).__name__}), the key each "
+            f"result's stage information is kept under: rename that key in the stored records"
+        )
+    metadata[STAGE_KEY] = {**entry, **info}
     updated: dict[str, Any] = {"metadata": metadata}
     for name in _HIDDEN_FROM:
         keys = list(fields.get(name) or [])
@@ -100,7 +110,7 @@ def with_stage_info(node: BaseNode, **info: Any) -> BaseNode:
     """A copy of ``node`` whose stage metadata holds ``info`` as well (a plain ``TextNode`` becomes a
     :class:`StagedNode`; other node types keep their type, and their hash covers the entry)."""
     current = {"metadata": node.metadata, **{name: getattr(node, name) for name in _HIDDEN_FROM}}
-    update = stage_fields(current, info)
+    update = stage_fields(node.node_id, current, info)
     if type(node) is TextNode:
         return StagedNode.model_construct(**{**dict(node), **update})
     return node.model_copy(update=update)
@@ -134,5 +144,5 @@ def node_from_record(
     fields["id_"] = node_id
     if not info:
         return TextNode(**fields)
-    fields.update(stage_fields(fields, info))
+    fields.update(stage_fields(node_id, fields, info))
     return StagedNode(**fields)

@@ -7,8 +7,8 @@ import copy
 import pytest
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
-from llama_index_twostage.errors import EmptyQueryError
-from llama_index_twostage.nodes import STAGE_KEY, annotated, model_text, query_text, stage_info
+from llama_index_twostage.errors import DocumentError, EmptyQueryError
+from llama_index_twostage.nodes import STAGE_KEY, annotated, model_text, node_from_record, query_text, stage_info
 from llama_index_twostage.stage2.rerank import select_candidates
 
 
@@ -61,6 +61,19 @@ def test_stage_key_is_listed_once_after_repeated_annotation():
     twice = annotated(annotated(scored("n"), a=1), b=2)
     assert twice.node.excluded_llm_metadata_keys.count(STAGE_KEY) == 1
     assert twice.node.excluded_embed_metadata_keys.count(STAGE_KEY) == 1
+
+
+@pytest.mark.parametrize("foreign", ["written elsewhere", 3, ["a"]])
+def test_a_node_holding_its_own_stage_key_is_refused_by_id_not_overwritten(foreign):
+    """Records written by other code may hold a ``twostage`` value of their own: the result would lose it, so the
+    node is named instead (through both routes that add stage information)."""
+    node = scored("foreign-1", source="x.txt")
+    node.node.metadata[STAGE_KEY] = foreign
+    with pytest.raises(DocumentError, match=r"node 'foreign-1' holds its own metadata 'twostage'.*rename that key"):
+        annotated(node, stage1_rank=1)
+    assert node.node.metadata[STAGE_KEY] == foreign
+    with pytest.raises(DocumentError, match="node 'record-7'"):
+        node_from_record("record-7", "text", {STAGE_KEY: foreign}, {"stage1_rank": 1})
 
 
 @pytest.mark.parametrize("query", ["", "   ", "\n\t"])
