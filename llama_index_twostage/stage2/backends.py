@@ -38,12 +38,13 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from llama_index_twostage.models import looks_like_local_path
 from llama_index_twostage.stage2.calibration import Pairs, activation_calibration_set, calibration_set
@@ -192,6 +193,10 @@ def write_folder_atomically(target: Path, write: Callable[[Path], None]) -> None
         shutil.rmtree(temporary, ignore_errors=True)  # only what this call created
 
 
+_DECISION_LOCK_TIMEOUT_S = 30.0
+"""A decision file is held for one small write; a lock held longer belongs to a stuck process."""
+
+
 class DecisionFile:
     """A JSON file of measurements and decisions by key, shared by processes: each write is atomic, and a file
     that is missing or unreadable reads as empty (what it held is measured again)."""
@@ -210,11 +215,14 @@ class DecisionFile:
         return self._read().get(key)
 
     def put(self, entries: dict[str, dict[str, Any]]) -> None:
-        """Add entries; a read-only cache only costs a measurement in the next process."""
-        merged = {**self._read(), **entries}
+        """Add entries under a lock file beside it (processes adding at once keep each other's entries); a read-only
+        or busy cache only costs a measurement in the next process."""
         try:
-            write_atomically(self.path, lambda file: file.write_text(json.dumps(merged, indent=1), encoding="utf-8"))
-        except OSError as error:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(self.path.with_name(f"{self.path.name}.lock"), timeout=_DECISION_LOCK_TIMEOUT_S):
+                merged = {**self._read(), **entries}
+                write_atomically(self.path, lambda file: file.write_text(json.dumps(merged, indent=1), "utf-8"))
+        except OSError as error:  # filelock's Timeout is one
             logger.warning("could not store %s in %s (%s)", self.holds, self.path, error)
 
 
@@ -356,23 +364,46 @@ def attention_context_matmuls(model_path: Path) -> list[str]:
 _FUSED_OPS_ARE_FLOAT = {"DefaultTensorType": 1}  # onnx.TensorProto.FLOAT: shape inference cannot type fused ops
 
 
+class _ToDebug(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        logger.debug("onnxruntime: %s", record.getMessage().strip())
+
+
+@contextlib.contextmanager
+def application_logging_untouched() -> Iterator[None]:
+    """ONNX Runtime's quantizers log through ``logging.warning``, which configures the root logger (a stderr handler)
+    when the application has not yet: its own ``logging.basicConfig`` would then do nothing. Where the root logger
+    has no handler, one is lent for the call that passes their messages on at debug level, and is taken back."""
+    root = logging.getLogger()
+    if root.handlers:
+        yield
+        return
+    lent = _ToDebug()
+    root.addHandler(lent)
+    try:
+        yield
+    finally:
+        root.removeHandler(lent)
+
+
 def quantize_int8(source: Path, target: Path, keep_float: Sequence[str] = ()) -> None:
     """Dynamic int8 (weights per channel, activations at run time) of the MatMuls and the fused attention's
     projections, but the nodes named in ``keep_float``: no calibration data needed, VNNI where the CPU has it."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    write_atomically(
-        target,
-        lambda path: quantize_dynamic(
-            quantizer_input(source),
-            path,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=["MatMul", "Attention"],  # a fused Attention becomes QAttention
-            nodes_to_exclude=list(keep_float),
-            extra_options=_FUSED_OPS_ARE_FLOAT,
-        ),
-    )
+    with application_logging_untouched():
+        write_atomically(
+            target,
+            lambda path: quantize_dynamic(
+                quantizer_input(source),
+                path,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=["MatMul", "Attention"],  # a fused Attention becomes QAttention
+                nodes_to_exclude=list(keep_float),
+                extra_options=_FUSED_OPS_ARE_FLOAT,
+            ),
+        )
 
 
 def _quantize_int8(source: Path, target: Path) -> None:
@@ -420,21 +451,22 @@ def _quantize_static(source: Path, target: Path, feeds: list[dict[str, np.ndarra
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.pending, None)
 
-    write_atomically(
-        target,
-        lambda path: quantize_static(
-            quantizer_input(source),
-            path,
-            Feeds(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul"],
-            nodes_to_exclude=[*narrowing_matmuls(source), *attention_context_matmuls(source)],
-            extra_options=_FUSED_OPS_ARE_FLOAT,
-        ),
-    )
+    with application_logging_untouched():
+        write_atomically(
+            target,
+            lambda path: quantize_static(
+                quantizer_input(source),
+                path,
+                Feeds(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul"],
+                nodes_to_exclude=[*narrowing_matmuls(source), *attention_context_matmuls(source)],
+                extra_options=_FUSED_OPS_ARE_FLOAT,
+            ),
+        )
 
 
 def built_once(target: Path, build: Callable[[Path], None], message: str, *args: object) -> Path:

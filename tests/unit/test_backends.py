@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -202,6 +204,63 @@ def test_a_decision_file_merges_entries_and_reads_missing_or_damaged_as_empty(tm
     assert (decisions.get("a"), decisions.get("b")) == ({"backend": "torch"}, {"backend": "onnx"})
     decisions.path.write_text("{half a", encoding="utf-8")
     assert decisions.get("a") is None  # damaged: measured again, never an error
+
+
+_PUT_MANY = """
+import sys
+from pathlib import Path
+from llama_index_twostage.stage2.backends import DecisionFile
+decisions = DecisionFile(Path(sys.argv[1]), "a test decision")
+Path(sys.argv[1] + f".{sys.argv[2]}-ready").touch()
+while len(list(Path(sys.argv[1]).parent.glob("*-ready"))) < 2:  # start together
+    pass
+for index in range(int(sys.argv[3])):
+    decisions.put({f"{sys.argv[2]}-{index}": {"backend": "onnx", "padding": "x" * 2000}})
+"""
+
+
+def test_two_processes_adding_decisions_at_once_keep_each_others(tmp_path):
+    """Two hosts sharing a model cache measure different models at once: neither loses the other's decisions."""
+    shared = tmp_path / "cache" / "decisions.json"
+    shared.parent.mkdir()
+    writers = []
+    for host in ("host-a", "host-b"):
+        (tmp_path / host).mkdir()
+        command = [sys.executable, "-c", _PUT_MANY, str(shared), host, "40"]
+        writers.append(subprocess.Popen(command, cwd=tmp_path / host))
+    assert [writer.wait(timeout=120) for writer in writers] == [0, 0]
+    stored = json.loads(shared.read_text(encoding="utf-8"))
+    assert sorted(stored) == sorted(f"{host}-{index}" for host in ("host-a", "host-b") for index in range(40))
+    assert not list(shared.parent.glob("*.partial*"))
+
+
+_QUANTIZE_THEN_CONFIGURE_LOGGING = """
+import logging, sys
+from pathlib import Path
+import numpy as np, onnx
+from onnx import TensorProto, helper, numpy_helper
+from llama_index_twostage.stage2 import backends
+folder = Path(sys.argv[1])
+weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32), "weight")
+x, y = (helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, 8]) for name in ("x", "y"))
+graph = helper.make_graph([helper.make_node("MatMul", ["x", "weight"], ["y"])], "tiny", [x], [y], [weight])
+onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "tiny.onnx")
+backends.quantize_int8(folder / "tiny.onnx", folder / "dynamic.onnx")
+feeds = [{"x": np.ones((1, 8), np.float32)}]
+backends._quantize_static(folder / "tiny.onnx", folder / "static.onnx", feeds)
+logging.basicConfig(format="application: %(message)s")
+logging.getLogger("application").warning("configured after quantizing")
+"""
+
+
+def test_quantizing_leaves_the_applications_logging_to_configure(tmp_path):
+    """ONNX Runtime's quantizers log on the root logger, which would configure it before the application could."""
+    command = [sys.executable, "-c", _QUANTIZE_THEN_CONFIGURE_LOGGING, str(tmp_path)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert (tmp_path / "dynamic.onnx").is_file() and (tmp_path / "static.onnx").is_file()
+    assert "application: configured after quantizing" in finished.stderr  # basicConfig still took effect
+    assert "pre-processing" not in finished.stderr  # ONNX Runtime's advice went to debug
 
 
 def test_a_decision_that_cannot_be_stored_is_a_warning(tmp_path, caplog):
