@@ -364,26 +364,38 @@ def attention_context_matmuls(model_path: Path) -> list[str]:
 _FUSED_OPS_ARE_FLOAT = {"DefaultTensorType": 1}  # onnx.TensorProto.FLOAT: shape inference cannot type fused ops
 
 
-class _ToDebug(logging.Handler):
+class _StandInRootHandler(logging.Handler):
+    """Stands in for the application's missing root handler: ONNX Runtime's records go to this module's logger at
+    debug level, every other record where it would have gone without any handler (``logging.lastResort``)."""
+
+    def __init__(self, onnxruntime_dir: str) -> None:
+        super().__init__()
+        self.onnxruntime_dir = onnxruntime_dir
+
     def emit(self, record: logging.LogRecord) -> None:
-        logger.debug("onnxruntime: %s", record.getMessage().strip())
+        if record.pathname.startswith(self.onnxruntime_dir):
+            logger.debug("onnxruntime: %s", record.getMessage().strip())
+        elif logging.lastResort is not None and record.levelno >= logging.lastResort.level:
+            logging.lastResort.handle(record)
 
 
 @contextlib.contextmanager
 def application_logging_untouched() -> Iterator[None]:
     """ONNX Runtime's quantizers log through ``logging.warning``, which configures the root logger (a stderr handler)
     when the application has not yet: its own ``logging.basicConfig`` would then do nothing. Where the root logger
-    has no handler, one is lent for the call that passes their messages on at debug level, and is taken back."""
+    has no handler, one stands in for the call (:class:`_StandInRootHandler`) and is taken back."""
+    import onnxruntime
+
     root = logging.getLogger()
     if root.handlers:
         yield
         return
-    lent = _ToDebug()
-    root.addHandler(lent)
+    stand_in = _StandInRootHandler(str(Path(onnxruntime.__file__).parent))
+    root.addHandler(stand_in)
     try:
         yield
     finally:
-        root.removeHandler(lent)
+        root.removeHandler(stand_in)
 
 
 def quantize_int8(source: Path, target: Path, keep_float: Sequence[str] = ()) -> None:
