@@ -4,7 +4,7 @@ hands it to the components that use it.
 Object graph of one :class:`TwoStagePipeline`::
 
     TwoStagePipeline (owner: close() releases what it created)
-      ├── store: ChromaStore(collection, settings.chroma) ── sync + async clients, contract, retries, timeouts
+      ├── store: ChromaStore(collection, settings.chroma) ── the client, contract, retries, timeouts
       ├── lexical: settings.lexical.open_index(...) ──────── BM25 of the same records on this host (LexicalFolder)
       ├── follower: LexicalFollower ──────── keeps it in step through Chroma's change feed (every lexical.refresh_s)
       ├── models: ModelPool ──────────────── each bi-encoder / cross-encoder (or rerank server client) once

@@ -8,10 +8,9 @@ server: Chroma retries transport failures of idempotent calls; the rerank client
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,17 +46,6 @@ class RetryPolicy(BaseModel):
             except retried as error:
                 time.sleep(self._logged_delay(attempt, error, logger, what))
         return operation()
-
-    async def arun(
-        self, operation: Callable[[], Awaitable[T]], *, retried: type[Exception], logger: logging.Logger, what: str
-    ) -> T:
-        """:meth:`run` for coroutines: the waits are awaited, so the event loop keeps serving other calls."""
-        for attempt in range(1, self.attempts):
-            try:
-                return await operation()
-            except retried as error:
-                await asyncio.sleep(self._logged_delay(attempt, error, logger, what))
-        return await operation()
 
     def _logged_delay(self, attempt: int, error: Exception, logger: logging.Logger, what: str) -> float:
         delay = self.delay(attempt)

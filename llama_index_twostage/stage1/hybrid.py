@@ -159,7 +159,7 @@ class HybridRecallRetriever(ClosesOwner, BaseRetriever):
 
     @dispatcher.span
     async def alexical_candidates(self, text: str, known: Recalled | None = None) -> Recalled | None:
-        """:meth:`lexical_candidates`; the index is searched in a worker thread, Chroma read by its async client."""
+        """:meth:`lexical_candidates`; the index search and Chroma's read-back run in worker threads."""
         records = known.records() if known is not None else {}
         limit: int | None = self.recall_k
         with Stopwatch() as watch:
@@ -215,8 +215,8 @@ class HybridRecallRetriever(ClosesOwner, BaseRetriever):
         return self.fuse(dense, lexical, watch.ms)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        """The dense side first (its records need no second read), then BM25 in a worker thread and the read-back
-        through Chroma's async client: nothing blocks the event loop."""
+        """The dense side first (its records need no second read), then BM25 and the read-back, each in a worker
+        thread: nothing blocks the event loop."""
         text = query_text(query_bundle)
         with Stopwatch() as watch:
             dense = await self.dense.arecall(query_bundle) if self.mode == "hybrid" else None

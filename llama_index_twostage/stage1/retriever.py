@@ -34,7 +34,6 @@ from llama_index_twostage.store.contract import DistanceSpace, distance_space, d
 from llama_index_twostage.timing import Stopwatch
 
 if TYPE_CHECKING:
-    from chromadb.api.models.AsyncCollection import AsyncCollection
     from chromadb.api.models.Collection import Collection
     from llama_index.core.base.embeddings.base import BaseEmbedding
 
@@ -124,7 +123,6 @@ class ChromaRecallRetriever(ClosesOwner, BaseRetriever):
         self.recall_guard_gap = recall_guard_gap
         self._where = to_chroma_where(filters)
         self._collection: Collection | None = None
-        self._async_collection: AsyncCollection | None = None
         self._space: DistanceSpace = "cosine"
         self.query_tokenizer = query_tokenizer if query_tokenizer is not None else query_tokenizer_of(embed_model)
 
@@ -144,14 +142,6 @@ class ChromaRecallRetriever(ClosesOwner, BaseRetriever):
             return self._collection
         dimension = embedding_dimension(self.embed_model)
         return self.store.with_retries(lambda: self._collection_for(dimension))
-
-    async def _opened_async_collection(self) -> AsyncCollection:
-        """Server mode: the collection through the async client, its contract verified once through the sync one."""
-        if self._collection is None:
-            await asyncio.to_thread(self.collection)
-        if self._async_collection is None:
-            self._async_collection = await self.store.open_async_collection()
-        return self._async_collection
 
     def _warn_if_truncated(self, text: str) -> bool:
         if self.query_tokenizer is None:
@@ -201,8 +191,8 @@ class ChromaRecallRetriever(ClosesOwner, BaseRetriever):
             returned,
         )
 
-    def _query(self, collection: Any, embedding: list[float]) -> Any:
-        """``collection.query`` for the ``recall_k`` nearest (a sync call, or a coroutine on the async client)."""
+    def _query(self, collection: Collection, embedding: list[float]) -> Any:
+        """``collection.query`` for the ``recall_k`` nearest."""
         return collection.query(
             query_embeddings=[embedding], n_results=self.recall_k, where=self._where, include=_INCLUDE
         )
@@ -294,19 +284,10 @@ class ChromaRecallRetriever(ClosesOwner, BaseRetriever):
         return self._ranked(recalled, watch.ms)
 
     async def _asearch(self, embedding: list[float]) -> dict[str, Any]:
-        """Server mode uses Chroma's async client; the in-process modes run the same search in a worker thread."""
-        store = self.store
-        if store.mode != "server":
-            return await asyncio.to_thread(self._search, embedding)
-
-        async def search() -> dict[str, Any]:
-            collection = await self._opened_async_collection()
-            result = await store.bounded(self._query(collection, embedding))
-            if len(result["ids"][0]) < self.recall_k:
-                self._explain_short(len(result["ids"][0]), await store.bounded(collection.count()))
-            return result
-
-        return await store.awith_retries(search)
+        """:meth:`_search` in a worker thread, in every mode. Not through Chroma's async HTTP client: its clients on
+        one event loop share one connection pool, headers included, so a second store's queries would carry the first
+        one's token to the second one's server (chroma-core/chroma#6869)."""
+        return await asyncio.to_thread(self._search, embedding)
 
     def fetch(self, ids: Sequence[str]) -> dict[str, Record]:
         """The records of ``ids`` that pass this retriever's filters, by id (another side's candidates, checked
@@ -319,16 +300,8 @@ class ChromaRecallRetriever(ClosesOwner, BaseRetriever):
         return _by_id(result)
 
     async def afetch(self, ids: Sequence[str]) -> dict[str, Record]:
-        """:meth:`fetch` through the async client in server mode, in a worker thread otherwise."""
-        store = self.store
-        if store.mode != "server" or not ids:
-            return await asyncio.to_thread(self.fetch, ids)
-
-        async def read() -> Any:
-            collection = await self._opened_async_collection()
-            return await store.bounded(collection.get(ids=list(ids), where=self._where, include=_RECORD_FIELDS))
-
-        return _by_id(await store.awith_retries(read))
+        """:meth:`fetch` in a worker thread (see :meth:`_asearch`)."""
+        return await asyncio.to_thread(self.fetch, ids)
 
 
 def _by_id(result: Any) -> dict[str, Record]:

@@ -7,13 +7,12 @@ each keep their own. ``close()`` (or leaving a ``with`` block) releases the clie
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import re
 import shutil
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -38,8 +37,7 @@ from llama_index_twostage.store.contract import CollectionContract, DistanceSpac
 from llama_index_twostage.store.embedded import EmbeddedStoreLock
 
 if TYPE_CHECKING:
-    from chromadb.api import AsyncClientAPI, ClientAPI
-    from chromadb.api.models.AsyncCollection import AsyncCollection
+    from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
     from chromadb.api.types import GetResult, Include
     from chromadb.config import Settings as ChromaSettings
@@ -218,7 +216,6 @@ class ChromaStore(Closing):
         self._redact = Redactor([self.config.token])
         self._retry = self.config.retry if self.mode == "server" else RetryPolicy(retries=0)
         self._client: ClientAPI | None = None
-        self._async_client: AsyncClientAPI | None = None
         self._lock = threading.Lock()
 
     # The configuration, as the store uses it.
@@ -369,45 +366,19 @@ class ChromaStore(Closing):
                 self._client = self._create_client()
             return self._client
 
-    async def async_client(self) -> AsyncClientAPI:
-        """The asynchronous HTTP client (server mode), created on first use.
-
-        Queries arriving at once before it exists may each build one; the first stored wins and every caller uses
-        it (a lock here would bind to one event loop).
-        """
-        import chromadb
-
-        if self._async_client is None:
-            self._redact.watch()
-            await asyncio.to_thread(self.check_server)
-            created = await self.bounded(
-                chromadb.AsyncHttpClient(
-                    host=self.host or "localhost",
-                    port=self.port,
-                    ssl=self.config.ssl,
-                    headers=self._auth_headers(),
-                    settings=self._chroma_settings(),
-                )
-            )
-            if self._async_client is None:
-                self._async_client = created
-        return self._async_client
-
     @property
     def is_open(self) -> bool:
         """Whether a client is held (one is created on first use, and again after :meth:`close`)."""
         return self._client is not None
 
     def close(self) -> None:
-        """Release the clients (an embedded store's files, a server's connections). The store can be reopened.
+        """Release the client (an embedded store's files, a server's connections). The store can be reopened.
 
-        chromadb's async client has no close of its own; dropping it lets its connections go with it. The in-memory
-        store lives for the process, as documented for ``memory`` mode: closing one handle on it keeps its data
-        (chromadb would discard it with the last client).
+        The in-memory store lives for the process, as documented for ``memory`` mode: closing one handle on it keeps
+        its data (chromadb would discard it with the last client).
         """
         with self._lock:
             client, self._client = self._client, None
-            self._async_client = None
         self._redact.unwatch()
         if client is not None and self.mode != "memory":
             client.close()
@@ -415,10 +386,6 @@ class ChromaStore(Closing):
             EmbeddedStoreLock.release(self.persist_dir)
 
     # Faults: timeouts and retries.
-
-    async def bounded(self, call: Awaitable[T]) -> T:
-        """Await a server call within ``timeout_s`` (the async client has no timeout of its own)."""
-        return await asyncio.wait_for(call, self.timeout_s)
 
     @contextmanager
     def server_errors(self) -> Iterator[None]:
@@ -431,7 +398,7 @@ class ChromaStore(Closing):
             yield
         except (ChromaAuthError, AuthorizationError) as error:
             raise self._refused(type(error).__name__) from None
-        except (httpx.TransportError, asyncio.TimeoutError) as error:
+        except httpx.TransportError as error:
             raise ChromaUnavailableError(
                 f"lost the Chroma server at {self.server_address} ({self._quote(error)}) within "
                 f"{self.timeout_s:g}s: check that `chroma run` is up, then retry"
@@ -456,15 +423,6 @@ class ChromaStore(Closing):
                 return operation()
 
         return self._retry.run(attempt, retried=ChromaUnavailableError, logger=logger, what="Chroma call")
-
-    async def awith_retries(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """:meth:`with_retries` for coroutines: the backoff awaits, so the event loop keeps serving other queries."""
-
-        async def attempt() -> T:
-            with self.server_errors():
-                return await operation()
-
-        return await self._retry.arun(attempt, retried=ChromaUnavailableError, logger=logger, what="Chroma call")
 
     # The collection.
 
@@ -491,11 +449,6 @@ class ChromaStore(Closing):
                 f"(existing: {existing or 'none'}): ingest documents first (`twostage ingest PATH`) or fix "
                 "'collection'"
             ) from error
-
-    async def open_async_collection(self) -> AsyncCollection:
-        """The existing collection through the async HTTP client (server mode)."""
-        client = await self.async_client()
-        return await self.bounded(client.get_collection(self.collection_name))
 
     def create_or_open_collection(self, contract: CollectionContract) -> Collection:
         """The collection to write into: created with ``contract`` recorded, or opened and checked against it."""

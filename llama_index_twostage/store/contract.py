@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from llama_index_twostage.errors import CollectionMismatchError
 
 if TYPE_CHECKING:
-    from chromadb.api.models.AsyncCollection import AsyncCollection
     from chromadb.api.models.Collection import Collection
 
 DistanceSpace = Literal["cosine", "l2", "ip"]
@@ -69,7 +68,7 @@ class CollectionContract:
         return {MODEL_KEY: self.embed_model, DIMENSION_KEY: self.dimension, **backend}
 
     @classmethod
-    def of(cls, collection: Collection | AsyncCollection) -> CollectionContract | None:
+    def of(cls, collection: Collection) -> CollectionContract | None:
         """The contract a collection recorded, or None when another tool (e.g. ChromaVectorStore) created it."""
         metadata = collection.metadata or {}
         if MODEL_KEY not in metadata:
@@ -139,7 +138,7 @@ def verify_collection(
         CollectionContract(embed_model, len(sample[0])).check(embed_model, dimension, collection.name)
 
 
-def distance_space(collection: Collection | AsyncCollection) -> DistanceSpace:
+def distance_space(collection: Collection) -> DistanceSpace:
     """The distance space Chroma uses for this collection (``l2`` when it was created without one)."""
     configuration = collection.configuration or {}
     index = configuration.get("hnsw") or configuration.get("spann") or {}

@@ -31,9 +31,12 @@ class TokenProxy:
 
     def __init__(self, upstream: str, token: str, protect_heartbeat: bool) -> None:
         client = httpx.Client(base_url=upstream, timeout=30)
+        self.authorizations_seen: set[str | None] = set()
+        seen = self.authorizations_seen
 
         class Handler(BaseHTTPRequestHandler):
             def _forward(self) -> None:
+                seen.add(self.headers.get("Authorization"))
                 allowed = self.headers.get("Authorization") == f"Bearer {token}"
                 if not allowed and (protect_heartbeat or not self.path.endswith("/heartbeat")):
                     self._answer(403, json.dumps({"error": "AuthError", "message": "Forbidden"}).encode())
@@ -115,6 +118,30 @@ async def test_a_missing_or_wrong_token_is_one_clear_error(stored, behind_proxy,
         assert "authentication failed" in message and "set chroma_token" in message
         assert "unreachable" not in message
         assert TOKEN not in message and (token is None or token not in message)
+
+
+async def test_two_stores_with_their_own_tokens_each_send_only_their_own(chroma_server, cheap_settings, hash_embedding):
+    """Two Chroma servers (proxies), each with its token, queried from one event loop: each server sees only its
+    own token (chromadb's async clients share one connection pool per event loop, headers included)."""
+    host, port = chroma_server
+    proxies = [TokenProxy(f"http://{host}:{port}", f"tok-tenant-{name}", protect_heartbeat=True) for name in "ab"]
+    try:
+        pipelines = []
+        for name, proxy in zip("ab", proxies):
+            address = {"chroma_host": "127.0.0.1", "chroma_port": proxy.port, "chroma_retries": 0}
+            settings = cheap_settings(
+                "server", f"tenant-{name}-{proxy.port}", chroma_token=f"tok-tenant-{name}", **address
+            )
+            pipelines.append(TwoStagePipeline(settings, embed_model=hash_embedding))
+            pipelines[-1].ingest([Document(id_=f"{name}{i}", text=f"tenant {name} note {i} on bees") for i in range(3)])
+        for name, pipeline in zip("ab", pipelines):
+            results = await pipeline.retriever().aretrieve("bees")
+            assert {result.node.ref_doc_id[0] for result in results} == {name}
+            pipeline.close()
+        assert [proxy.authorizations_seen for proxy in proxies] == [{"Bearer tok-tenant-a"}, {"Bearer tok-tenant-b"}]
+    finally:
+        for proxy in proxies:
+            proxy.close()
 
 
 @pytest.mark.parametrize("command", [["info"], ["query", "bees"], ["verify"]])

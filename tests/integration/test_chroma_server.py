@@ -1,4 +1,4 @@
-"""The same retrieval through a real `chroma run` server (sync HttpClient and async AsyncHttpClient)."""
+"""The same retrieval through a real `chroma run` server (sync and async, both through its HttpClient)."""
 
 from __future__ import annotations
 
