@@ -123,7 +123,7 @@ def sectioned(values: dict[str, Any]) -> dict[str, Any]:
     for *parents, field in SECRET_PATHS:
         section = data.get(parents[0])
         if isinstance(section, dict) and isinstance(section.get(field), str):
-            section[field] = SecretStr(section[field])
+            data[parents[0]] = {**section, field: SecretStr(section[field])}  # a copy: the caller's dict stays
     return data
 
 

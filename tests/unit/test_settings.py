@@ -320,6 +320,15 @@ def test_round_trip_keeps_a_real_token():
     assert restored.chroma_token.get_secret_value() == TOKEN
 
 
+def test_secrets_given_in_sections_leave_the_callers_dicts_as_they_were():
+    chroma = {"host": "chroma.internal", "token": TOKEN}
+    rerank_server = {"urls": ["http://127.0.0.1:7997/rerank"], "api_key": "key-of-the-caller"}
+    settings = RetrieverSettings(chroma=chroma, rerank_server=rerank_server, rerank_backend="http")
+    assert chroma == {"host": "chroma.internal", "token": TOKEN}  # still the strings the caller may reuse
+    assert rerank_server["api_key"] == "key-of-the-caller"
+    assert settings.chroma_token.get_secret_value() == TOKEN
+
+
 def test_round_trip_without_token():
     settings = RetrieverSettings(collection="docs", recall_k=30, top_k=3, score_threshold=0.2)
     assert RetrieverSettings.from_dict(settings.to_dict()) == settings
