@@ -232,6 +232,13 @@ class ChromaRecallRetriever(ClosesOwner, BaseRetriever):
         with_text = [position for position, document in enumerate(documents) if document]
         if len(with_text) < len(ids):  # written by another tool without text: nothing to rank or read
             notes["dropped_without_text"] = len(ids) - len(with_text)
+            logger.warning(
+                "%d of the %d nearest records in collection %r have no text (written by another tool) and were "
+                "dropped: they take candidate slots from records with text; store them with their text or delete them",
+                len(ids) - len(with_text),
+                len(ids),
+                self.store.collection_name,
+            )
             ids, documents, metadatas, distances = (
                 [column[position] for position in with_text] for column in (ids, documents, metadatas, distances)
             )

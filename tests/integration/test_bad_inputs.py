@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from llama_index.core import Document
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.schema import ImageNode, NodeWithScore, QueryBundle, TextNode
 
@@ -116,6 +117,23 @@ def test_recall_k_above_collection_size_returns_all_with_a_warning(small_collect
         in r.getMessage()
         for r in caplog.records
     )
+
+
+def test_records_without_text_that_take_the_nearest_slots_are_dropped_with_a_warning(
+    cheap_settings, pipeline_for, hash_embedding, caplog
+):
+    """Records another tool wrote without text, nearest to the query: dropped (nothing to rank), never silently."""
+    settings = cheap_settings("memory", recall_k=3, top_k=2, stage1_mode="dense")
+    pipeline = pipeline_for(settings, embed_model=hash_embedding)
+    pipeline.ingest([Document(id_=f"d{i}", text=f"a note on bees, number {i}") for i in range(4)])
+    nearest = hash_embedding.get_query_embedding("bees")
+    pipeline.store.open_collection().add(ids=["bare-1", "bare-2"], embeddings=[nearest, nearest])
+    with caplog.at_level(logging.WARNING, logger="llama_index_twostage"):
+        results = pipeline.retriever().retrieve("bees")
+    assert len(results) == 1 and stage_info(results[0])["dropped_without_text"] == 2
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        f"2 of the 3 nearest records in collection {settings.collection!r} have no text"
+    ]
 
 
 @pytest.mark.parametrize("mode", ["embedded", "memory"])
