@@ -231,7 +231,8 @@ def plan_ingestion(
     chunking: Chunking | Splitting,
     origin: str | None = None,
 ) -> Plan:
-    """Decide, per document, whether it is unchanged (skipped) or must be (re)written."""
+    """Decide, per document, whether it is unchanged (skipped) or must be (re)written. A document held but not among
+    ``sources`` was given without text: it holds nothing now, so its earlier chunks go."""
     splitter = chunking.splitter()
     plan = Plan()
     for source_id, source in sources.items():
@@ -242,6 +243,9 @@ def plan_ingestion(
             plan.already_stored += len(stored.chunks)
         else:
             _plan_changed(plan, source, stored, splitter, origin)
+    for source_id in held.keys() - sources.keys():
+        plan.stale_ids.extend(held[source_id].chunks)
+        plan.replaced_documents += 1
     return plan
 
 
@@ -456,7 +460,7 @@ def ingest_into(
         if empty_documents:
             logger.warning("skipped %d documents without text", empty_documents)
         collection, batch_size = _open_for_writing(store, embed_model, upsert_batch_size)
-        held = stored_sources(collection, list(sources), store)
+        held = stored_sources(collection, list(validated), store)  # those without text too: emptied since
         adopted = adopted_origins(held, source)
         plan = plan_ingestion(sources, held, chunking, source)
         if plan.skipped_empty:

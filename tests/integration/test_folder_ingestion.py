@@ -209,6 +209,21 @@ def test_documents_without_text_are_never_stored(cheap_settings, hash_embedding)
         assert (report.empty_documents, report.added, report.stored_total) == (1, 1, 1)
 
 
+@pytest.mark.parametrize("sync", [False, True])
+def test_a_document_emptied_since_it_was_stored_loses_its_chunks(cheap_settings, hash_embedding, sync):
+    """Its text is gone, so what it said before must not be retrieved any more (with or without sync)."""
+    from llama_index.core import Document
+
+    edited = {"source": "notes", "sync": True} if sync else {}
+    with TwoStagePipeline(cheap_settings(), embed_model=hash_embedding) as pipeline:
+        pipeline.ingest([Document(id_="kept", text="Kept words."), Document(id_="edited", text="Old words.")], **edited)
+        report = pipeline.ingest([Document(id_="kept", text="Kept words."), Document(id_="edited", text=" ")], **edited)
+        assert (report.empty_documents, report.replaced_documents, report.removed_stale) == (1, 1, 1)
+        assert (report.unchanged_documents, report.deleted_documents, report.stored_total) == (1, 0, 1)
+        stored = pipeline.store.open_collection().get(include=["metadatas"])
+        assert {metadata["ref_doc_id"] for metadata in stored["metadatas"]} == {"kept"}
+
+
 def test_a_document_without_text_is_still_checked_before_anything_is_written(cheap_settings, hash_embedding):
     from llama_index.core import Document
 
