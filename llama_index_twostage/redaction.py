@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+import weakref
 from collections.abc import Iterable
 
 from pydantic import SecretStr
@@ -18,7 +19,14 @@ MIN_PIECE = 6  # a shorter piece of a long secret tells an attacker too little t
 MASK = "**********"
 # The loggers of the HTTP stack under the rerank and Chroma clients: at DEBUG, httpcore logs every response's
 # headers, where a server may echo the key (a Location with it, say).
-HTTP_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy")
+HTTP_LOGGERS = (
+    "httpx",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
 
 
 def _value(secret: SecretStr | str | None) -> str:
@@ -75,11 +83,14 @@ class Redactor(logging.Filter):
         folded, at most ``limit`` characters."""
         return " ".join(self(text).split())[:limit]
 
-    def watch(self, names: tuple[str, ...] = HTTP_LOGGERS) -> None:
-        """Mask the secrets in what these loggers log, until :meth:`unwatch`."""
+    def watch(self, owner: object, names: tuple[str, ...] = HTTP_LOGGERS) -> None:
+        """Mask the secrets in what these loggers log, until :meth:`unwatch`, or until ``owner`` (the holder of the
+        secret) is garbage collected without having called it."""
         self._watched = names if self else ()
         for name in self._watched:
             logging.getLogger(name).addFilter(self)
+        if self._watched:
+            weakref.finalize(owner, self.unwatch)
 
     def unwatch(self) -> None:
         for name in self._watched:
@@ -87,10 +98,21 @@ class Redactor(logging.Filter):
         self._watched = ()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Rewrite the record with its secrets masked (the formatted message, then any traceback)."""
-        if self:
-            record.msg, record.args = self(record.getMessage()), None
-            if record.exc_info:
-                record.exc_text = self("".join(traceback.format_exception(*record.exc_info)).rstrip())
-                record.exc_info = None
+        """Rewrite the parts of the record that hold a secret (its message, its traceback), masked; a record without
+        one passes untouched (its arguments and ``exc_info`` kept for structured handlers). A call whose arguments
+        do not fit its format is shown with them, masked, rather than raising where it was logged."""
+        if not self:
+            return True
+        try:
+            message, broken = record.getMessage(), False
+        except (TypeError, ValueError):
+            message, broken = f"{record.msg} (arguments: {record.args!r})", True
+        masked = self(message)
+        if broken or masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info:
+            trace = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            masked_trace = self(trace)
+            if masked_trace != trace:
+                record.exc_text, record.exc_info = masked_trace, None
         return True

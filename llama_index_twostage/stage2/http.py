@@ -314,7 +314,7 @@ class HttpRerankScorer:
         self.attempts = max(self.retry.attempts, len(self.replicas))
         self.deadline_s = self.attempts * self.timeout_s
         self._redact = Redactor([config.api_key])
-        self._redact.watch()
+        self._redact.watch(self)
         secret = config.api_key.get_secret_value() if config.api_key is not None else ""
         concurrency = config.max_concurrency
         self._client_options: dict[str, Any] = {

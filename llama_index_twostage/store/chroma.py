@@ -362,7 +362,7 @@ class ChromaStore(Closing):
         mask the token (a server may echo it in a header)."""
         with self._lock:
             if self._client is None:
-                self._redact.watch()
+                self._redact.watch(self)
                 self._client = self._create_client()
             return self._client
 
