@@ -35,7 +35,6 @@ import logging
 import math
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -324,9 +323,7 @@ class HttpRerankScorer:
             "limits": httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         }
         self._client = httpx.Client(**self._client_options)
-        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._async_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="twostage-rerank-http")
         self._lock = threading.Lock()
         self._closed = False
@@ -515,11 +512,14 @@ class HttpRerankScorer:
         return ConfigurationError(f"the scorer for {self.url} is closed (its pipeline was closed): build a new one")
 
     def _async_client(self) -> httpx.AsyncClient:
-        """This event loop's client, opened on first use."""
+        """This event loop's client, opened on first use. Clients of loops that have closed since (``asyncio.run``
+        per call) are dropped: nothing can run on their loop, and their connections close with them."""
         loop = asyncio.get_running_loop()
         with self._lock:
             if self._closed:
                 raise self._closed_error()
+            for closed in [other for other in self._async_clients if other.is_closed()]:
+                del self._async_clients[closed]
             client = self._async_clients.get(loop)
             if client is None:
                 client = self._async_clients[loop] = httpx.AsyncClient(**self._client_options)

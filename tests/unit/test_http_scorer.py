@@ -5,6 +5,7 @@ as a clear error that names the URL and never the key."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import json
 import logging
@@ -515,3 +516,19 @@ def test_replicas_are_one_setting_and_one_cache_key(stub, second_stub, scorer_fo
         RetrieverSettings(rerank_url=f"{stub.url},{stub.url}")
     one, other = scorer_for(url=[stub.url, second_stub.url]), scorer_for(url=[second_stub.url, stub.url])
     assert one.cache_key == other.cache_key
+
+
+def test_a_client_per_asyncio_run_is_let_go_once_its_loop_has_closed(stub, scorer_for):
+    """A sync web handler calling ``asyncio.run(scorer.ascore(...))`` per request: each run's loop gets a client, and
+    the clients of finished runs do not pile up (nothing can use them any more), though their kept-alive connections
+    still refer to their loop."""
+    stub.server.RequestHandlerClass.protocol_version = "HTTP/1.1"  # connections kept alive, as real servers do
+
+    def live_async_clients() -> int:
+        gc.collect()
+        return sum(type(thing) is httpx.AsyncClient for thing in gc.get_objects())
+
+    scorer, before = scorer_for(), live_async_clients()
+    for _ in range(5):
+        assert asyncio.run(scorer.ascore("q", ["a", "bb"])) == pytest.approx([0.1, 0.2])
+    assert live_async_clients() - before == 1  # the last run's, until the next call or close()
