@@ -193,6 +193,19 @@ def write_folder_atomically(target: Path, write: Callable[[Path], None]) -> None
         shutil.rmtree(temporary, ignore_errors=True)  # only what this call created
 
 
+_TRACING_MODULES = r"(torch|transformers|onnx|onnxscript|openvino|llama_index_twostage)(\.|$)"
+
+
+@contextlib.contextmanager
+def tracing_warnings_hidden() -> Iterator[None]:
+    """Hide the warnings that tracing a model for export raises (python control flow, the exporters' deprecations).
+    Warning filters are process-wide: only warnings raised from these libraries' modules are hidden, not what other
+    threads of the application warn about meanwhile."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=_TRACING_MODULES)
+        yield
+
+
 _DECISION_LOCK_TIMEOUT_S = 30.0
 """A decision file is held for one small write; a lock held longer belongs to a stuck process."""
 
@@ -256,8 +269,7 @@ def export_fused(
     dynamic = {name: {0: "batch", 1: "tokens"} for name in names} | {output_name: output_axes}
 
     def write(path: Path) -> None:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
+        with tracing_warnings_hidden(), torch.no_grad():
             torch.onnx.export(
                 _PositionalInputs(model, names, output_name),
                 tuple(sample[name] for name in names),
@@ -521,8 +533,7 @@ def quantize_openvino_int8(cross_encoder: CrossEncoder, target: Path) -> None:
 
     model = cross_encoder[0].model.float().cpu().eval()
     sample = _sample_pair(cross_encoder)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracing warnings about python control flow, as with torch.onnx
+    with torch.no_grad(), tracing_warnings_hidden():
         converted = openvino.convert_model(model, example_input=sample)
     feeds = calibration_feeds(cross_encoder.tokenizer, list(sample), activation_calibration_set())
     with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars print to stdout, which may carry JSON

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 from llama_index.core.schema import NodeWithScore, TextNode
@@ -271,6 +272,15 @@ def test_quantizing_leaves_the_applications_logging_to_configure(tmp_path):
         "application: configured after quantizing",  # basicConfig still took effect
     ]
     assert "onnxruntime: Please consider" in finished.stdout  # at debug, where the application follows it
+
+
+def test_an_export_hides_the_tracing_warnings_and_not_the_applications():
+    """Warning filters are process-wide: while a model is traced, another thread's own warnings still show."""
+    with pytest.warns(UserWarning) as shown, backends.tracing_warnings_hidden():
+        warnings.warn_explicit("traced control flow", UserWarning, "_trace.py", 1, module="torch.jit._trace")
+        warnings.warn_explicit("deprecated", FutureWarning, "utils.py", 1, module="transformers.modeling_utils")
+        warnings.warn_explicit("the application's own", UserWarning, "views.py", 1, module="application.views")
+    assert [str(warning.message) for warning in shown] == ["the application's own"]
 
 
 def test_a_decision_that_cannot_be_stored_is_a_warning(tmp_path, caplog):
