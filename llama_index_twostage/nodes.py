@@ -108,9 +108,10 @@ def stage_fields(node_id: str, fields: Mapping[str, Any], info: Mapping[str, Any
 
 def with_stage_info(node: BaseNode, **info: Any) -> BaseNode:
     """A copy of ``node`` whose stage metadata holds ``info`` as well (a plain ``TextNode`` becomes a
-    :class:`StagedNode`; other node types keep their type, and their hash covers the entry)."""
+    :class:`StagedNode`; other node types keep their type, and their hash covers the entry). Its dicts are its own:
+    editing the copy's metadata or relationships leaves the caller's node as it was."""
     current = {"metadata": node.metadata, **{name: getattr(node, name) for name in _HIDDEN_FROM}}
-    update = stage_fields(node.node_id, current, info)
+    update = {**stage_fields(node.node_id, current, info), "relationships": dict(node.relationships)}
     if type(node) is TextNode:
         return StagedNode.model_construct(**{**dict(node), **update})
     return node.model_copy(update=update)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import copy
 
 import pytest
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import (
+    MetadataMode,
+    NodeRelationship,
+    NodeWithScore,
+    QueryBundle,
+    RelatedNodeInfo,
+    TextNode,
+)
 
 from llama_index_twostage.errors import DocumentError, EmptyQueryError
 from llama_index_twostage.nodes import STAGE_KEY, annotated, model_text, node_from_record, query_text, stage_info
@@ -38,6 +45,8 @@ def test_annotated_returns_a_copy_and_leaves_the_original_alone():
     assert result.score == 0.9
     assert result.node.metadata == {"source": "a.txt", STAGE_KEY: {"stage1_rank": 1}}
     assert result.node.node_id == "n1"
+    result.node.relationships[NodeRelationship.NEXT] = RelatedNodeInfo(node_id="n2")  # edited downstream
+    assert original.node.relationships == before.node.relationships
 
 
 def test_annotated_merges_stage_info_and_keeps_score_by_default():
