@@ -52,6 +52,7 @@ class Redactor(logging.Filter):
             for start in range(len(value) - MIN_PIECE + 1)
         }
         self._watched: tuple[str, ...] = ()
+        self._release: weakref.finalize | None = None  # unwatches when the owner goes without close()
 
     def __bool__(self) -> bool:
         return bool(self._whole or self._pieces)
@@ -89,8 +90,8 @@ class Redactor(logging.Filter):
         self._watched = names if self else ()
         for name in self._watched:
             logging.getLogger(name).addFilter(self)
-        if self._watched:
-            weakref.finalize(owner, self.unwatch)
+        if self._watched and self._release is None:  # one per owner, however often it reopens
+            self._release = weakref.finalize(owner, self.unwatch)
 
     def unwatch(self) -> None:
         for name in self._watched:

@@ -208,13 +208,14 @@ def test_a_decision_file_merges_entries_and_reads_missing_or_damaged_as_empty(tm
 
 
 _PUT_MANY = """
-import sys
+import sys, time
 from pathlib import Path
 from llama_index_twostage.stage2.backends import DecisionFile
 decisions = DecisionFile(Path(sys.argv[1]), "a test decision")
 Path(sys.argv[1] + f".{sys.argv[2]}-ready").touch()
-while len(list(Path(sys.argv[1]).parent.glob("*-ready"))) < 2:  # start together
-    pass
+deadline = time.monotonic() + 60
+while len(list(Path(sys.argv[1]).parent.glob("*-ready"))) < 2 and time.monotonic() < deadline:  # start together
+    time.sleep(0.005)
 for index in range(int(sys.argv[3])):
     decisions.put({f"{sys.argv[2]}-{index}": {"backend": "onnx", "padding": "x" * 2000}})
 """

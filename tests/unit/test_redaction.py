@@ -61,7 +61,9 @@ def test_watched_loggers_are_released_with_an_owner_that_never_closed():
 
     owner, redactor = Owner(), Redactor([SECRET])
     redactor.watch(owner, names=("test.redaction.watched",))
-    assert redactor in logging.getLogger("test.redaction.watched").filters
+    redactor.unwatch()  # closed, then reopened: watched again
+    redactor.watch(owner, names=("test.redaction.watched",))
+    assert logging.getLogger("test.redaction.watched").filters.count(redactor) == 1
     del owner
     gc.collect()
     assert redactor not in logging.getLogger("test.redaction.watched").filters
