@@ -90,7 +90,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--backends",
         default="torch,torch-bf16,onnx,onnx-int8,onnx-int8-static,openvino,openvino-bf16,openvino-int8",
-        help="comma-separated; torch is the reference",
+        help="comma-separated; torch is the reference (auto always runs, as the first row)",
     )
     parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, of {','.join(PEERS)} ('' for none)")
     parser.add_argument("--cascade-k", type=int, default=30, help="shortlist of the cascade rows (0: no cascade)")
@@ -112,7 +112,10 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--infinity", type=Path, default=REPO / ".venv-infinity" / "bin" / "infinity_emb")
     parser.add_argument("--clients", default="", help="concurrent clients of the throughput rows, e.g. 1,8 ('': none)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if "auto" in args.backends.split(","):
+        parser.error("--backends: leave auto out, it always runs (the first row, 'ours auto (default)')")
+    return args
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -371,7 +374,11 @@ def cpu_header() -> str:
     name, flags = cpu.name, cpu.flags
     shown = {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16", "avx512_vnni": "AVX512-VNNI", "avx512f": "AVX512F"}
     present = [label for flag, label in shown.items() if flag in flags] or ["none of AMX, AVX512-BF16, AVX512-VNNI"]
-    return f"CPU: {name}, {torch.get_num_threads()} threads; {', '.join(present)}; torch {torch.__version__}"
+    kernels = torch.backends.cpu.get_cpu_capability()  # what CPUID offers, so an emulated AVX2 CPU shows here
+    return (
+        f"CPU: {name}, {torch.get_num_threads()} threads; {', '.join(present)}; torch {torch.__version__} "
+        f"({kernels} kernels)"
+    )
 
 
 def main() -> None:
