@@ -89,7 +89,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--corpus-size", type=int, default=500, help="documents searched (0: the whole corpus)")
     parser.add_argument(
         "--backends",
-        default="torch,torch-bf16,onnx,onnx-int8,onnx-int8-static,openvino,openvino-bf16,openvino-int8",
+        default="torch,torch-bf16,onnx,onnx-int8,openvino,openvino-bf16,openvino-int8",
         help="comma-separated; torch is the reference (auto always runs, as the first row)",
     )
     parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, of {','.join(PEERS)} ('' for none)")

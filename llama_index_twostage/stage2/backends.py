@@ -1,5 +1,5 @@
-"""Cross-encoder runtimes: torch at full or half precision, ONNX Runtime at fp32, dynamic int8 or static int8, and
-OpenVINO at fp32, bf16 or static int8.
+"""Cross-encoder runtimes: torch at full or half precision, ONNX Runtime at fp32 or dynamic int8, and OpenVINO at
+fp32, bf16 or static int8.
 
 The ONNX path exports (and quantizes) the model once into ``model_cache_dir`` (model folders may be read-only, and
 an export takes seconds) and reuses that file in every later process. It drives ONNX Runtime through ``torch.onnx`` and
@@ -58,7 +58,6 @@ RerankBackend = Literal[
     "torch-fp16",
     "onnx",
     "onnx-int8",
-    "onnx-int8-static",
     "openvino",
     "openvino-bf16",
     "openvino-int8",
@@ -77,12 +76,10 @@ OPENVINO_INT8_MODEL = "openvino_int8_r1/model.xml"
 revision in the folder's name."""
 ONNX_OPSET = 17
 _TORCH_DTYPES: dict[str, torch.dtype] = {"torch-bf16": torch.bfloat16, "torch-fp16": torch.float16}
-# An int8 file name carries its recipe's revision (for static int8, its calibration set's too), so a changed recipe
-# never reuses an older cached export.
+# An int8 file name carries its recipe's revision, so a changed recipe never reuses an older cached export.
 _ONNX_FILES = {
     "onnx": "model_fused_r1.onnx",
     "onnx-int8": "model_int8_r3.onnx",
-    "onnx-int8-static": "model_int8_static_r2.onnx",
 }
 FUSION_TOLERANCE = 1e-3
 """Largest difference of an output (logits, token embeddings) between the fused and the plain export for the fusion
@@ -354,25 +351,6 @@ def narrowing_matmuls(model_path: Path) -> list[str]:
     ]
 
 
-def attention_context_matmuls(model_path: Path) -> list[str]:
-    """MatMul nodes that read a Softmax (directly or through a NaN guard or cast): each layer's attention
-    probabilities times the values.
-
-    A fixed int8 scale for probabilities cannot serve both a 20-token pair (weights near 1/20) and a 300-token one
-    (near 1/300, a level or two of int8): the second most sensitive MatMul to static int8 on long candidates.
-    """
-    graph = _graph(model_path)
-    producer = {output: node for node in graph.node for output in node.output}
-    pass_through = {"Where", "Cast", "Identity", "Dropout"}  # e.g. Where(IsNaN(p), 0, p) after the Softmax
-
-    def reads_softmax(tensor: str) -> bool:
-        node = producer.get(tensor)
-        sources = node.input if node is not None and node.op_type in pass_through else [tensor]
-        return any(name in producer and producer[name].op_type == "Softmax" for name in sources)
-
-    return [node.name for node in graph.node if node.op_type == "MatMul" and reads_softmax(node.input[0])]
-
-
 _FUSED_OPS_ARE_FLOAT = {"DefaultTensorType": 1}  # onnx.TensorProto.FLOAT: shape inference cannot type fused ops
 
 
@@ -458,41 +436,6 @@ def calibration_feeds(tokenizer: Any, input_names: list[str], pairs: Pairs) -> l
     return feeds
 
 
-def _quantize_static(source: Path, target: Path, feeds: list[dict[str, np.ndarray]]) -> None:
-    """Static int8 in QDQ form: per-channel int8 weights, uint8 activations whose scales are fixed by ``feeds``.
-
-    Fixed scales make a pair's score independent of its batch. What static int8 disturbs most, measured group by
-    group (README "Performance"), stays fp32: each layer's FFN down-projection (:func:`narrowing_matmuls`) and its
-    attention, fused (the attention context of an unfused graph, :func:`attention_context_matmuls`). That leaves the
-    attention output and the FFN up-projection in int8.
-    """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Feeds(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.pending = iter(feeds)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.pending, None)
-
-    with application_logging_untouched():
-        write_atomically(
-            target,
-            lambda path: quantize_static(
-                quantizer_input(source),
-                path,
-                Feeds(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=["MatMul"],
-                nodes_to_exclude=[*narrowing_matmuls(source), *attention_context_matmuls(source)],
-                extra_options=_FUSED_OPS_ARE_FLOAT,
-            ),
-        )
-
-
 def built_once(target: Path, build: Callable[[Path], None], message: str, *args: object) -> Path:
     """``target``, built by ``build`` (and ``message`` logged) when it is not there yet."""
     if not target.is_file():
@@ -558,18 +501,12 @@ def exported_model(cross_encoder: CrossEncoder, model: str, backend: RerankBacke
             model,
             folder,
         )
-
-    def static(source: Path, target: Path) -> None:
-        names = [node.name for node in _graph(source).input]
-        feeds = calibration_feeds(cross_encoder.tokenizer, names, activation_calibration_set())
-        _quantize_static(source, target, feeds)  # its activation ranges calibrated
-
     return cached_export(
         folder,
         _ONNX_FILES,
         backend,
         lambda path: _export_fp32(cross_encoder, path),
-        {"onnx-int8": _quantize_int8, "onnx-int8-static": static},
+        {"onnx-int8": _quantize_int8},
         model,
     )
 

@@ -71,14 +71,14 @@ def test_calibration_keeps_the_fastest_candidate_that_ranks_alike_and_is_faster(
     clock = FakeClock()
     slow, fast, faster = clock.scorer(SCORES, 0.02), clock.scorer(SCORES, 0.01), clock.scorer(SCORES)
     assert calibrate(slow, {"torch-bf16": fast}, "cpu X", PAIRS, clock).backend == "torch-bf16"
-    choice = calibrate(slow, {"torch-bf16": fast, "onnx-int8-static": faster}, "cpu X", PAIRS, clock)
-    assert choice.backend == "onnx-int8-static" and "torch-bf16: top-10 overlap 1.000, same top-1 3/3, 0.50x" in (
+    choice = calibrate(slow, {"torch-bf16": fast, "onnx-int8": faster}, "cpu X", PAIRS, clock)
+    assert choice.backend == "onnx-int8" and "torch-bf16: top-10 overlap 1.000, same top-1 3/3, 0.50x" in (
         choice.reason
     )
     reordered = clock.scorer(list(reversed(SCORES)))
-    choice = calibrate(slow, {"torch-bf16": fast, "onnx-int8-static": reordered}, "cpu X", PAIRS, clock)
-    assert choice.backend == "torch-bf16" and "onnx-int8-static: top-10 overlap" in choice.reason
-    choice = calibrate(slow, {"onnx-int8-static": reordered}, "cpu X", PAIRS, clock)
+    choice = calibrate(slow, {"torch-bf16": fast, "onnx-int8": reordered}, "cpu X", PAIRS, clock)
+    assert choice.backend == "torch-bf16" and "onnx-int8: top-10 overlap" in choice.reason
+    choice = calibrate(slow, {"onnx-int8": reordered}, "cpu X", PAIRS, clock)
     assert choice.backend == "torch" and "same top-1 0/3" in choice.reason
     barely_faster = clock.scorer(SCORES, 0.019)  # 0.95x fp32's time: not worth the risk to the ranking
     assert calibrate(slow, {"torch-bf16": barely_faster}, "cpu X", PAIRS, clock).reason.startswith(
@@ -101,8 +101,8 @@ def test_a_decision_is_stored_per_model_and_machine_and_reused(tmp_path):
     assert loaded == ["torch", "torch-bf16"]  # the second process reads the decision, scores nothing
     chooser.choose("org/other-model", tmp_path, scorer_of)
     assert len(loaded) == 4  # another model: its own calibration
-    AutoBackend(BF16_CPU, ("torch-bf16", "onnx-int8-static"), PAIRS[:1], clock).choose("org/model", tmp_path, scorer_of)
-    assert loaded[4:] == ["torch", "torch-bf16", "onnx-int8-static"]  # other candidates: calibrated again
+    AutoBackend(BF16_CPU, ("torch-bf16", "onnx-int8"), PAIRS[:1], clock).choose("org/model", tmp_path, scorer_of)
+    assert loaded[4:] == ["torch", "torch-bf16", "onnx-int8"]  # other candidates: calibrated again
     AutoBackend(BF16_CPU, ("torch-bf16",), PAIRS[:2], clock).choose("org/model", tmp_path, scorer_of)
     assert len(loaded) == 9  # another calibration set: calibrated again
 

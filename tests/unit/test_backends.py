@@ -80,7 +80,6 @@ def test_missing_onnx_extra_fails_the_load_before_any_model_is_read(without_onnx
         ("torch", {}),
         ("onnx", {}),
         ("onnx-int8", {}),
-        ("onnx-int8-static", {}),
         ("openvino", {}),
         ("openvino-bf16", {}),
         ("openvino-int8", {}),
@@ -97,10 +96,6 @@ def test_torch_model_kwargs_per_backend(backend, kwargs):
     assert backends.runs_an_export(backend) == (not backend.startswith("torch"))
 
 
-def test_static_int8_is_a_backend_setting():
-    assert RetrieverSettings(rerank_backend="onnx-int8-static").rerank_backend == "onnx-int8-static"
-
-
 def test_int8_ranges_are_calibrated_on_short_and_abstract_length_passages():
     short = calibration.calibration_set()
     pairs = calibration.activation_calibration_set()
@@ -112,9 +107,10 @@ def test_int8_ranges_are_calibrated_on_short_and_abstract_length_passages():
     assert calibration.lengthened(["a", "b", "c"], joined=2) == ["a b", "b c", "c a"]
 
 
-def test_unknown_backend_is_rejected_by_settings():
+@pytest.mark.parametrize("backend", ["tensorrt", "onnx-int8-static"])  # the second: removed, dominated by onnx-int8
+def test_unknown_backend_is_rejected_by_settings(backend):
     with pytest.raises(ValidationError, match="rerank_backend"):
-        RetrieverSettings(rerank_backend="tensorrt")
+        RetrieverSettings(rerank_backend=backend)
 
 
 def test_export_dir_changes_when_the_weights_change(tmp_path):
@@ -251,8 +247,6 @@ x, y = (helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, 8]) for na
 graph = helper.make_graph([helper.make_node("MatMul", ["x", "weight"], ["y"])], "tiny", [x], [y], [weight])
 onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "tiny.onnx")
 backends.quantize_int8(folder / "tiny.onnx", folder / "dynamic.onnx")
-feeds = [{"x": np.ones((1, 8), np.float32)}]
-backends._quantize_static(folder / "tiny.onnx", folder / "static.onnx", feeds)
 with backends.application_logging_untouched():  # what other code logs meanwhile goes where it would without it
     logging.getLogger("elsewhere").warning("unconfigured, as without the package")
     logging.getLogger("elsewhere").info("below the last resort's level")
@@ -267,7 +261,7 @@ def test_quantizing_leaves_the_applications_logging_to_configure(tmp_path):
     command = [sys.executable, "-c", _QUANTIZE_THEN_CONFIGURE_LOGGING, str(tmp_path)]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
-    assert (tmp_path / "dynamic.onnx").is_file() and (tmp_path / "static.onnx").is_file()
+    assert (tmp_path / "dynamic.onnx").is_file()
     assert finished.stderr.splitlines() == [
         "unconfigured, as without the package",  # where logging's last resort puts it
         "application: configured after quantizing",  # basicConfig still took effect
