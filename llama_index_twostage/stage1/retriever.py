@@ -304,7 +304,16 @@ class ChromaRecallRetriever(ClosesOwner, BaseRetriever):
         result = self.store.with_retries(
             lambda: self.collection().get(ids=list(ids), where=self._where, include=_RECORD_FIELDS)
         )
-        return _by_id(result)
+        records = _by_id(result)
+        if len(records) < len(result["ids"]):
+            logger.warning(
+                "%d of the %d records that the lexical index matched in collection %r have no text in Chroma "
+                "(rewritten by another tool) and were dropped: store them with their text or delete them",
+                len(result["ids"]) - len(records),
+                len(result["ids"]),
+                self.store.collection_name,
+            )
+        return records
 
     async def afetch(self, ids: Sequence[str]) -> dict[str, Record]:
         """:meth:`fetch` in a worker thread (see :meth:`_asearch`)."""

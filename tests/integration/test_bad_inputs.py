@@ -332,3 +332,25 @@ def test_repeated_texts_are_not_tokenized_again_for_counting(scifact, rerank_mod
     again = window.count_truncated("another query about the same candidates", texts)
     assert (window.token_counts.stats().hits, window.token_counts.stats().misses) == (20, 20)
     assert again == TokenWindow(tokenizer, 256).count_truncated("another query about the same candidates", texts) > 0
+
+
+def test_a_lexical_match_whose_record_lost_its_text_is_dropped_with_a_warning(
+    cheap_settings, pipeline_for, hash_embedding, caplog
+):
+    """Another tool rewrote a record without its text after this package indexed it: BM25 still matches its old
+    text, Chroma has nothing to rank or read. Dropped, never silently."""
+    settings = cheap_settings("memory", recall_k=2, top_k=2, stage1_mode="hybrid")
+    pipeline = pipeline_for(settings, embed_model=hash_embedding)
+    pipeline.ingest([Document(id_=f"d{i}", text=f"a note on bees, number {i}") for i in range(6)])
+    pipeline.ingest([Document(id_="rare", text="zyxomorphic lattice")])
+    collection = pipeline.store.open_collection()
+    rewritten = collection.get(where={"ref_doc_id": "rare"}, include=["embeddings", "metadatas"])
+    collection.delete(ids=rewritten["ids"])
+    collection.add(ids=rewritten["ids"], embeddings=rewritten["embeddings"], metadatas=rewritten["metadatas"])
+    with caplog.at_level(logging.WARNING, logger="llama_index_twostage"):
+        results = pipeline.retriever().retrieve("zyxomorphic")
+    assert "rare" not in {result.node.ref_doc_id for result in results}
+    assert [r.getMessage().split(" (")[0] for r in caplog.records if "lexical index" in r.getMessage()] == [
+        f"1 of the 1 records that the lexical index matched in collection {settings.collection!r} have no text in "
+        "Chroma"
+    ]
