@@ -61,6 +61,8 @@ static void answer_cpuid(greg_t *registers) {
 }
 
 static void on_segv(int signal, siginfo_t *info, void *context) {
+    (void)signal;
+    (void)info;
     greg_t *registers = ((ucontext_t *)context)->uc_mcontext.gregs;
     const unsigned char *instruction = (const unsigned char *)registers[REG_RIP];
     if (instruction[0] == 0x0f && instruction[1] == 0xa2) {
@@ -78,23 +80,26 @@ static int hidden_flag(const char *flag, size_t length) {
 /* /proc/cpuinfo without the hidden flags, built once (reading it goes through raw syscalls, not the wrappers). */
 static void build_masked_cpuinfo(void) {
     size_t capacity = 1 << 16, size = 0;
-    char *original = malloc(capacity);
+    char *original = malloc(capacity + 1);
     int fd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/cpuinfo", O_RDONLY);
     for (ssize_t got; fd >= 0 && (got = read(fd, original + size, capacity - size)) > 0;) {
         size += (size_t)got;
-        if (size == capacity) original = realloc(original, capacity *= 2);
+        if (size == capacity) original = realloc(original, (capacity *= 2) + 1);
     }
     if (fd >= 0) close(fd);
+    original[size] = '\0'; /* strcspn below stops here */
     masked_cpuinfo = malloc(size + 1);
     for (size_t at = 0; at < size;) {
         size_t length = strcspn(original + at, " \t\n");
-        if (length == 0) length = 1;
-        else if (hidden_flag(original + at, length) && masked_cpuinfo_size && masked_cpuinfo[masked_cpuinfo_size - 1] == ' ') {
+        int after_space = masked_cpuinfo_size && masked_cpuinfo[masked_cpuinfo_size - 1] == ' ';
+        if (length == 0) {
+            length = 1; /* a separator */
+        } else if (after_space && hidden_flag(original + at, length)) {
             at += length;
             masked_cpuinfo_size--; /* drop the space before it too */
             continue;
         }
-        memcpy(masked_cpuinfo + masked_cpuinfo_size, original + at, length > size - at ? size - at : length);
+        memcpy(masked_cpuinfo + masked_cpuinfo_size, original + at, length);
         masked_cpuinfo_size += length;
         at += length;
     }
@@ -110,7 +115,8 @@ static int masked_cpuinfo_fd(void) {
 
 static int open_with(int directory, const char *path, int flags, va_list rest) {
     if (strcmp(path, "/proc/cpuinfo") == 0) return masked_cpuinfo_fd();
-    mode_t mode = (flags & (O_CREAT | O_TMPFILE)) ? va_arg(rest, mode_t) : 0;
+    int needs_mode = (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE; /* as glibc's __OPEN_NEEDS_MODE */
+    mode_t mode = needs_mode ? va_arg(rest, mode_t) : 0;
     return (int)syscall(SYS_openat, directory, path, flags, mode);
 }
 
