@@ -260,11 +260,10 @@ class RetrieverSettings(BaseSettings):
         "(where bf16 is native, else openvino) where the openvino extra is; each kept only if a calibration agrees "
         "and it is faster; else fp32), 'torch' (fp32), 'torch-bf16' / 'torch-fp16' (half "
         "precision), 'onnx' (ONNX Runtime fp32, fused graph, pair by pair), 'onnx-int8' (int8, dynamic, pair by "
-        "pair), 'openvino' / "
-        "'openvino-bf16' (OpenVINO on the CPU at fp32 / bf16, the same fused graph), 'openvino-int8' (OpenVINO on "
-        "the CPU, static int8 quantized by NNCF, batched); the onnx ones need the 'onnx' extra, the openvino ones "
-        "the 'openvino' extra. 'http': a rerank server at rerank_url scores the pairs (rerank_model is the model "
-        "name sent to it).",
+        "pair), 'openvino' / 'openvino-bf16' (OpenVINO on the CPU at fp32 / bf16, the same fused graph), "
+        "'openvino-int8' (OpenVINO on the CPU, static int8 quantized by NNCF, batched); the onnx ones need the "
+        "'onnx' extra, the openvino ones the 'openvino' extra. 'http': a rerank server at rerank_url scores the "
+        "pairs (rerank_model is the model name sent to it).",
     )
     model_cache_dir: Path = Field(
         DEFAULT_CACHE_DIR,

@@ -329,12 +329,6 @@ def _fuse_in_place(path: Path, config: Any, output: str, check: list[dict[str, n
     onnx.save(SymbolicShapeInference.infer_shapes(onnx.load(str(path)), auto_merge=True), str(path))
 
 
-def _graph(model_path: Path) -> Any:
-    import onnx
-
-    return onnx.load(str(model_path), load_external_data=False).graph
-
-
 def narrowing_matmuls(model_path: Path) -> list[str]:
     """MatMul nodes whose constant weight has more rows than columns: each layer's FFN down-projection.
 
@@ -342,7 +336,9 @@ def narrowing_matmuls(model_path: Path) -> list[str]:
     flatten everything else to a handful of levels; of all the encoder's MatMuls, int8 there costs most of the
     agreement with fp32 (README "Performance"). Detected by shape, so it holds for any BERT-like encoder.
     """
-    graph = _graph(model_path)
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
     shapes = {weight.name: tuple(weight.dims) for weight in graph.initializer}
     return [
         node.name
