@@ -108,8 +108,11 @@ static void build_masked_cpuinfo(void) {
 
 static int masked_cpuinfo_fd(void) {
     int fd = memfd_create("cpuinfo", MFD_CLOEXEC);
-    if (fd < 0 || write(fd, masked_cpuinfo, masked_cpuinfo_size) != (ssize_t)masked_cpuinfo_size) return -1;
-    lseek(fd, 0, SEEK_SET);
+    if (fd >= 0 && write(fd, masked_cpuinfo, masked_cpuinfo_size) != (ssize_t)masked_cpuinfo_size) {
+        close(fd);
+        return -1;
+    }
+    if (fd >= 0) lseek(fd, 0, SEEK_SET);
     return fd;
 }
 
