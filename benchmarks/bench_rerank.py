@@ -374,11 +374,12 @@ def cpu_header() -> str:
     cpu = Hardware.detect("cpu")
     name, flags = cpu.name, cpu.flags
     shown = {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16", "avx512_vnni": "AVX512-VNNI", "avx512f": "AVX512F"}
-    present = [label for flag, label in shown.items() if flag in flags] or ["none of AMX, AVX512-BF16, AVX512-VNNI"]
+    present = [label for flag, label in shown.items() if flag in flags]
+    absent = [f"no {label}" for flag, label in shown.items() if flag not in flags]  # a Xeon may lack only AMX
     kernels = torch.backends.cpu.get_cpu_capability()  # what CPUID offers, so an emulated AVX2 CPU shows here
     emulated = " (emulated: benchmarks/cpu_isa/as_avx2.sh)" if "hide_avx512" in os.environ.get("LD_PRELOAD", "") else ""
     return (
-        f"CPU: {name}, {torch.get_num_threads()} threads; {', '.join(present)}; torch {torch.__version__} "
+        f"CPU: {name}, {torch.get_num_threads()} threads; {', '.join(present + absent)}; torch {torch.__version__} "
         f"({kernels} kernels){emulated}"
     )
 

@@ -1,16 +1,15 @@
 """Bi-encoder runtimes, and ``embed_backend="auto"``: the fastest that still searches like fp32 on this machine.
 
-Stage 1 is a nearest-neighbour search, so a backend is judged by what it retrieves, not by how close its vectors
-are to fp32's. ``auto`` embeds a calibration corpus (240 texts of one, six or twelve passages, 7 to 227 words, 100
-on average, built from the passages of ``stage2/calibration.json``: no dataset text) and 30 queries with fp32 and
-with each candidate the machine offers (its native half precision, see
-:func:`~llama_index_twostage.stage2.auto.native_half_precision`; on a CPU ``onnx`` and ``onnx-int8`` where the
-``onnx`` extra is installed, and OpenVINO at bf16 where native, else fp32, where the ``openvino`` extra is), searches
-exactly, and keeps the fastest that holds fp32's search (a mean top-100
-overlap of at least 0.99, and every query the same nearest text: the top-1 guard of the cross-encoder's
-calibration) and takes at most 0.9x fp32's time. The corpus is embedded in ``embed_batch_size`` batches, as
-ingestion embeds, and each query alone, as a query is: a runtime whose vectors
-depend on their batch neighbours (dynamic int8) is measured as it is used.
+Stage 1 is a nearest-neighbour search, so a backend is judged by what it retrieves, not by how close its vectors are
+to fp32's. ``auto`` embeds a calibration corpus (240 texts of one, six or twelve passages, 7 to 227 words, 100 on
+average, built from the passages of ``stage2/calibration.json``: no dataset text) and 30 queries with fp32 and with
+each candidate the machine offers (its native half precision, see
+:meth:`~llama_index_twostage.stage2.auto.Hardware.native_half_precision`; on a CPU ``onnx`` and ``onnx-int8`` where the
+``onnx`` extra is installed, and OpenVINO at fp32 and, where bf16 is native, at bf16, where the ``openvino`` extra
+is), searches exactly, and keeps the fastest that holds fp32's search (a mean top-100 overlap of at least 0.99, and
+every query the same nearest text: the top-1 guard of the cross-encoder's calibration) and takes at most 0.9x fp32's
+time. The corpus is embedded in ``embed_batch_size`` batches, as ingestion embeds, and each query alone, as a query
+is: a runtime whose vectors depend on their batch neighbours (dynamic int8) is measured as it is used.
 
 A collection records the backend that wrote it. Another backend may read or write it only when the pair passes the
 same test both ways (its queries on the writer's vectors, and the writer's queries on its vectors): measured once

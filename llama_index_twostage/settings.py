@@ -219,7 +219,7 @@ class RetrieverSettings(BaseSettings):
         "auto",
         description="Bi-encoder runtime, for ingestion and queries alike: 'auto' (the fastest that searches like fp32 "
         "here: native half precision, and on a CPU onnx / onnx-int8 where the onnx extra is installed and "
-        "openvino-bf16 (where bf16 is native, else openvino) where the openvino extra is; each kept only if a "
+        "openvino (and openvino-bf16 where bf16 is native) where the openvino extra is; each kept only if a "
         "calibration agrees and it is faster; else fp32), 'torch' (fp32), 'torch-bf16' / 'torch-fp16', 'onnx', "
         "'onnx-int8', 'openvino' (OpenVINO fp32) or 'openvino-bf16'. Recorded in the collection; another precision "
         "may read or write it only within the calibration's tolerance.",
@@ -256,8 +256,8 @@ class RetrieverSettings(BaseSettings):
     rerank_backend: BackendSetting = Field(
         "auto",
         description="Cross-encoder runtime: 'auto' (the fastest that ranks like fp32 here: fp16 on CUDA; on a CPU "
-        "bf16 where computed natively, onnx and onnx-int8 where the onnx extra is installed, and openvino-bf16 "
-        "(where bf16 is native, else openvino) where the openvino extra is; each kept only if a calibration agrees "
+        "bf16 where computed natively, onnx and onnx-int8 where the onnx extra is installed, and openvino (and "
+        "openvino-bf16 where bf16 is native) where the openvino extra is; each kept only if a calibration agrees "
         "and it is faster; else fp32), 'torch' (fp32), 'torch-bf16' / 'torch-fp16' (half "
         "precision), 'onnx' (ONNX Runtime fp32, fused graph, pair by pair), 'onnx-int8' (int8, dynamic, pair by "
         "pair), 'openvino' / 'openvino-bf16' (OpenVINO on the CPU at fp32 / bf16, the same fused graph), "

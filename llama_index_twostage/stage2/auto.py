@@ -4,11 +4,12 @@ Reduced precision is a large speed-up where the hardware computes it natively (f
 AVX512-BF16 or AMX; int8 on any x86 CPU, fastest with VNNI), none or a loss elsewhere, and it can reorder candidates
 whose scores nearly tie. So ``auto`` tries the candidates the device offers (its native half precision; on a CPU
 also the fused ONNX graph at fp32 and at dynamic int8 when the ``onnx`` extra is installed, and that graph on
-OpenVINO, at bf16 where native, else fp32, when the ``openvino`` extra is) on a small calibration
-set shipped with the package (see :mod:`~llama_index_twostage.stage2.calibration`: 6 queries x 16 passages), scored
+OpenVINO, at fp32 and, where bf16 is native, at bf16, when the ``openvino`` extra is) on a small calibration set
+shipped with the package (see :mod:`~llama_index_twostage.stage2.calibration`: 6 queries x 16 passages), ranked
 with each and with fp32, and keeps the fastest that ranks like fp32 (every query the same top-1, a mean top-10 set
-overlap of at least 0.98) and takes at most 0.9x fp32's time. Otherwise fp32. README "Performance" has what it chose
-on measured machines.
+overlap of at least 0.98) and takes at most 0.9x fp32's time. Otherwise fp32. Time is measured on the passages
+lengthened to a real candidate's length: the short ones ordered backends unlike SciFact's abstracts on a Xeon.
+README "Performance" has what it chose on measured machines.
 
 OpenVINO's static int8 (``openvino-int8``) is not tried: this set cannot judge it. On it, int8 ranked exactly like fp32
 (top-10 overlap 1.000, 6/6), while on SciFact's 200-word candidates it lost the ranking (0.930, same top-1 9/10); the
@@ -41,7 +42,7 @@ from llama_index_twostage.stage2.backends import (
     installed,
     weights_fingerprint,
 )
-from llama_index_twostage.stage2.calibration import Pairs, calibration_set
+from llama_index_twostage.stage2.calibration import Pairs, calibration_set, lengthened_set
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +74,12 @@ def install_command(extras: Sequence[str]) -> str:
     return f'pip install "llama-index-twostage[{",".join(extras)}]"'
 
 
-def openvino_candidate(native_bf16: bool) -> RerankBackend:
-    """What ``auto`` tries on a CPU where the ``openvino`` extra is installed: bf16 where the CPU computes it natively,
-    else fp32 (at fp32 OpenVINO is slower than at bf16 wherever bf16 is native: 0.63x against 0.35x stock, README
-    "Performance")."""
-    return "openvino-bf16" if native_bf16 else "openvino"
+def openvino_candidates(native_bf16: bool) -> tuple[RerankBackend, ...]:
+    """What ``auto`` tries on a CPU where the ``openvino`` extra is installed: fp32, and bf16 too where the CPU has
+    bf16 instructions. Native bf16 is not always the faster: on an AMD EPYC (Zen 4) OpenVINO bf16 reranked at 0.53x
+    fp32's time, on a Xeon with AVX512-BF16 but no AMX at 1.63x, where OpenVINO fp32 was the fastest bi-encoder
+    runtime (README "Performance")."""
+    return ("openvino-bf16", "openvino") if native_bf16 else ("openvino",)
 
 
 Score = Callable[[str, list[str]], list[float]]
@@ -169,15 +171,15 @@ class Hardware:
 
 def candidate_backends(hardware: Hardware, onnx: bool, openvino: bool = False) -> tuple[list[RerankBackend], str]:
     """What ``auto`` may try on ``hardware`` besides fp32: its native half precision, and on a CPU the ONNX
-    backends of :data:`ONNX_CANDIDATES` where the ``onnx`` extra is installed (``onnx``) and the one of
-    :func:`openvino_candidate` where the ``openvino`` extra is (``openvino``). Also returns what was found, for the
+    backends of :data:`ONNX_CANDIDATES` where the ``onnx`` extra is installed (``onnx``) and those of
+    :func:`openvino_candidates` where the ``openvino`` extra is (``openvino``). Also returns what was found, for the
     reason."""
     half, found = hardware.native_half_precision()
     candidates: list[RerankBackend] = [half] if half else []
     if hardware.device == "cpu" and onnx:
         candidates.extend(ONNX_CANDIDATES)
     if hardware.device == "cpu" and openvino:
-        candidates.append(openvino_candidate(half is not None))
+        candidates.extend(openvino_candidates(half is not None))
     return candidates, found
 
 
@@ -204,19 +206,21 @@ def calibrate(
     pairs: Pairs,
     clock: Callable[[], float] = time.perf_counter,
 ) -> BackendChoice:
-    """Score ``pairs`` with fp32 and each candidate (after one warm-up each), timed by ``clock``; keep the fastest
-    candidate that ranks like fp32 and is faster, else fp32."""
+    """Rank ``pairs`` with fp32 and each candidate, then time each on the pairs lengthened (ranking warmed it up),
+    by ``clock``; keep the fastest candidate that ranks like fp32 and is faster, else fp32."""
+    timing = lengthened_set(pairs)
 
-    def timed(score: Score) -> tuple[list[list[float]], float]:
-        score(*pairs[0])
-        start = clock()
+    def ranked_and_timed(score: Score) -> tuple[list[list[float]], float]:
         scores = [score(query, list(passages)) for query, passages in pairs]
+        start = clock()
+        for query, passages in timing:
+            score(query, passages)
         return scores, clock() - start
 
-    reference, fp32_s = timed(fp32)
+    reference, fp32_s = ranked_and_timed(fp32)
     trials = []
     for backend, score in candidates.items():
-        scores, seconds = timed(score)
+        scores, seconds = ranked_and_timed(score)
         trials.append(Trial(backend, agreement(reference, scores), seconds / fp32_s))
     measured = "; ".join(str(trial) for trial in trials)
     earning = [trial for trial in trials if trial.earns_its_place]
@@ -252,7 +256,8 @@ class AutoBackend:
         untried = untried_extras(device, self.candidates)
         if not self.candidates:
             return BackendChoice("torch", f"fp32: no native half precision on {found}{untried}")
-        pairs = hashlib.sha256(json.dumps(self.pairs).encode()).hexdigest()[:8]  # a changed set decides anew
+        calibration = json.dumps([self.pairs, lengthened_set(self.pairs)])  # what it ranks and what it times
+        pairs = hashlib.sha256(calibration.encode()).hexdigest()[:8]  # a changed set decides anew
         key = "|".join([weights_fingerprint(model), device, found, ",".join(self.candidates), pairs, torch.__version__])
         decisions = DecisionFile(Path(cache_dir).expanduser() / DECISIONS_FILE, "the rerank_backend auto decision")
         stored = decisions.get(key)

@@ -86,6 +86,24 @@ def test_calibration_keeps_the_fastest_candidate_that_ranks_alike_and_is_faster(
     )
 
 
+def test_backends_are_timed_on_passages_of_a_real_candidates_length():
+    clock = FakeClock()
+
+    def costing(per_call: float, per_word: float):
+        def score(query: str, texts: list[str]) -> list[float]:
+            clock.now += sum(per_call + per_word * len(text.split()) for text in texts)
+            return SCORES[: len(texts)]
+
+        return score
+
+    fp32 = costing(0.005, 0.001)
+    cheap_calls = costing(0.0, 0.0015)  # 0.25x fp32's time on one-word passages, 1.06x on lengthened ones
+    choice = calibrate(fp32, {"onnx": cheap_calls}, "cpu X", PAIRS, clock)
+    assert choice.backend == "torch" and "onnx: top-10 overlap 1.000, same top-1 3/3, 1.06x" in choice.reason
+    cheap_words = costing(0.01, 0.0001)  # 1.68x fp32's time on one-word passages, 0.66x on lengthened ones
+    assert calibrate(fp32, {"onnx": cheap_words}, "cpu X", PAIRS, clock).backend == "onnx"
+
+
 def test_a_decision_is_stored_per_model_and_machine_and_reused(tmp_path):
     clock = FakeClock()
     chooser = AutoBackend(BF16_CPU, ("torch-bf16",), PAIRS[:1], clock)
@@ -127,7 +145,7 @@ def test_cpu_candidates_follow_the_installed_extras_and_native_bf16():
     assert candidate_backends(Hardware("mps", "Apple M2"), onnx=True)[0] == []
     assert candidate_backends(Hardware("cuda", "Test GPU"), onnx=True)[0] == ["torch-fp16"]
     assert candidate_backends(PLAIN_CPU, onnx=True, openvino=True)[0] == ["onnx", "onnx-int8", "openvino"]
-    assert candidate_backends(BF16_CPU, onnx=False, openvino=True)[0] == ["torch-bf16", "openvino-bf16"]
+    assert candidate_backends(BF16_CPU, onnx=False, openvino=True)[0] == ["torch-bf16", "openvino-bf16", "openvino"]
     assert candidate_backends(Hardware("cuda", "Test GPU"), onnx=True, openvino=True)[0] == ["torch-fp16"]
 
 
