@@ -16,10 +16,11 @@ The corpus defaults to the queries' relevant documents plus the first documents 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import statistics
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -123,15 +124,30 @@ def run(
     return rankings, times
 
 
+@contextlib.contextmanager
+def chroma_folder(given: Path | None, prefix: str) -> Iterator[Path]:
+    """The folder to ingest into: the one given (kept, to reuse its embeddings), else a temporary one removed after."""
+    if given is not None:
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        yield Path(scratch)
+
+
 def main() -> None:
     args = parse_args()
+    with chroma_folder(args.persist_dir, "anchor-") as persist_dir:
+        compare(args, persist_dir)
+
+
+def compare(args: argparse.Namespace, persist_dir: Path) -> None:
     logging.getLogger("llama_index_twostage.rerank").setLevel(logging.ERROR)  # the 512 window truncates a few pairs
     dataset = load_beir(args.data).limit(args.limit)
     documents = corpus_subset(dataset, args.corpus_size)
     settings = RetrieverSettings(
         embed_model=args.embed_model,
         rerank_model=args.rerank_model,
-        persist_dir=args.persist_dir or Path(tempfile.mkdtemp(prefix="anchor-")),
+        persist_dir=persist_dir,
         chroma_mode="embedded",
         collection="anchor",
         recall_k=args.recall_k,

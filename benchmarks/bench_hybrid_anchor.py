@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
 from pathlib import Path
 
-from bench_anchor_quality import STOCK_MAX_LENGTH, Pipeline, corpus_subset, print_table, run, stock
+from bench_anchor_quality import STOCK_MAX_LENGTH, Pipeline, chroma_folder, corpus_subset, print_table, run, stock
 from bench_rerank import cpu_header, data_parser
 from llama_index.core.schema import Document
 
@@ -64,6 +63,11 @@ def ours(pipeline: TwoStagePipeline, settings: RetrieverSettings, recall_k: int,
 
 def main() -> None:
     args = parse_args()
+    with chroma_folder(args.persist_dir, "hybrid-anchor-") as persist_dir:
+        compare(args, persist_dir)
+
+
+def compare(args: argparse.Namespace, persist_dir: Path) -> None:
     logging.getLogger("llama_index_twostage").setLevel(logging.ERROR)  # the 512 window truncates a few pairs
     test = load_beir(args.data).limit(args.limit)
     calibration = load_beir(args.data, split="train").limit(args.calibration_queries)
@@ -71,7 +75,7 @@ def main() -> None:
     settings = RetrieverSettings(
         embed_model=args.embed_model,
         rerank_model=args.rerank_model,
-        persist_dir=args.persist_dir or Path(tempfile.mkdtemp(prefix="hybrid-anchor-")),
+        persist_dir=persist_dir,
         collection=args.collection,
         top_k=args.top_k,
         recall_k=DEPTH,

@@ -387,13 +387,18 @@ def embed_backend_rows(documents: list, settings: RetrieverSettings, queries: li
 
 def main() -> None:
     args = parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-stage1-") as scratch:  # the stores it ingests: removed after
+        run_sections(args, Path(scratch))
+
+
+def run_sections(args: argparse.Namespace, persist_dir: Path) -> None:
     sections = set(args.sections.split(","))
     dataset = load_beir(args.data).limit(args.limit)
     documents = corpus_subset(dataset, args.corpus_size)
     queries = list(dataset.queries.values())
     settings = RetrieverSettings(
         embed_model=args.embed_model,
-        persist_dir=Path(tempfile.mkdtemp(prefix="bench-stage1-")),
+        persist_dir=persist_dir,
         collection="bench-stage1",
         recall_k=min(args.recall_k, len(documents)),
         chunk_size=WHOLE_DOCUMENT_CHUNK,
